@@ -1,0 +1,10 @@
+"""senet-kernels: fused Squeeze-and-Excitation for PyTorch.
+
+Public API: ``squeeze_excite``, ``FusedSEBlock``, ``available_backends``.
+"""
+
+from .backends import BackendStatus, available_backends
+from .functional import squeeze_excite
+from .reference import squeeze_excite_reference
+
+__all__ = ["BackendStatus", "available_backends", "squeeze_excite", "squeeze_excite_reference"]

@@ -1,0 +1,100 @@
+"""Which backends work here, why the others do not, and what ``backend="auto"`` picks."""
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("triton", "cuda", "cpu", "reference")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    available: bool
+    reason: str
+
+
+_status = {}
+_ops = {}
+
+
+def _interpreting():
+    from .triton.se_op import interpreting  # noqa: F401  (imports triton)
+    return interpreting()
+
+
+def _triton_status():
+    try:
+        importlib.import_module("triton")
+    except Exception as e:  # ImportError, or a broken install
+        return BackendStatus(False, f"triton cannot be imported: {e}")
+    if _interpreting():
+        return BackendStatus(True, "TRITON_INTERPRET=1: Triton kernels run on CPU tensors, interpreted")
+    if not torch.cuda.is_available():
+        return BackendStatus(False, "no CUDA GPU is visible (set TRITON_INTERPRET=1 to interpret on the CPU)")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return BackendStatus(False, f"needs a GPU of compute capability >= 8.0, found {major}.{minor}")
+    return BackendStatus(True, f"CUDA GPU {torch.cuda.get_device_name()} (sm_{major}{minor})")
+
+
+def _extension_status(device_type):
+    return BackendStatus(False, "the C++/CUDA extension senet_kernels._C is not part of this "
+                                f"release yet, so there are no {device_type} kernels")
+
+
+def _reference_status():
+    return BackendStatus(True, "plain PyTorch (eager), always available")
+
+
+_PROBES = {
+    "triton": _triton_status,
+    "cuda": lambda: _extension_status("CUDA"),
+    "cpu": lambda: _extension_status("CPU"),
+    "reference": _reference_status,
+}
+
+
+def backend_status(name):
+    if name not in _status:
+        _status[name] = _PROBES[name]()
+    return _status[name]
+
+
+def available_backends():
+    """{backend name: BackendStatus(available, reason)} for triton, cuda, cpu and reference."""
+    return {name: backend_status(name) for name in BACKENDS}
+
+
+def resolve_backend(backend, x):
+    """The backend that runs an op on x: ``backend`` itself when forced, else auto's choice."""
+    if backend not in BACKENDS and backend != "auto":
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if x.is_cuda:
+            order = ("triton", "cuda", "reference")
+        else:
+            order = ("cpu", "reference")
+        return next(name for name in order if backend_status(name).available)
+    status = backend_status(backend)
+    if not status.available:
+        raise ValueError(f"backend {backend!r} is unavailable here: {status.reason}")
+    if backend == "cuda" and not x.is_cuda:
+        raise ValueError(f"backend 'cuda' needs CUDA tensors, x is on {x.device}")
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, x is on {x.device}")
+    if backend == "triton" and not x.is_cuda and not _interpreting():
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), x is on {x.device}")
+    return backend
+
+
+def backend_ops(name):
+    """The custom ops (``ops.BackendOps``) of a kernel backend, defined on first use."""
+    if name not in _ops:
+        from .ops import define_backend_ops
+        if name == "triton":
+            from .triton.se_op import se_backward, se_forward
+            _ops[name] = define_backend_ops("triton", se_forward, se_backward)
+        else:
+            raise ValueError(f"backend {name!r} has no custom ops")
+    return _ops[name]

@@ -1,0 +1,148 @@
+"""The SE custom ops: the one place that defines their schema, fake kernels and autograd.
+
+Each backend gets its own pair of ops, ``senet_kernels::se_forward_<backend>`` and
+``senet_kernels::se_backward_<backend>``, because one dispatch key (CPU, CUDA) holds one kernel
+and two backends (Triton under the interpreter, the C++ extension) both serve CPU tensors.
+``define_backend_ops`` stamps the pair out of the single definition below; a backend only adds
+its kernels, from Python (``impls=``) or from C++ (``TORCH_LIBRARY_IMPL`` on the same names).
+
+Forward op::
+
+    se_forward_<b>(x, w1, b1?, w2, b2?, residual?, activation, gate, post_relu)
+        -> (out, pooled, hidden, scale)
+
+``out`` is the block's output (x's dtype, dense in x's layout, see ``layout.py``); ``pooled``
+[N, C] = mean over H, W; ``hidden`` [N, Cr] = fc1 output before the activation; ``scale``
+[N, C] = the gate. The three vectors are in the compute dtype (float32, float64 for float64
+inputs) and are what the backward needs besides x (and ``out`` for the ReLU tail): x * s is
+never saved.
+
+Backward op::
+
+    se_backward_<b>(grad_out, x, out?, w1, w2, pooled, hidden, scale, has_residual, activation, gate)
+        -> (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual)
+
+``out`` is given exactly when the forward had ``post_relu``. ``grad_residual`` is the masked
+gradient when ``post_relu`` and ``has_residual``; otherwise it equals ``grad_out`` (or is not
+needed) and the op returns an empty tensor instead. Bias gradients are always computed; the
+autograd formula drops them when the bias was None. Weight gradients have the weights' dtype.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import is_channels_last
+from .reference import compute_dtype
+
+NAMESPACE = "senet_kernels"
+
+FORWARD_SCHEMA = (
+    "(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor? residual, "
+    "str activation, str gate, bool post_relu) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+BACKWARD_SCHEMA = (
+    "(Tensor grad_out, Tensor x, Tensor? out, Tensor w1, Tensor w2, Tensor pooled, "
+    "Tensor hidden, Tensor scale, bool has_residual, str activation, str gate) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+_lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+
+@dataclass(frozen=True)
+class BackendOps:
+    """The forward and backward op of one backend (``torch._ops.OpOverload`` each)."""
+    forward: object
+    backward: object
+
+
+# Output allocation shared by the fake kernels and every real kernel, so that their
+# metadata (shape, dtype, strides) agree by construction.
+
+def allocate_forward_outputs(x, w1):
+    """Empty (out, pooled, hidden, scale) for a forward on x (any layout) with fc1 weight w1."""
+    n, c = x.shape[0], x.shape[1]
+    acc = compute_dtype(x.dtype)
+    out = torch.empty_like(x, memory_format=_format_of(x))
+    pooled = x.new_empty((n, c), dtype=acc)
+    hidden = x.new_empty((n, w1.shape[0]), dtype=acc)
+    scale = x.new_empty((n, c), dtype=acc)
+    return out, pooled, hidden, scale
+
+
+def allocate_backward_outputs(x, w1, w2, post_relu, has_residual):
+    """Empty (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual)."""
+    grad_x = torch.empty_like(x, memory_format=_format_of(x))
+    grad_w1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
+    grad_w2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
+    grad_b1 = w1.new_empty((w1.shape[0],))
+    grad_b2 = w2.new_empty((w2.shape[0],))
+    if post_relu and has_residual:
+        grad_residual = torch.empty_like(x, memory_format=_format_of(x))
+    else:
+        grad_residual = x.new_empty((0,))
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual
+
+
+def _format_of(x):
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+def _fake_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    return allocate_forward_outputs(x, w1)
+
+
+def _fake_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
+    return allocate_backward_outputs(x, w1, w2, out is not None, has_residual)
+
+
+def _make_autograd(backward_op):
+    def setup_context(ctx, inputs, output):
+        x, w1, b1, w2, b2, residual, activation, gate, post_relu = inputs
+        out, pooled, hidden, scale = output
+        ctx.save_for_backward(x, w1, w2, pooled, hidden, scale, out if post_relu else None)
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        ctx.has_residual = residual is not None
+        ctx.post_relu = post_relu
+        ctx.activation, ctx.gate = activation, gate
+        ctx.mark_non_differentiable(pooled, hidden, scale)
+
+    def backward(ctx, grad_out, _grad_pooled, _grad_hidden, _grad_scale):
+        x, w1, w2, pooled, hidden, scale, out = ctx.saved_tensors
+        grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = backward_op(
+            grad_out, x, out, w1, w2, pooled, hidden, scale, ctx.has_residual,
+            ctx.activation, ctx.gate)
+        if ctx.has_residual and not ctx.post_relu:
+            grad_res = grad_out  # d(x*s + residual)/d residual is the identity
+        elif not ctx.has_residual:
+            grad_res = None
+        has_b1, has_b2 = ctx.has_bias
+        return (grad_x, grad_w1, grad_b1 if has_b1 else None, grad_w2,
+                grad_b2 if has_b2 else None, grad_res, None, None, None)
+
+    return backward, setup_context
+
+
+def define_backend_ops(backend, forward_impl=None, backward_impl=None, dispatch_keys=("CPU", "CUDA")):
+    """Define ``se_forward_<backend>`` / ``se_backward_<backend>`` with fake kernels and autograd.
+
+    ``forward_impl`` / ``backward_impl`` (Python callables taking the schema's arguments) are
+    registered for ``dispatch_keys``; leave them None when C++ registers the kernels.
+    """
+    fwd_name, bwd_name = f"se_forward_{backend}", f"se_backward_{backend}"
+    _lib.define(fwd_name + FORWARD_SCHEMA)
+    _lib.define(bwd_name + BACKWARD_SCHEMA)
+    torch.library.register_fake(f"{NAMESPACE}::{fwd_name}", _fake_forward, lib=_lib)
+    torch.library.register_fake(f"{NAMESPACE}::{bwd_name}", _fake_backward, lib=_lib)
+    for key in dispatch_keys:
+        if forward_impl is not None:
+            _lib.impl(fwd_name, forward_impl, key)
+        if backward_impl is not None:
+            _lib.impl(bwd_name, backward_impl, key)
+    namespace = getattr(torch.ops, NAMESPACE)
+    ops = BackendOps(getattr(namespace, fwd_name).default, getattr(namespace, bwd_name).default)
+    backward, setup_context = _make_autograd(ops.backward)
+    torch.library.register_autograd(f"{NAMESPACE}::{fwd_name}", backward,
+                                    setup_context=setup_context, lib=_lib)
+    return ops

@@ -1,0 +1,52 @@
+"""Plain-PyTorch Squeeze-and-Excitation: the oracle of the tests and the ``reference`` backend.
+
+It follows ARCHITECTURE.md section 1 literally and differentiates through PyTorch autograd.
+Half-precision inputs are computed in float32 and rounded once at the end, the contract every
+fused backend keeps; float32 and float64 inputs are computed in their own precision.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .spec import check_activation, check_gate
+
+
+def compute_dtype(dtype):
+    """The precision an SE op on ``dtype`` accumulates in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def activate(h, activation):
+    return F.relu(h) if activation == "relu" else F.silu(h)
+
+
+def apply_gate(z, gate):
+    return torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
+
+
+def excite(pooled, w1, b1, w2, b2, activation, gate):
+    """The excitation on pooled features [N, C]: FC, activation, FC, gate. Returns s [N, C]."""
+    dtype = pooled.dtype
+    h = F.linear(pooled, w1.to(dtype), None if b1 is None else b1.to(dtype))
+    z = F.linear(activate(h, activation), w2.to(dtype), None if b2 is None else b2.to(dtype))
+    return apply_gate(z, gate)
+
+
+def squeeze_excite_reference(x, w1, b1, w2, b2, residual=None, *, activation="relu",
+                             gate="sigmoid", post_relu=False):
+    """Eager SE block: ``relu?(x * gate(fc2(act(fc1(mean_hw(x))))) + residual?)``.
+
+    Shapes: x [N, C, H, W]; w1 [Cr, C]; w2 [C, Cr]; b1 [Cr] or None; b2 [C] or None;
+    residual like x or None. Returns a tensor of x's dtype, shape and memory format.
+    """
+    check_activation(activation)
+    check_gate(gate)
+    acc = compute_dtype(x.dtype)
+    xa = x.to(acc)
+    s = excite(xa.mean(dim=(2, 3)), w1, b1, w2, b2, activation, gate)
+    y = xa * s[:, :, None, None]
+    if residual is not None:
+        y = y + residual.to(acc)
+    if post_relu:
+        y = F.relu(y)
+    return y.to(x.dtype)

@@ -1,0 +1,157 @@
+"""Backward kernels: three launches, weight and bias gradients included.
+
+With gy = g * (out > 0) for the ReLU tail, else g (ARCHITECTURE.md section 1):
+
+Kernel A', ``se_squeeze_excite_bwd``: grid (channel blocks * HW splits, N). Reduces
+gs = sum_hw gy * x into ``partials``; the last program of a sample then runs the excitation
+backward for it: gz = gs * gate'(s), gh = (gz W2) * act'(hidden), gp = (gh W1) / HW, writing
+the [N, C] / [N, Cr] vectors gz, gh and gp.
+
+Kernel B', ``se_scale_bwd``: one streaming pass, gx = gy * s + gp (and grad_residual = gy
+when the ReLU tail masks it).
+
+Kernel C', ``se_weight_grads``: the tiny GEMMs over the batch, gW2 = gz^T act(hidden),
+gW1 = gh^T pooled, and the bias sums, one program per output tile of either matrix.
+"""
+
+import triton
+import triton.language as tl
+
+from .common import activate, activate_grad, arrive_last, channel_block_sum, gate_grad_from_scale
+
+
+@triton.jit
+def se_squeeze_excite_bwd(
+    grad_ptr, x_ptr, out_ptr, w1_ptr, w2_ptr, hidden_ptr, scale_ptr,
+    partial_ptr, counter_ptr, gz_ptr, gh_ptr, gp_ptr,
+    C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, act, gate,
+    POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+):
+    n = tl.program_id(1)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    c_block = tl.program_id(0) % num_c_blocks
+    split = tl.program_id(0) // num_c_blocks
+
+    c_offs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c_offs < C
+    hw_start = split * HW_PER_SPLIT
+    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
+    base = n.to(tl.int64) * C * HW
+    sums = channel_block_sum(x_ptr + base, grad_ptr + base, out_ptr + base, c_offs, c_mask,
+                             hw_start, hw_end, C, HW, 2 if POST_RELU else 1, CHANNELS_LAST,
+                             BLOCK_C, BLOCK_HW, ACC)
+    tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
+
+    if arrive_last(counter_ptr + n, num_c_blocks * NUM_SPLITS):
+        fc_c = tl.arange(0, FC_BLOCK_C)
+        fc_r = tl.arange(0, FC_BLOCK_R)
+        # gz = gs * gate'(z), from s
+        for c0 in range(0, C, FC_BLOCK_C):
+            c = c0 + fc_c
+            cm = c < C
+            gs = tl.zeros([FC_BLOCK_C], dtype=ACC)
+            for s in range(0, NUM_SPLITS):
+                gs += tl.load(partial_ptr + (n * NUM_SPLITS + s) * C + c, mask=cm, other=0.0,
+                              cache_modifier=".cg")
+            sc = tl.load(scale_ptr + n * C + c, mask=cm, other=0.0)
+            tl.store(gz_ptr + n * C + c, gs * gate_grad_from_scale(sc, gate), mask=cm)
+        tl.debug_barrier()
+        # gh = (gz @ W2) * act'(hidden), W2 is [C, CR]
+        for r0 in range(0, CR, FC_BLOCK_R):
+            r = r0 + fc_r
+            rm = r < CR
+            ga = tl.zeros([FC_BLOCK_R], dtype=ACC)
+            for c0 in range(0, C, FC_BLOCK_C):
+                c = c0 + fc_c
+                cm = c < C
+                w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
+                            other=0.0).to(ACC)
+                gz = tl.load(gz_ptr + n * C + c, mask=cm, other=0.0)
+                ga += tl.sum(w * gz[:, None], axis=0)
+            h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
+            tl.store(gh_ptr + n * CR + r, ga * activate_grad(h, act), mask=rm)
+        tl.debug_barrier()
+        # gp = (gh @ W1) / HW, W1 is [CR, C]: the gradient of each pixel through the mean
+        for c0 in range(0, C, FC_BLOCK_C):
+            c = c0 + fc_c
+            cm = c < C
+            gp = tl.zeros([FC_BLOCK_C], dtype=ACC)
+            for r0 in range(0, CR, FC_BLOCK_R):
+                r = r0 + fc_r
+                rm = r < CR
+                w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
+                            other=0.0).to(ACC)
+                gh = tl.load(gh_ptr + n * CR + r, mask=rm, other=0.0)
+                gp += tl.sum(w * gh[:, None], axis=0)
+            tl.store(gp_ptr + n * C + c, gp / HW, mask=cm)
+        tl.store(counter_ptr + n, 0)  # ready for the next launch
+
+
+@triton.jit
+def se_scale_bwd(
+    grad_ptr, out_ptr, scale_ptr, gp_ptr, grad_x_ptr, grad_res_ptr, C, HW, SAMPLE_NUMEL,
+    POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    n = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < SAMPLE_NUMEL
+    if CHANNELS_LAST:
+        c = offs % C
+    else:
+        c = offs // HW
+    base = n.to(tl.int64) * SAMPLE_NUMEL
+    s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
+    gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
+    gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
+    if POST_RELU:
+        o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
+        gy = tl.where(o > 0, gy, 0.0).to(gy.dtype)
+    if WRITE_GRAD_RESIDUAL:
+        tl.store(grad_res_ptr + base + offs, gy, mask=mask)
+    gx = gy.to(s.dtype) * s + gp
+    tl.store(grad_x_ptr + base + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def se_weight_grads(
+    gz_ptr, hidden_ptr, gh_ptr, pooled_ptr, gw2_ptr, gb2_ptr, gw1_ptr, gb1_ptr,
+    N, C, CR, act,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """G = U^T V and gb = sum_n U, for (U, V, G) = (gz, act(hidden), gW2) or (gh, pooled, gW1).
+
+    Programs [0, tiles(C, CR)) make gW2 [C, CR]; the rest make gW1 [CR, C].
+    """
+    pid = tl.program_id(0)
+    w2_k_blocks = tl.cdiv(CR, BLOCK_K)
+    w2_tiles = tl.cdiv(C, BLOCK_M) * w2_k_blocks
+    if pid < w2_tiles:
+        u_ptr, v_ptr, g_ptr, gb_ptr = gz_ptr, hidden_ptr, gw2_ptr, gb2_ptr
+        M, K, apply_act = C, CR, 1
+        m_block, k_block = pid // w2_k_blocks, pid % w2_k_blocks
+    else:
+        u_ptr, v_ptr, g_ptr, gb_ptr = gh_ptr, pooled_ptr, gw1_ptr, gb1_ptr
+        M, K, apply_act = CR, C, 0
+        w1_k_blocks = tl.cdiv(C, BLOCK_K)
+        m_block, k_block = (pid - w2_tiles) // w1_k_blocks, (pid - w2_tiles) % w1_k_blocks
+    m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    k = k_block * BLOCK_K + tl.arange(0, BLOCK_K)
+    mm = m < M
+    km = k < K
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=gz_ptr.dtype.element_ty)
+    bias = tl.zeros([BLOCK_M], dtype=gz_ptr.dtype.element_ty)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        nm = rows < N
+        u_t = tl.load(u_ptr + rows[None, :] * M + m[:, None], mask=mm[:, None] & nm[None, :], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] * K + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+        v = tl.where(apply_act == 1, activate(v, act), v)
+        # ieee: fp32 gradients must not be computed in TF32
+        acc = tl.dot(u_t, v, acc, input_precision="ieee")
+        bias += tl.sum(u_t, axis=1)
+    tl.store(g_ptr + m[:, None] * K + k[None, :], acc.to(g_ptr.dtype.element_ty),
+             mask=mm[:, None] & km[None, :])
+    if k_block == 0:
+        tl.store(gb_ptr + m, bias.to(gb_ptr.dtype.element_ty), mask=mm)

@@ -1,0 +1,87 @@
+"""Argument checks of the public SE op: a clear TypeError/ValueError naming the argument.
+
+Backends may assume what these checks establish; they never see a bad argument.
+"""
+
+import torch
+
+from .spec import check_activation, check_gate
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def _as_matrix(name, w, rows, cols):
+    """Accept an nn.Linear weight [rows, cols] or a 1x1-conv weight [rows, cols, 1, 1]."""
+    if w.dim() == 4 and w.shape[2:] == (1, 1):
+        w = w.reshape(w.shape[0], w.shape[1])
+    if w.dim() != 2:
+        raise ValueError(f"{name} must have shape [{rows}, {cols}] (or [{rows}, {cols}, 1, 1]), "
+                         f"got {tuple(w.shape)}")
+    if (rows is not None and w.shape[0] != rows) or w.shape[1] != cols:
+        raise ValueError(f"{name} must have shape [{rows if rows is not None else 'Cr'}, {cols}], "
+                         f"got {tuple(w.shape)}")
+    return w
+
+
+def _check_vector(name, b, length):
+    if b is None:
+        return None
+    _check_tensor(name, b)
+    if b.dim() != 1 or b.shape[0] != length:
+        raise ValueError(f"{name} must have shape [{length}] or be None, got {tuple(b.shape)}")
+    return b
+
+
+def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
+    """Validate the arguments of ``squeeze_excite``; return ``(w1, w2)`` as 2-D matrices.
+
+    Rules: x is [N, C, H, W] with C, H, W >= 1; w1 is [Cr, C] and w2 [C, Cr] (1x1-conv shaped
+    weights [.., .., 1, 1] are accepted as views); biases are [Cr] / [C] or None; all parameters
+    share one dtype, which is x's dtype or float32 (fp32 master weights with half activations);
+    residual matches x in shape, dtype and device; everything lives on x's device.
+    """
+    check_activation(activation)
+    check_gate(gate)
+    _check_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D [N, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"x must have C, H, W >= 1, got shape {tuple(x.shape)}")
+    _check_tensor("w1", w1)
+    _check_tensor("w2", w2)
+    w1 = _as_matrix("w1", w1, None, c)
+    cr = w1.shape[0]
+    if cr == 0:
+        raise ValueError("w1 must have at least one row (Cr >= 1)")
+    w2 = _as_matrix("w2", w2, c, cr)
+    _check_vector("b1", b1, cr)
+    _check_vector("b2", b2, c)
+    params = {"w1": w1, "w2": w2, "b1": b1, "b2": b2}
+    params = {k: v for k, v in params.items() if v is not None}
+    for name, p in params.items():
+        if p.device != x.device:
+            raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
+        if p.dtype != w1.dtype:
+            raise TypeError(f"{name} has dtype {p.dtype} but w1 has {w1.dtype}: "
+                            "all SE parameters must share one dtype")
+    if w1.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"the SE parameters have dtype {w1.dtype} but x has {x.dtype}: "
+                        "parameters must be x's dtype or float32")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual must be a torch.Tensor or None, got {type(residual).__name__}")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual has dtype {residual.dtype} but x has {x.dtype}")
+        if residual.device != x.device:
+            raise ValueError(f"residual is on {residual.device} but x is on {x.device}")
+    return w1, w2

@@ -1,0 +1,20 @@
+"""Test setup: Triton kernels run through the interpreter on CPU tensors unless a GPU is present.
+
+TRITON_INTERPRET must be set before triton is imported, so it is set here, at collection.
+On a machine with a CUDA GPU (the lent-GPU check) the Triton tests run on the GPU instead.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def device():
+    """The device Triton-backend tests run on: the GPU when present, else the CPU (interpreted)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
