@@ -1,9 +1,12 @@
 """Which backends work here, why the others do not, and what ``backend="auto"`` picks."""
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import torch
+
+from .ops import define_backend_ops
 
 BACKENDS = ("triton", "cuda", "cpu", "reference")
 
@@ -15,12 +18,12 @@ class BackendStatus:
 
 
 _status = {}
-_ops = {}
 
 
-def _interpreting():
-    from .triton.se_op import interpreting  # noqa: F401  (imports triton)
-    return interpreting()
+@torch.compiler.assume_constant_result
+def interpreting():
+    """True when TRITON_INTERPRET asks for the Triton interpreter (Triton reads it at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _triton_status():
@@ -28,7 +31,7 @@ def _triton_status():
         importlib.import_module("triton")
     except Exception as e:  # ImportError, or a broken install
         return BackendStatus(False, f"triton cannot be imported: {e}")
-    if _interpreting():
+    if interpreting():
         return BackendStatus(True, "TRITON_INTERPRET=1: Triton kernels run on CPU tensors, interpreted")
     if not torch.cuda.is_available():
         return BackendStatus(False, "no CUDA GPU is visible (set TRITON_INTERPRET=1 to interpret on the CPU)")
@@ -55,7 +58,9 @@ _PROBES = {
 }
 
 
+@torch.compiler.assume_constant_result
 def backend_status(name):
+    """BackendStatus of one backend, probed once (a constant to torch.compile)."""
     if name not in _status:
         _status[name] = _PROBES[name]()
     return _status[name]
@@ -83,18 +88,29 @@ def resolve_backend(backend, x):
         raise ValueError(f"backend 'cuda' needs CUDA tensors, x is on {x.device}")
     if backend == "cpu" and x.device.type != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, x is on {x.device}")
-    if backend == "triton" and not x.is_cuda and not _interpreting():
+    if backend == "triton" and not x.is_cuda and not interpreting():
         raise ValueError(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), x is on {x.device}")
     return backend
 
 
+# Kernel backends' ops are defined at import, so torch.compile never traces their definition.
+# The Triton kernels (and triton itself) are imported on the first call, not here.
+
+def _triton_forward(*args):
+    from .triton.se_op import se_forward
+    return se_forward(*args)
+
+
+def _triton_backward(*args):
+    from .triton.se_op import se_backward
+    return se_backward(*args)
+
+
+_ops = {"triton": define_backend_ops("triton", _triton_forward, _triton_backward)}
+
+
 def backend_ops(name):
-    """The custom ops (``ops.BackendOps``) of a kernel backend, defined on first use."""
+    """The custom ops (``ops.BackendOps``) of a kernel backend."""
     if name not in _ops:
-        from .ops import define_backend_ops
-        if name == "triton":
-            from .triton.se_op import se_backward, se_forward
-            _ops[name] = define_backend_ops("triton", se_forward, se_backward)
-        else:
-            raise ValueError(f"backend {name!r} has no custom ops")
+        raise ValueError(f"backend {name!r} has no custom ops")
     return _ops[name]

@@ -18,3 +18,15 @@ import pytest  # noqa: E402
 def device():
     """The device Triton-backend tests run on: the GPU when present, else the CPU (interpreted)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def poison():
+    """Fill every uninitialized allocation (torch.empty & co.) with NaN while the test runs,
+    so an output element a kernel fails to write shows up as NaN."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)

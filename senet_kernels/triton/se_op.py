@@ -6,11 +6,10 @@ backward, grad_x pass, weight gradients). Nothing else runs on the device: buffe
 the kernels reset themselves (one per device and stream).
 """
 
-import os
-
 import torch
 import triton.language as tl
 
+from ..backends import interpreting
 from ..layout import is_channels_last, to_layout
 from ..ops import allocate_backward_outputs, allocate_forward_outputs
 from ..spec import ACTIVATION_CODE, GATE_CODE
@@ -24,10 +23,6 @@ MAX_BATCH = 65535
 # What the splits are sized for when recording launches without a GPU (an H100 has 132 SMs).
 _RECORDING_SMS = 132
 _counters = {}
-
-
-def interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def check_device(x):

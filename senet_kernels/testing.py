@@ -1,0 +1,87 @@
+"""Correctness helpers shared by the tests and ``python -m senet_kernels check``.
+
+Inputs are fresh random draws (never zeros or ones), scaled so that the pooled features,
+hidden activations and gate logits are O(1): the gates are neither saturated nor trivial.
+Results are compared with the float64 reference (ARCHITECTURE.md section 5).
+"""
+
+import torch
+
+from .reference import squeeze_excite_reference
+
+#: (relative norm error, max abs error relative to max |reference|) per dtype, vs float64.
+TOLERANCES = {
+    torch.float64: (1e-12, 1e-11),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1e-2, 2e-2),
+}
+
+
+def make_inputs(n, c, h, w, cr, *, dtype=torch.float32, param_dtype=None, channels_last=False,
+                bias=True, residual=False, device="cpu", seed=0):
+    """Random SE arguments: dict(x, w1, b1, w2, b2, residual)."""
+    gen = torch.Generator().manual_seed(seed)
+    param_dtype = param_dtype or dtype
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale)
+
+    # A per-channel offset keeps the pooled means O(1) however large H*W is.
+    x = rand(n, c, h, w) + rand(1, c, 1, 1)
+    args = dict(
+        x=x,
+        w1=rand(cr, c, scale=c ** -0.5),
+        b1=rand(cr, scale=0.5) if bias else None,
+        w2=rand(c, cr, scale=2 * cr ** -0.5),
+        b2=rand(c, scale=0.5) if bias else None,
+        residual=rand(n, c, h, w) if residual else None,
+    )
+    out = {}
+    for k, v in args.items():
+        if v is None:
+            out[k] = None
+            continue
+        v = v.to(device=device, dtype=dtype if k in ("x", "residual") else param_dtype)
+        if channels_last and v.dim() == 4:
+            v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def reference64(args, **options):
+    """Output of the float64 reference on float64 copies of args (leaves requiring grad)."""
+    args64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in args.items()}
+    out = squeeze_excite_reference(args64["x"], args64["w1"], args64["b1"], args64["w2"],
+                                   args64["b2"], args64["residual"], **options)
+    return out, args64
+
+
+def errors(actual, expected):
+    """(relative norm error, max abs error / max |expected|) of actual vs expected; NaN -> inf."""
+    actual = actual.detach().double()
+    expected = expected.detach().double()
+    if torch.isnan(actual).any():
+        return float("inf"), float("inf")
+    diff = actual - expected
+    rel = diff.norm().item() / max(expected.norm().item(), 1e-30)
+    max_rel = diff.abs().max().item() / max(expected.abs().max().item(), 1e-30) if diff.numel() else 0.0
+    return rel, max_rel
+
+
+def within_tolerance(actual, expected, dtype):
+    rel, max_rel = errors(actual, expected)
+    rel_tol, max_tol = TOLERANCES[dtype]
+    return rel <= rel_tol and max_rel <= max_tol
+
+
+def assert_close(actual, expected, dtype, what):
+    """Relative-norm and max-abs comparison against a float64 expected value; NaN fails."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert not torch.isnan(actual).any(), f"{what}: NaN in output (an element left unwritten?)"
+    rel, max_rel = errors(actual, expected)
+    rel_tol, max_tol = TOLERANCES[dtype]
+    assert rel <= rel_tol, f"{what}: relative error {rel:.3e} > {rel_tol}"
+    assert max_rel <= max_tol, f"{what}: max abs error / max |ref| = {max_rel:.3e} > {max_tol}"
+
+

@@ -1,0 +1,169 @@
+"""Ahead-of-time compilation of every Triton kernel configuration the dispatcher can pick.
+
+The configurations are not listed by hand: the dispatcher (se_op.py) is run over a grid of
+cases with launches recorded instead of run, so what is compiled is what would launch.
+Needs no GPU, and must run with TRITON_INTERPRET unset (``@triton.jit`` reads it at import).
+
+    python -m senet_kernels.triton.aot --arch 80 90      # compile all, exit 1 on any failure
+"""
+
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from .launcher import recording_launches
+
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+                 torch.float64: "fp64", torch.int32: "i32"}
+
+#: (x dtype, parameter dtype) pairs the op accepts: same dtype, or fp32 weights with half x.
+DTYPE_PAIRS = [(d, d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)] + [
+    (torch.float16, torch.float32), (torch.bfloat16, torch.float32)]
+#: (H, W) covering each reduction tile (8x8 and 7x7 maps, a 3x3 "small map"), with H*W both
+#: a multiple of 16 (aligned rows, vectorizable in NCHW) and not.
+MAP_SIZES = [(8, 8), (7, 7), (3, 3)]
+
+
+@dataclass
+class KernelConfig:
+    kernel: object
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    num_warps: int
+
+    @property
+    def label(self):
+        types = ",".join(f"{k}:{v}" for k, v in self.signature.items() if v != "constexpr"
+                         and v.startswith("*"))
+        consts = ",".join(f"{k}={_short(v)}" for k, v in self.constexprs.items())
+        unaligned = [k for i, k in enumerate(self.kernel.arg_names)
+                     if self.signature[k] == "i32" and (i,) not in self.attrs]
+        return f"{self.kernel.__name__}[{consts}]({types}){{not %16: {','.join(unaligned)}}}"
+
+
+def _short(v):
+    return str(v).replace("triton.language.", "").replace("tl.", "")
+
+
+def _signature(launch):
+    """Triton signature and divisibility attrs of a recorded launch, as the runtime specializes."""
+    signature, attrs = {}, {}
+    for i, name in enumerate(launch.kernel.arg_names):
+        if name in launch.constexprs:
+            signature[name] = "constexpr"
+            continue
+        value = launch.args[name]
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TRITON_TYPES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, attrs
+
+
+def _record_cases():
+    """Run the dispatcher over every configuration-relevant case, recording the launches."""
+    from .se_op import se_backward, se_forward
+
+    with recording_launches(run_too=False) as launches:
+        for (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
+                DTYPE_PAIRS, MAP_SIZES, (False, True), (False, True), (False, True)):
+            n, c, cr = 4, 64, 16
+            x = torch.randn(n, c, h, w, dtype=dtype)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            res = torch.randn_like(x) if residual else None
+            w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
+            b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
+            out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, res, "relu", "sigmoid", post_relu)
+            se_backward(torch.randn_like(x), x, out if post_relu else None, w1, w2, pooled,
+                        hidden, scale, residual, "relu", "sigmoid")
+    return launches
+
+
+def dispatcher_configs():
+    """Every distinct (kernel, argument types, divisibility, constexprs) the dispatcher launches."""
+    configs = {}
+    for launch in _record_cases():
+        signature, attrs = _signature(launch)
+        key = (launch.kernel.__name__, tuple(signature.items()), tuple(sorted(attrs)),
+               tuple((k, _short(v)) for k, v in launch.constexprs.items()))
+        configs.setdefault(key, KernelConfig(launch.kernel, signature, dict(launch.constexprs),
+                                             attrs, launch.num_warps))
+    return list(configs.values())
+
+
+def compile_config(config, arch):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    src = triton.compiler.ASTSource(config.kernel, config.signature, config.constexprs, config.attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": config.num_warps})
+
+
+def _ptxas():
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def resource_usage(compiled, arch):
+    """Registers, spill bytes and shared memory, from ptxas -v on the kernel's PTX."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    try:
+        gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+        log = subprocess.run([_ptxas(), f"-arch={gpu}", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    finally:
+        os.unlink(f.name)
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    return {"registers": regs, "spill_bytes": spills, "shared_bytes": compiled.metadata.shared}
+
+
+_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z]+)*?(?:\.v(\d))?\.(?:b|f|u|s)(\d+)\b")
+
+
+def global_access_widths(ptx):
+    """{"ld": {bits: count}, "st": {bits: count}} of the global loads/stores in PTX."""
+    widths = {"ld": {}, "st": {}}
+    for op, vec, bits in _ACCESS.findall(ptx):
+        width = int(vec or 1) * int(bits)
+        widths[op][width] = widths[op].get(width, 0) + 1
+    return widths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("unset TRITON_INTERPRET: ahead-of-time compilation needs real @triton.jit kernels")
+    configs = dispatcher_configs()
+    failures = 0
+    for arch, config in itertools.product(args.arch, configs):
+        try:
+            compile_config(config, arch)
+            status = "ok"
+        except Exception as e:  # report every failing configuration, not just the first
+            failures += 1
+            status = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"sm_{arch} {config.label}: {status}", flush=True)
+    print(f"compiled {len(configs) * len(args.arch) - failures} of {len(configs) * len(args.arch)} "
+          f"kernel configurations ({len(configs)} per target, targets {args.arch})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared test parametrization: every kernel backend is checked by the same tests.
+
+Inputs and comparisons live in ``senet_kernels.testing`` (the main job's check uses them too).
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from senet_kernels.backends import backend_status, interpreting
+from senet_kernels.testing import (TOLERANCES, assert_close, errors, make_inputs,  # noqa: F401
+                                   reference64)
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: activation, gate, bias, residual, post_relu: every variant of the op.
+VARIANTS = list(itertools.product(("relu", "silu"), ("sigmoid", "hardsigmoid"), (True, False),
+                                  (True, False), (True, False)))
+KERNEL_BACKENDS = ("triton", "cpu", "cuda")
+
+
+def kernel_backends(device):
+    """The kernel backends (not the reference) that run on ``device`` here."""
+    names = []
+    for name in KERNEL_BACKENDS:
+        if not backend_status(name).available:
+            continue
+        runs_on = {"cuda": "cuda", "cpu": "cpu", "triton": "cpu" if interpreting() else "cuda"}[name]
+        if device.type != runs_on:
+            continue
+        names.append(name)
+    return names
+
+
+def backend_device_params():
+    """pytest params (backend, device) for every kernel backend that runs here."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    params = [pytest.param(b, d, id=f"{b}-{d.type}") for d in devices for b in kernel_backends(d)]
+    assert params, "no kernel backend runs here: every kernel test would be skipped"
+    return params
+
+
+def grad_names(args):
+    return [k for k, v in args.items() if v is not None]

@@ -1,0 +1,107 @@
+"""Triton backend internals: launches per op, H*W splits, the self-resetting arrival counters,
+and the ahead-of-time compile of every configuration for sm_80 / sm_90 (no GPU needed)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from senet_kernels import squeeze_excite
+from senet_kernels.backends import backend_status
+from senet_kernels.triton import configs, se_op
+from senet_kernels.triton.launcher import recording_launches
+
+from cases import assert_close, make_inputs, reference64
+from test_correctness import check_forward_backward
+
+pytestmark = pytest.mark.skipif(not backend_status("triton").available,
+                                reason=backend_status("triton").reason)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# aten ops that allocate or re-view memory without computing: no launch on a GPU.
+NON_COMPUTE = {"empty", "empty_like", "new_empty", "empty_strided", "view", "reshape",
+               "_reshape_alias", "detach", "alias", "as_strided", "t", "transpose"}
+
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("post_relu,residual", [(False, False), (True, True), (True, False), (False, True)])
+def test_launches_per_op(device, channels_last, post_relu, residual):
+    """Forward: 2 kernel launches, backward: 3, and no torch compute op inside either.
+
+    The kernels are recorded, not run: the interpreter itself copies tensors (aten ops)."""
+    args = make_inputs(3, 20, 5, 5, 4, channels_last=channels_last, residual=residual, device=device)
+    se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)  # the counters exist now
+    with OpLog() as log, recording_launches(run_too=False) as launches:
+        out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)
+    assert [l.kernel.__name__ for l in launches] == ["se_squeeze_excite_fwd", "se_scale_fwd"]
+    assert set(log.ops) <= NON_COMPUTE, f"compute ops inside the forward: {set(log.ops) - NON_COMPUTE}"
+
+    grad = torch.randn_like(out)
+    with OpLog() as log, recording_launches(run_too=False) as launches:
+        se_op.se_backward(grad, args["x"], out if post_relu else None, args["w1"], args["w2"],
+                          pooled, hidden, scale, residual, "relu", "sigmoid")
+    assert [l.kernel.__name__ for l in launches] == [
+        "se_squeeze_excite_bwd", "se_scale_bwd", "se_weight_grads"]
+    assert set(log.ops) <= NON_COMPUTE, f"compute ops inside the backward: {set(log.ops) - NON_COMPUTE}"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_hw_splits(device, channels_last, monkeypatch, poison):
+    """Split H*W over several programs per channel block, as on a GPU with many SMs."""
+    monkeypatch.setattr(se_op, "_num_sms", lambda device: 64)
+    args = make_inputs(1, 16, 24, 24, 4, channels_last=channels_last, residual=True, device=device)
+    with recording_launches() as launches:
+        check_forward_backward("triton", args, torch.float32, post_relu=True)
+    splits = [l.args["NUM_SPLITS"] for l in launches if "NUM_SPLITS" in l.args]
+    assert splits and min(splits) > 1, splits
+
+
+def test_hw_split_tiles_exactly():
+    for n, c, hw in [(1, 16, 576), (64, 256, 3136), (2, 2048, 49), (1, 1, 1), (8, 3, 10000)]:
+        for tile in configs.REDUCE_TILES:
+            per_split, splits = configs.hw_split(n, c, hw, tile, 132)
+            assert per_split % tile.block_hw == 0
+            assert (splits - 1) * per_split < hw <= splits * per_split
+
+
+def test_arrival_counters_reset(device):
+    """The last program of each sample zeroes its counter, so back-to-back calls stay right."""
+    args = make_inputs(5, 70, 4, 4, 6, device=device)
+    expected, _ = reference64(args)
+    for _ in range(3):
+        assert_close(squeeze_excite(*args.values(), backend="triton"), expected, torch.float32, "out")
+    counters = se_op._arrival_counters(args["x"].device, 5)
+    assert counters.numel() >= 5 and not counters.any()
+
+
+def test_every_reduce_tile_is_picked():
+    """The AOT compile covers what the dispatcher picks; check the picks span the table."""
+    from senet_kernels.triton.aot import MAP_SIZES
+    picked = {configs.reduce_tile(cl, h * w) for cl in (False, True) for h, w in MAP_SIZES}
+    assert picked == set(configs.REDUCE_TILES)
+
+
+def test_aot_compile_every_configuration_for_sm80_and_sm90():
+    """The interpreter accepts code the real compiler rejects: compile every configuration the
+    dispatcher launches for real GPU targets (in a subprocess, without TRITON_INTERPRET)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "senet_kernels.triton.aot", "--arch", "80", "90"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
+    failed = [line for line in proc.stdout.splitlines() if "FAILED" in line]
+    assert proc.returncode == 0 and not failed, (failed or proc.stdout[-3000:]) + proc.stderr[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("compiled ") and "targets [80, 90]" in summary, summary
