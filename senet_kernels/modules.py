@@ -163,7 +163,7 @@ class FusedSEBlock(nn.Module):
         block = cls(c, rd_channels=cr, bias=b1 is not None, activation=activation, gate=gate,
                     post_relu=post_relu, backend=backend, device=w1.device, dtype=w1.dtype)
         with torch.no_grad():
-            block.fc1.weight = nn.Parameter(w1)
+            block.fc1.weight.copy_(w1)
             block.fc2.weight.copy_(w2)
             if b1 is not None:
                 block.fc1.bias.copy_(b1)

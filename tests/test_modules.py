@@ -35,7 +35,8 @@ def randomize_(module, seed=0):
 def make_x(seed=1, device="cpu", dtype=torch.float32, channels=C):
     gen = torch.Generator().manual_seed(seed)
     # The per-channel offset keeps the pooled means O(1) rather than ~1/sqrt(H*W).
-    x = torch.randn(N, channels, H, W, generator=gen) + torch.randn(1, channels, 1, 1, generator=gen)
+    x = torch.randn(N, channels, H, W, generator=gen)
+    x += torch.randn(1, channels, 1, 1, generator=gen)
     return x.to(device=device, dtype=dtype)
 
 
@@ -196,6 +197,13 @@ class HardSigmoid(nn.Module):
         return torch.sigmoid(x)
 
 
+class DoubledConv(nn.Conv2d):
+    """A Conv2d subclass whose forward is not a plain conv."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
 UNSUPPORTED = {
     "not-a-module": (lambda: 42, TypeError, "needs an nn.Module, got int"),
     "conv2d": (lambda: nn.Conv2d(C, C, 1), TypeError, "does not recognize Conv2d"),
@@ -216,6 +224,8 @@ UNSUPPORTED = {
                          "SqueezeExcitation.activation is ScaledSiLU"),
     "non-timm-hardsigmoid": (lambda: SELayer(gate=HardSigmoid), ValueError,
                              "SELayer.fc.3 is HardSigmoid"),
+    "tv-conv-subclass": (lambda: _replace(torchvision_se(), fc2=DoubledConv(CR, C, 1)),
+                         TypeError, "SqueezeExcitation.fc2 must be nn.Conv2d, got DoubledConv"),
     "tv-3x3-conv": (lambda: _replace(torchvision_se(), fc1=nn.Conv2d(C, CR, 3, padding=1)),
                     ValueError, "SqueezeExcitation.fc1 must be a 1x1 conv"),
     "tv-grouped-conv": (lambda: _replace(torchvision_se(), fc2=nn.Conv2d(CR, C, 1, groups=2)),
