@@ -1,6 +1,100 @@
-"""Build script. The package is pure Python today; the C++/CUDA extension senet_kernels._C
-(csrc/) will be built from here with torch.utils.cpp_extension and ninja."""
+"""Builds senet_kernels._C, the C++ (CPU) and CUDA kernels of the SE op, with ninja.
+
+CppExtension when torch has no CUDA or no nvcc is found, CUDAExtension otherwise. Switches:
+
+    SENET_KERNELS_NO_EXT=1     skip the extension (pure Python; Triton and reference backends)
+    SENET_KERNELS_CPU_ONLY=1   build the CPU kernels only, even where CUDA is available
+    TORCH_CUDA_ARCH_LIST       GPU targets; defaults to "8.0;9.0" when no GPU is visible
+    CUDA_HOME                  the CUDA toolkit; by default found from the real nvcc on PATH
+
+Install with ``pip install --no-build-isolation -e .`` (the build imports the installed torch).
+"""
+
+import glob
+import os
+import re
+import shutil
 
 from setuptools import setup
 
-setup()
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0")
+
+
+def _real_nvcc():
+    """The nvcc binary itself: the `nvcc` first on PATH may be a wrapper script that execs it."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    nvcc = os.path.realpath(nvcc)
+    with open(nvcc, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"#!"):  # a script: take the first absolute path to a bin/nvcc it names
+        for match in re.findall(rb"(/[^\s'\"]*/bin/nvcc)\b", head):
+            if os.path.isfile(match.decode()):
+                return os.path.realpath(match.decode())
+    return nvcc
+
+
+def _find_cuda_home():
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = _real_nvcc()
+    return os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
+
+
+def _cpu_flags():
+    """Vectorize the CPU kernels for the build machine's ISA (the extension is built where it
+    runs). at::vec picks its AVX2 implementation from CPU_CAPABILITY_AVX2."""
+    # -fopenmp: at::parallel_for is inlined from ATen's headers and runs serially without it.
+    # The C++ standard is torch's choice (C++20 from torch 2.13).
+    flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = f.read()
+    except OSError:
+        cpu = ""
+    if " avx2 " in cpu and " fma " in cpu and " f16c " in cpu:
+        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
+def extensions():
+    if _flag("SENET_KERNELS_NO_EXT"):
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = [os.path.relpath(p, ROOT) for p in
+               sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) +
+                      glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+    cuda_sources = [os.path.relpath(p, ROOT) for p in
+                    sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
+    cuda_home = _find_cuda_home()
+    with_cuda = (torch.version.cuda is not None and cuda_home is not None and cuda_sources
+                 and not _flag("SENET_KERNELS_CPU_ONLY"))
+    cxx = _cpu_flags()
+    if with_cuda:
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home  # read at import of cpp_extension: set it here too
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        ext = cpp_extension.CUDAExtension(
+            "senet_kernels._C", sources + cuda_sources,
+            extra_compile_args={"cxx": cxx + ["-DSENET_KERNELS_WITH_CUDA"],
+                                "nvcc": ["-O3", "-DSENET_KERNELS_WITH_CUDA"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        ext = cpp_extension.CppExtension("senet_kernels._C", sources,
+                                         extra_compile_args={"cxx": cxx},
+                                         extra_link_args=["-fopenmp"])
+    print(f"senet_kernels: building {'CUDA + CPU' if with_cuda else 'CPU'} extension "
+          f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

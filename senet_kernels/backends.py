@@ -41,9 +41,40 @@ def _triton_status():
     return BackendStatus(True, f"CUDA GPU {torch.cuda.get_device_name()} (sm_{major}{minor})")
 
 
-def _extension_status(device_type):
-    return BackendStatus(False, "the C++/CUDA extension senet_kernels._C is not part of this "
-                                f"release yet, so there are no {device_type} kernels")
+_extension = {}
+
+
+def load_extension():
+    """(module or None, why not): senet_kernels._C, imported once."""
+    if not _extension:
+        try:
+            _extension["module"] = importlib.import_module("senet_kernels._C")
+            _extension["error"] = None
+        except Exception as e:  # ImportError, or an undefined symbol of a mismatched torch
+            _extension["module"] = None
+            _extension["error"] = (f"the C++ extension senet_kernels._C is not built or does not "
+                                   f"load ({type(e).__name__}: {e}); build it with "
+                                   "`pip install --no-build-isolation -e .`")
+    return _extension["module"], _extension["error"]
+
+
+def _cpu_status():
+    module, error = load_extension()
+    if module is None:
+        return BackendStatus(False, error)
+    return BackendStatus(True, "C++ CPU kernels of senet_kernels._C")
+
+
+def _cuda_status():
+    module, error = load_extension()
+    if module is None:
+        return BackendStatus(False, error)
+    if not module.compiled_with_cuda():
+        return BackendStatus(False, "senet_kernels._C was built without CUDA kernels "
+                                    "(no CUDA toolkit at build time, or SENET_KERNELS_CPU_ONLY=1)")
+    if not torch.cuda.is_available():
+        return BackendStatus(False, "senet_kernels._C has CUDA kernels, but no CUDA GPU is visible")
+    return BackendStatus(True, f"CUDA kernels of senet_kernels._C on {torch.cuda.get_device_name()}")
 
 
 def _reference_status():
@@ -52,8 +83,8 @@ def _reference_status():
 
 _PROBES = {
     "triton": _triton_status,
-    "cuda": lambda: _extension_status("CUDA"),
-    "cpu": lambda: _extension_status("CPU"),
+    "cuda": _cuda_status,
+    "cpu": _cpu_status,
     "reference": _reference_status,
 }
 
@@ -106,7 +137,11 @@ def _triton_backward(*args):
     return se_backward(*args)
 
 
-_ops = {"triton": define_backend_ops("triton", _triton_forward, _triton_backward)}
+# The C++ extension registers its CPU and CUDA kernels for these (csrc/); one op pair serves
+# backend="cpu" and backend="cuda", told apart by the tensors' device.
+_ext_ops = define_backend_ops("ext")
+_ops = {"triton": define_backend_ops("triton", _triton_forward, _triton_backward),
+        "cpu": _ext_ops, "cuda": _ext_ops}
 
 
 def backend_ops(name):

@@ -1,0 +1,472 @@
+// CPU kernels of the SE op, designed for the cache rather than translated from the GPU.
+//
+// Work is done one sample at a time: pool the sample's [C, H*W] slab, run the excitation for
+// it (two small GEMVs), then rescale the slab while it is still in L2/L3. Samples are spread
+// over the threads; with fewer samples than threads, each sample's passes are split over
+// channels (NCHW) or pixels (NHWC) instead. The backward does the same: one pass for the
+// per-channel gradient sums, the excitation backward, one pass writing grad_x. Weight
+// gradients are GEMMs over the batch (write_weight_grads). Accumulation is in float (double
+// for double); half / bfloat16 are converted on load and rounded once on store.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../se.h"
+#include "../se_math.h"
+
+namespace senet_kernels {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elements of a pass handed to one thread at a time when a sample's passes are split.
+constexpr int64_t kGrainElements = 32768;
+
+// Loads / stores of Vectorized<A>::size() elements of T, converting T <-> A (A = compute type).
+template <typename T, typename A>
+struct VecIO {
+  using Vec = Vectorized<A>;
+  static constexpr int64_t kSize = Vec::size();
+  static Vec load(const T* p) {
+    if constexpr (std::is_same_v<T, A>) {
+      return Vec::loadu(p);
+    } else {
+      Vec v;
+      at::vec::load_to_float<T>(p, v);
+      return v;
+    }
+  }
+  static void store(T* p, const Vec& v) {
+    if constexpr (std::is_same_v<T, A>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, kSize);
+    }
+  }
+};
+
+template <typename A>
+A vec_sum(const Vectorized<A>& v) {
+  return at::vec::vec_reduce_all<A>([](Vectorized<A>& a, Vectorized<A>& b) { return a + b; }, v);
+}
+
+// Four independent accumulators: one FMA chain would be latency-bound.
+template <typename A>
+A dot(const A* a, const A* b, int64_t n) {
+  using Vec = Vectorized<A>;
+  constexpr int64_t V = Vec::size();
+  Vec acc0(A(0)), acc1(A(0)), acc2(A(0)), acc3(A(0));
+  int64_t i = 0;
+  for (; i + 4 * V <= n; i += 4 * V) {
+    acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
+    acc1 = at::vec::fmadd(Vec::loadu(a + i + V), Vec::loadu(b + i + V), acc1);
+    acc2 = at::vec::fmadd(Vec::loadu(a + i + 2 * V), Vec::loadu(b + i + 2 * V), acc2);
+    acc3 = at::vec::fmadd(Vec::loadu(a + i + 3 * V), Vec::loadu(b + i + 3 * V), acc3);
+  }
+  for (; i + V <= n; i += V) acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
+  A sum = vec_sum((acc0 + acc1) + (acc2 + acc3));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y[0:n] += alpha * x[0:n]
+template <typename A>
+void axpy(A alpha, const A* x, A* y, int64_t n) {
+  using Vec = Vectorized<A>;
+  const Vec va(alpha);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    at::vec::fmadd(va, Vec::loadu(x + i), Vec::loadu(y + i)).store(y + i);
+  }
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Where a gradient passes the ReLU tail: g where out > 0, else 0.
+template <typename A>
+Vectorized<A> relu_mask(const Vectorized<A>& g, const Vectorized<A>& out) {
+  const Vectorized<A> zero(A(0));
+  return Vectorized<A>::blendv(zero, g, out > zero);
+}
+
+// One sample's view of the tensors: [C, HW] (NCHW) or [HW, C] (NHWC) slabs.
+struct Geometry {
+  int64_t C, HW;
+  bool channels_last;
+  int64_t numel() const { return C * HW; }
+};
+
+// ---- Per-channel sums over H*W: sum x (squeeze) or sum gy * x (backward) -------------------
+//
+// kGrad false: sums x. kGrad true: sums gy * x with gy = g, masked by out > 0 when kMask,
+// and written to gy_out when kWriteGy (grad_residual). Template flags keep the loops tight.
+
+template <typename T, typename A, bool kGrad, bool kMask, bool kWriteGy>
+struct SumTerm {
+  const T* x; const T* g; const T* out; T* gy_out;
+  using IO = VecIO<T, A>;
+  using Vec = Vectorized<A>;
+  Vec vec(int64_t i) const {
+    Vec v = IO::load(x + i);
+    if constexpr (!kGrad) {
+      return v;
+    } else {
+      Vec gv = IO::load(g + i);
+      if constexpr (kMask) gv = relu_mask(gv, IO::load(out + i));
+      if constexpr (kWriteGy) IO::store(gy_out + i, gv);
+      return gv * v;
+    }
+  }
+  A scalar(int64_t i) const {
+    A v = static_cast<A>(x[i]);
+    if constexpr (!kGrad) {
+      return v;
+    } else {
+      A gv = static_cast<A>(g[i]);
+      if constexpr (kMask) gv = static_cast<A>(out[i]) > A(0) ? gv : A(0);
+      if constexpr (kWriteGy) gy_out[i] = static_cast<T>(gv);
+      return gv * v;
+    }
+  }
+};
+
+template <typename A, typename Term>
+void channel_sums(const Term& term, const Geometry& geo, int64_t c0, int64_t c1, A* sums) {
+  using Vec = Vectorized<A>;
+  constexpr int64_t V = Vec::size();
+  if (!geo.channels_last) {
+    // NCHW: each channel is a contiguous run of HW elements; four independent chains.
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t base = c * geo.HW;
+      Vec acc0(A(0)), acc1(A(0)), acc2(A(0)), acc3(A(0));
+      int64_t i = 0;
+      for (; i + 4 * V <= geo.HW; i += 4 * V) {
+        acc0 = acc0 + term.vec(base + i);
+        acc1 = acc1 + term.vec(base + i + V);
+        acc2 = acc2 + term.vec(base + i + 2 * V);
+        acc3 = acc3 + term.vec(base + i + 3 * V);
+      }
+      for (; i + V <= geo.HW; i += V) acc0 = acc0 + term.vec(base + i);
+      A sum = vec_sum((acc0 + acc1) + (acc2 + acc3));
+      for (; i < geo.HW; ++i) sum += term.scalar(base + i);
+      sums[c] = sum;
+    }
+    return;
+  }
+  // NHWC: a pixel is a contiguous row of C; keep 4 vectors of channel sums in registers
+  // while walking down the rows, then finish the remaining channels.
+  int64_t c = c0;
+  for (; c + 4 * V <= c1; c += 4 * V) {
+    Vec acc[4] = {Vec(A(0)), Vec(A(0)), Vec(A(0)), Vec(A(0))};
+    for (int64_t p = 0; p < geo.HW; ++p) {
+      const int64_t base = p * geo.C + c;
+      for (int k = 0; k < 4; ++k) acc[k] = acc[k] + term.vec(base + k * V);
+    }
+    for (int k = 0; k < 4; ++k) acc[k].store(sums + c + k * V);
+  }
+  for (; c + V <= c1; c += V) {
+    Vec acc(A(0));
+    for (int64_t p = 0; p < geo.HW; ++p) acc = acc + term.vec(p * geo.C + c);
+    acc.store(sums + c);
+  }
+  for (; c < c1; ++c) {
+    A sum = A(0);
+    for (int64_t p = 0; p < geo.HW; ++p) sum += term.scalar(p * geo.C + c);
+    sums[c] = sum;
+  }
+}
+
+// ---- Streaming passes: out = relu?(x * s + res?), grad_x = gy * s + gp ---------------------
+//
+// Both have the form  dst = a * s[c] + (b or bias[c]) (then maybe relu), over the flat range
+// [i0, i1) of one sample; `Op` supplies the per-element part.
+
+template <typename T, typename A, typename Op>
+void channel_affine_pass(const Geometry& geo, int64_t i0, int64_t i1, const Op& op) {
+  constexpr int64_t V = VecIO<T, A>::kSize;
+  if (!geo.channels_last) {
+    // NCHW: [i0, i1) covers whole channels; a channel's factor is one broadcast vector.
+    for (int64_t c = i0 / geo.HW; c < i1 / geo.HW; ++c) {
+      const int64_t base = c * geo.HW;
+      int64_t i = 0;
+      for (; i + V <= geo.HW; i += V) op.vec(base + i, c, /*channels_contiguous=*/false);
+      for (; i < geo.HW; ++i) op.scalar(base + i, c);
+    }
+    return;
+  }
+  // NHWC: [i0, i1) covers whole pixels; a row's factors are C contiguous values.
+  for (int64_t p = i0 / geo.C; p < i1 / geo.C; ++p) {
+    const int64_t base = p * geo.C;
+    int64_t c = 0;
+    for (; c + V <= geo.C; c += V) op.vec(base + c, c, /*channels_contiguous=*/true);
+    for (; c < geo.C; ++c) op.scalar(base + c, c);
+  }
+}
+
+template <typename A>
+Vectorized<A> factor_at(const A* f, int64_t c, bool channels_contiguous) {
+  return channels_contiguous ? Vectorized<A>::loadu(f + c) : Vectorized<A>(f[c]);
+}
+
+template <typename T, typename A, bool kResidual, bool kRelu>
+struct ScaleForward {  // out = relu?(x * s + res?)
+  const T* x; const T* res; const A* s; T* out;
+  void vec(int64_t i, int64_t c, bool cc) const {
+    using IO = VecIO<T, A>;
+    auto y = IO::load(x + i) * factor_at(s, c, cc);
+    if constexpr (kResidual) y = y + IO::load(res + i);
+    if constexpr (kRelu) y = at::vec::maximum(y, Vectorized<A>(A(0)));
+    IO::store(out + i, y);
+  }
+  void scalar(int64_t i, int64_t c) const {
+    A y = static_cast<A>(x[i]) * s[c];
+    if constexpr (kResidual) y += static_cast<A>(res[i]);
+    if constexpr (kRelu) y = y < A(0) ? A(0) : y;  // NaN stays NaN, as in torch.relu
+    out[i] = static_cast<T>(y);
+  }
+};
+
+template <typename T, typename A, bool kMask>
+struct ScaleBackward {  // grad_x = gy * s + gp, gy = g masked by out > 0 for the ReLU tail
+  const T* g; const T* out; const A* s; const A* gp; T* grad_x;
+  void vec(int64_t i, int64_t c, bool cc) const {
+    using IO = VecIO<T, A>;
+    auto gy = IO::load(g + i);
+    if constexpr (kMask) gy = relu_mask(gy, IO::load(out + i));
+    IO::store(grad_x + i, at::vec::fmadd(gy, factor_at(s, c, cc), factor_at(gp, c, cc)));
+  }
+  void scalar(int64_t i, int64_t c) const {
+    A gy = static_cast<A>(g[i]);
+    if constexpr (kMask) gy = static_cast<A>(out[i]) > A(0) ? gy : A(0);
+    grad_x[i] = static_cast<T>(gy * s[c] + gp[c]);
+  }
+};
+
+// ---- Splitting one sample's passes over threads -------------------------------------------
+
+// Runs fn(begin, end) over units [0, units): in parallel when called outside a parallel
+// region (one sample at a time), inline when the caller already parallelizes over samples.
+template <typename F>
+void split_units(int64_t units, int64_t unit_elements, const F& fn) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, unit_elements));
+  at::parallel_for(0, units, grain, fn);
+}
+
+// Per-channel sums of one sample, split over channel ranges.
+template <typename A, typename Term>
+void sample_channel_sums(const Term& term, const Geometry& geo, A* sums) {
+  split_units(geo.C, geo.HW, [&](int64_t c0, int64_t c1) { channel_sums<A>(term, geo, c0, c1, sums); });
+}
+
+// Calls fn(std::integral_constant<bool, flag>{}) so a runtime flag becomes a template one.
+template <typename F>
+void with_flag(bool flag, const F& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
+// A streaming pass over one sample, split over channels (NCHW) or pixels (NHWC).
+template <typename T, typename A, typename Op>
+void sample_pass(const Geometry& geo, const Op& op) {
+  const int64_t units = geo.channels_last ? geo.HW : geo.C;
+  const int64_t unit_elements = geo.channels_last ? geo.C : geo.HW;
+  split_units(units, unit_elements, [&](int64_t u0, int64_t u1) {
+    channel_affine_pass<T, A>(geo, u0 * unit_elements, u1 * unit_elements, op);
+  });
+}
+
+// Runs per_sample(n) for every sample: samples in parallel when there are enough of them to
+// keep every thread busy, else one after another (each then splits its own passes).
+template <typename F>
+void for_each_sample(int64_t n, const F& per_sample) {
+  if (n >= at::get_num_threads()) {
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) per_sample(i);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i) per_sample(i);
+  }
+}
+
+// ---- Excitation of one sample -------------------------------------------------------------
+
+template <typename A>
+void excite(const A* pooled, const A* w1, const A* b1, const A* w2, const A* b2, int64_t C,
+            int64_t Cr, int act, int gate, A* hidden, A* act_hidden, A* scale) {
+  for (int64_t r = 0; r < Cr; ++r) {
+    hidden[r] = dot(w1 + r * C, pooled, C) + (b1 ? b1[r] : A(0));
+    act_hidden[r] = activate(hidden[r], act);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = apply_gate(dot(w2 + c * Cr, act_hidden, Cr) + (b2 ? b2[c] : A(0)), gate);
+  }
+}
+
+// gz = gs * gate'(s); gh = (gz W2) * act'(hidden); gp = (gh W1) / HW. ga, gp accumulate by
+// rows (axpy) so that W1 [Cr, C] and W2 [C, Cr] are read contiguously.
+template <typename A>
+void excite_backward(const A* gs, const A* s, const A* hidden, const A* w1, const A* w2, int64_t C,
+                     int64_t Cr, int64_t HW, int act, int gate, A* gz, A* act_hidden, A* gh,
+                     A* gp) {
+  std::fill(gh, gh + Cr, A(0));
+  for (int64_t c = 0; c < C; ++c) {
+    gz[c] = gs[c] * gate_grad_from_scale(s[c], gate);
+    axpy(gz[c], w2 + c * Cr, gh, Cr);  // gh holds ga = gz W2 for now
+  }
+  for (int64_t r = 0; r < Cr; ++r) {
+    act_hidden[r] = activate(hidden[r], act);
+    gh[r] *= activate_grad(hidden[r], act);
+  }
+  std::fill(gp, gp + C, A(0));
+  for (int64_t r = 0; r < Cr; ++r) axpy(gh[r] / A(HW), w1 + r * C, gp, C);
+}
+
+template <typename A>
+const A* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<A>() : nullptr;
+}
+
+template <typename T>
+const T* data_or_null_t(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "se_forward_ext/se_backward_ext (CPU): ", name,
+              " must be a CPU tensor, got ", t.device());
+}
+
+}  // namespace
+
+ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                              const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                              const std::optional<at::Tensor>& residual_in,
+                              c10::string_view activation, c10::string_view gate_name,
+                              bool post_relu) {
+  check_cpu(x_in, "x");
+  const int act = parse_activation(activation), gate = parse_gate(gate_name);
+  auto outputs = allocate_forward_outputs(x_in, w1);
+  // (std::get, not a structured binding: C++17 lambdas cannot capture those)
+  at::Tensor& out = std::get<0>(outputs);
+  at::Tensor& pooled = std::get<1>(outputs);
+  at::Tensor& hidden = std::get<2>(outputs);
+  at::Tensor& scale = std::get<3>(outputs);
+  const int64_t N = x_in.size(0);
+  if (N == 0) return outputs;
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = to_layout(x_in, cl);
+  std::optional<at::Tensor> residual;
+  if (residual_in.has_value()) residual = to_layout(*residual_in, cl);
+  // The excitation runs in the compute dtype: convert the (small) parameters once.
+  const auto acc_type = pooled.scalar_type();
+  const at::Tensor w1a = w1.to(acc_type).contiguous(), w2a = w2.to(acc_type).contiguous();
+  std::optional<at::Tensor> b1a, b2a;
+  if (b1.has_value()) b1a = b1->to(acc_type).contiguous();
+  if (b2.has_value()) b2a = b2->to(acc_type).contiguous();
+  const Geometry geo{x.size(1), x.size(2) * x.size(3), cl};
+  const int64_t Cr = w1.size(0);
+  at::Tensor act_hidden = at::empty_like(hidden);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* rp = data_or_null_t<scalar_t>(residual);
+    scalar_t* op = out.data_ptr<scalar_t>();
+    A* pp = pooled.data_ptr<A>();
+    A* hp = hidden.data_ptr<A>();
+    A* ap = act_hidden.data_ptr<A>();
+    A* sp = scale.data_ptr<A>();
+    for_each_sample(N, [&](int64_t n) {
+      const int64_t off = n * geo.numel();
+      A* pn = pp + n * geo.C;
+      sample_channel_sums<A>(SumTerm<scalar_t, A, false, false, false>{xp + off, nullptr, nullptr, nullptr},
+                             geo, pn);
+      for (int64_t c = 0; c < geo.C; ++c) pn[c] /= A(geo.HW);
+      excite<A>(pn, w1a.data_ptr<A>(), data_or_null<A>(b1a), w2a.data_ptr<A>(), data_or_null<A>(b2a),
+                geo.C, Cr, act, gate, hp + n * Cr, ap + n * Cr, sp + n * geo.C);
+      with_flag(rp != nullptr, [&](auto has_res) {
+        with_flag(post_relu, [&](auto relu) {
+          sample_pass<scalar_t, A>(geo, ScaleForward<scalar_t, A, has_res.value, relu.value>{
+                                            xp + off, rp ? rp + off : nullptr, sp + n * geo.C, op + off});
+        });
+      });
+    });
+  });
+  return outputs;
+}
+
+BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                const std::optional<at::Tensor>& out_in, const at::Tensor& w1,
+                                const at::Tensor& w2, const at::Tensor& pooled,
+                                const at::Tensor& hidden, const at::Tensor& scale,
+                                bool has_residual, c10::string_view activation,
+                                c10::string_view gate_name) {
+  check_cpu(x_in, "x");
+  const int act = parse_activation(activation), gate = parse_gate(gate_name);
+  const bool post_relu = out_in.has_value();
+  auto grads = allocate_backward_outputs(x_in, w1, w2, post_relu, has_residual);
+  const int64_t N = x_in.size(0), C = x_in.size(1), Cr = w1.size(0);
+  const auto acc_type = pooled.scalar_type();
+  auto vec_opts = pooled.options();
+  at::Tensor gz = at::empty({N, C}, vec_opts), gh = at::empty({N, Cr}, vec_opts);
+  at::Tensor act_hidden = at::empty({N, Cr}, vec_opts);
+  if (N > 0) {
+    const bool cl = is_channels_last(x_in);
+    const at::Tensor x = to_layout(x_in, cl), g = to_layout(grad_in, cl);
+    std::optional<at::Tensor> out;
+    if (post_relu) out = to_layout(*out_in, cl);
+    const at::Tensor w1a = w1.to(acc_type).contiguous(), w2a = w2.to(acc_type).contiguous();
+    const at::Tensor s = scale.contiguous(), h = hidden.contiguous();
+    const Geometry geo{C, x.size(2) * x.size(3), cl};
+    at::Tensor& grad_x = std::get<0>(grads);
+    at::Tensor& grad_res = std::get<5>(grads);
+    const bool write_grad_res = post_relu && has_residual;
+    at::Tensor gs = at::empty({N, C}, vec_opts), gp = at::empty({N, C}, vec_opts);
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* gptr = g.data_ptr<scalar_t>();
+      const scalar_t* optr = data_or_null_t<scalar_t>(out);
+      scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+      scalar_t* grp = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
+      for_each_sample(N, [&](int64_t n) {
+        const int64_t off = n * geo.numel();
+        A* gsn = gs.data_ptr<A>() + n * C;
+        A* gpn = gp.data_ptr<A>() + n * C;
+        const A* sn = s.data_ptr<A>() + n * C;
+        with_flag(post_relu, [&](auto mask) {
+          with_flag(write_grad_res, [&](auto write_gy) {
+            sample_channel_sums<A>(SumTerm<scalar_t, A, true, mask.value, write_gy.value>{
+                                       xp + off, gptr + off, optr ? optr + off : nullptr,
+                                       grp ? grp + off : nullptr}, geo, gsn);
+          });
+        });
+        excite_backward<A>(gsn, sn, h.data_ptr<A>() + n * Cr, w1a.data_ptr<A>(), w2a.data_ptr<A>(),
+                           C, Cr, geo.HW, act, gate, gz.data_ptr<A>() + n * C,
+                           act_hidden.data_ptr<A>() + n * Cr, gh.data_ptr<A>() + n * Cr, gpn);
+        with_flag(post_relu, [&](auto mask) {
+          sample_pass<scalar_t, A>(geo, ScaleBackward<scalar_t, A, mask.value>{
+                                            gptr + off, optr ? optr + off : nullptr, sn, gpn, gxp + off});
+        });
+      });
+    });
+  }
+  write_weight_grads(gz, act_hidden, gh, pooled, grads);
+  return grads;
+}
+
+}  // namespace senet_kernels
+
+TORCH_LIBRARY_IMPL(senet_kernels, CPU, m) {
+  m.impl("se_forward_ext", &senet_kernels::se_forward_cpu);
+  m.impl("se_backward_ext", &senet_kernels::se_backward_cpu);
+}

@@ -1,0 +1,74 @@
+// Declarations shared by the CPU and CUDA kernels of the SE op.
+//
+// The op schemas live in one place, senet_kernels/ops.py (define_backend_ops("ext")); this
+// library only registers kernels for senet_kernels::se_forward_ext / se_backward_ext
+// (TORCH_LIBRARY_IMPL), under the CPU key (cpu/se_cpu.cpp) and the CUDA key (cuda/se_cuda.cu).
+// See ops.py for the meaning of every argument and output.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace senet_kernels {
+
+using ForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Activation / gate codes, as in senet_kernels/spec.py.
+enum Activation : int { kRelu = 0, kSilu = 1 };
+enum Gate : int { kSigmoid = 0, kHardSigmoid = 1 };
+Activation parse_activation(c10::string_view name);
+Gate parse_gate(c10::string_view name);
+
+// NHWC processing? The rule of senet_kernels/layout.py: dense NCHW -> false, dense
+// channels_last -> true, otherwise whether C is the fastest axis.
+bool is_channels_last(const at::Tensor& x);
+// t as a dense tensor of the given layout (no copy when it already is one).
+at::Tensor to_layout(const at::Tensor& t, bool channels_last);
+// float64 for float64 input, float32 otherwise.
+at::ScalarType compute_dtype(at::ScalarType dtype);
+
+// Empty outputs with exactly the metadata of the fake kernels in ops.py.
+ForwardOutputs allocate_forward_outputs(const at::Tensor& x, const at::Tensor& w1);
+BackwardOutputs allocate_backward_outputs(const at::Tensor& x, const at::Tensor& w1,
+                                          const at::Tensor& w2, bool post_relu,
+                                          bool has_residual);
+
+// Weight and bias gradients from the per-sample vectors of the excitation backward, written
+// into grad_w1 / grad_b1 / grad_w2 / grad_b2 of `grads` (any device: BLAS / cuBLAS GEMMs):
+//   grad_w2 = gz^T act(hidden), grad_b2 = sum_n gz, grad_w1 = gh^T pooled, grad_b1 = sum_n gh.
+// gz [N, C], act_hidden [N, Cr], gh [N, Cr], pooled [N, C], all in the compute dtype.
+void write_weight_grads(const at::Tensor& gz, const at::Tensor& act_hidden, const at::Tensor& gh,
+                        const at::Tensor& pooled, BackwardOutputs& grads);
+
+// The kernels (signatures of the op schemas).
+ForwardOutputs se_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
+                              const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                              const std::optional<at::Tensor>& b2,
+                              const std::optional<at::Tensor>& residual,
+                              c10::string_view activation, c10::string_view gate,
+                              bool post_relu);
+BackwardOutputs se_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                const std::optional<at::Tensor>& out, const at::Tensor& w1,
+                                const at::Tensor& w2, const at::Tensor& pooled,
+                                const at::Tensor& hidden, const at::Tensor& scale,
+                                bool has_residual, c10::string_view activation,
+                                c10::string_view gate);
+
+ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
+                               const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                               const std::optional<at::Tensor>& b2,
+                               const std::optional<at::Tensor>& residual,
+                               c10::string_view activation, c10::string_view gate,
+                               bool post_relu);
+BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& out, const at::Tensor& w1,
+                                 const at::Tensor& w2, const at::Tensor& pooled,
+                                 const at::Tensor& hidden, const at::Tensor& scale,
+                                 bool has_residual, c10::string_view activation,
+                                 c10::string_view gate);
+
+}  // namespace senet_kernels
