@@ -4,6 +4,8 @@ CppExtension when torch has no CUDA or no nvcc is found, CUDAExtension otherwise
 
     SENET_KERNELS_NO_EXT=1     skip the extension (pure Python; Triton and reference backends)
     SENET_KERNELS_CPU_ONLY=1   build the CPU kernels only, even where CUDA is available
+    SENET_KERNELS_CPU_ISA      "native" (default: AVX-512 or AVX2 when the build CPU has it),
+                               "avx2" or "default"
     TORCH_CUDA_ARCH_LIST       GPU targets; defaults to "8.0;9.0" when no GPU is visible
     CUDA_HOME                  the CUDA toolkit; by default found from the real nvcc on PATH
 
@@ -48,16 +50,21 @@ def _find_cuda_home():
 
 def _cpu_flags():
     """Vectorize the CPU kernels for the build machine's ISA (the extension is built where it
-    runs). at::vec picks its AVX2 implementation from CPU_CAPABILITY_AVX2."""
+    runs): at::vec picks its AVX-512 / AVX2 implementation from CPU_CAPABILITY_AVX512 / _AVX2.
+    SENET_KERNELS_CPU_ISA=avx2|default caps it (e.g. to build for older machines)."""
     # -fopenmp: at::parallel_for is inlined from ATen's headers and runs serially without it.
     # The C++ standard is torch's choice (C++20 from torch 2.13).
     flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"]
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = f.read()
+            cpu = set(f.read().split())
     except OSError:
-        cpu = ""
-    if " avx2 " in cpu and " fma " in cpu and " f16c " in cpu:
+        cpu = set()
+    cap = os.environ.get("SENET_KERNELS_CPU_ISA", "native")
+    if cap == "native" and {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= cpu:
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                  "-DCPU_CAPABILITY_AVX512"]
+    elif cap in ("native", "avx2") and {"avx2", "fma", "f16c"} <= cpu:
         flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
     return flags
 

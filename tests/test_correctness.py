@@ -144,3 +144,15 @@ def test_poison_fixture_poisons(poison):
     """The poison fixture is what makes unwritten outputs fail: check that it works."""
     assert torch.isnan(torch.empty(16)).all()
     assert torch.isnan(torch.empty_like(torch.ones(2, 3, 4, 5), memory_format=torch.channels_last)).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("activation,gate,tail", [("relu", "hardsigmoid", True), ("silu", "sigmoid", False)])
+def test_weight_heavy_shapes(backend, device, dtype, channels_last, activation, gate, tail, poison):
+    """Small maps with a wide bottleneck (2 * Cr >= H * W): where the C++ CPU kernels run the
+    excitation for the whole batch as GEMMs instead of per sample."""
+    args = make_inputs(3, 24, 2, 3, 10, dtype=dtype, channels_last=channels_last, residual=tail,
+                       device=device, seed=6)
+    check_forward_backward(backend, args, dtype, activation=activation, gate=gate, post_relu=tail)

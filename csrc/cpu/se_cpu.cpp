@@ -183,15 +183,16 @@ void channel_sums(const Term& term, const Geometry& geo, int64_t c0, int64_t c1,
 
 // ---- Streaming passes: out = relu?(x * s + res?), grad_x = gy * s + gp ---------------------
 //
-// Both have the form  dst = a * s[c] + (b or bias[c]) (then maybe relu), over the flat range
-// [i0, i1) of one sample; `Op` supplies the per-element part.
+// Both have the form  dst = f(element) with per-channel factors, over the channels [c0, c1)
+// of one sample (in both layouts, so that a thread rescales the channels it pooled, which are
+// still in its cache); `Op` supplies the per-element part.
 
 template <typename T, typename A, typename Op>
-void channel_affine_pass(const Geometry& geo, int64_t i0, int64_t i1, const Op& op) {
+void channel_affine_pass(const Geometry& geo, int64_t c0, int64_t c1, const Op& op) {
   constexpr int64_t V = VecIO<T, A>::kSize;
   if (!geo.channels_last) {
-    // NCHW: [i0, i1) covers whole channels; a channel's factor is one broadcast vector.
-    for (int64_t c = i0 / geo.HW; c < i1 / geo.HW; ++c) {
+    // NCHW: a channel is a contiguous run; its factor is one broadcast vector.
+    for (int64_t c = c0; c < c1; ++c) {
       const int64_t base = c * geo.HW;
       int64_t i = 0;
       for (; i + V <= geo.HW; i += V) op.vec(base + i, c, /*channels_contiguous=*/false);
@@ -199,12 +200,12 @@ void channel_affine_pass(const Geometry& geo, int64_t i0, int64_t i1, const Op& 
     }
     return;
   }
-  // NHWC: [i0, i1) covers whole pixels; a row's factors are C contiguous values.
-  for (int64_t p = i0 / geo.C; p < i1 / geo.C; ++p) {
+  // NHWC: the channels [c0, c1) of every pixel; the factors are contiguous values.
+  for (int64_t p = 0; p < geo.HW; ++p) {
     const int64_t base = p * geo.C;
-    int64_t c = 0;
-    for (; c + V <= geo.C; c += V) op.vec(base + c, c, /*channels_contiguous=*/true);
-    for (; c < geo.C; ++c) op.scalar(base + c, c);
+    int64_t c = c0;
+    for (; c + V <= c1; c += V) op.vec(base + c, c, /*channels_contiguous=*/true);
+    for (; c < c1; ++c) op.scalar(base + c, c);
   }
 }
 
@@ -247,20 +248,43 @@ struct ScaleBackward {  // grad_x = gy * s + gp, gy = g masked by out > 0 for th
   }
 };
 
-// ---- Splitting one sample's passes over threads -------------------------------------------
+// ---- Splitting the work over threads ------------------------------------------------------
 
-// Runs fn(begin, end) over units [0, units): in parallel when called outside a parallel
-// region (one sample at a time), inline when the caller already parallelizes over samples.
+// Runs fn(c0, c1) over channel ranges of one sample: in parallel when called outside a
+// parallel region (samples one after another), inline when the samples are in parallel. The
+// partition depends only on C and H*W, so every pass of a sample gives a thread the same
+// channels.
 template <typename F>
-void split_units(int64_t units, int64_t unit_elements, const F& fn) {
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, unit_elements));
-  at::parallel_for(0, units, grain, fn);
+void split_channels(const Geometry& geo, const F& fn) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, geo.HW));
+  at::parallel_for(0, geo.C, grain, fn);
 }
 
-// Per-channel sums of one sample, split over channel ranges.
+// Per-channel sums of one sample.
 template <typename A, typename Term>
 void sample_channel_sums(const Term& term, const Geometry& geo, A* sums) {
-  split_units(geo.C, geo.HW, [&](int64_t c0, int64_t c1) { channel_sums<A>(term, geo, c0, c1, sums); });
+  split_channels(geo, [&](int64_t c0, int64_t c1) { channel_sums<A>(term, geo, c0, c1, sums); });
+}
+
+// A streaming pass over one sample.
+template <typename T, typename A, typename Op>
+void sample_pass(const Geometry& geo, const Op& op) {
+  split_channels(geo, [&](int64_t c0, int64_t c1) { channel_affine_pass<T, A>(geo, c0, c1, op); });
+}
+
+// Runs per_sample(n) for every sample: samples in parallel when there are enough of them to
+// keep every thread busy, else one after another, each splitting its channels over the
+// threads. (Measured on 2 cores: splitting large slabs over threads even when N >= threads,
+// to keep a thread's half slab in L2, was slower with NHWC and no faster with NCHW.)
+template <typename F>
+void for_each_sample(int64_t n, const F& per_sample) {
+  if (n >= at::get_num_threads()) {
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) per_sample(i);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i) per_sample(i);
+  }
 }
 
 // Calls fn(std::integral_constant<bool, flag>{}) so a runtime flag becomes a template one.
@@ -270,29 +294,6 @@ void with_flag(bool flag, const F& fn) {
     fn(std::true_type{});
   } else {
     fn(std::false_type{});
-  }
-}
-
-// A streaming pass over one sample, split over channels (NCHW) or pixels (NHWC).
-template <typename T, typename A, typename Op>
-void sample_pass(const Geometry& geo, const Op& op) {
-  const int64_t units = geo.channels_last ? geo.HW : geo.C;
-  const int64_t unit_elements = geo.channels_last ? geo.C : geo.HW;
-  split_units(units, unit_elements, [&](int64_t u0, int64_t u1) {
-    channel_affine_pass<T, A>(geo, u0 * unit_elements, u1 * unit_elements, op);
-  });
-}
-
-// Runs per_sample(n) for every sample: samples in parallel when there are enough of them to
-// keep every thread busy, else one after another (each then splits its own passes).
-template <typename F>
-void for_each_sample(int64_t n, const F& per_sample) {
-  if (n >= at::get_num_threads()) {
-    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) per_sample(i);
-    });
-  } else {
-    for (int64_t i = 0; i < n; ++i) per_sample(i);
   }
 }
 
@@ -327,6 +328,57 @@ void excite_backward(const A* gs, const A* s, const A* hidden, const A* w1, cons
   }
   std::fill(gp, gp + C, A(0));
   for (int64_t r = 0; r < Cr; ++r) axpy(gh[r] / A(HW), w1 + r * C, gp, C);
+}
+
+// When the weights outweigh a sample's slab (late stages: C = 2048, Cr = 128, 7x7), reading
+// W1 and W2 once per sample costs more than the slab itself: then the excitation runs for the
+// whole batch at once, its two products as GEMMs that read the weights once.
+bool excite_in_batch(int64_t Cr, int64_t HW, int64_t x_element_size, int64_t acc_size) {
+  return 2 * Cr * acc_size >= HW * x_element_size;
+}
+
+// hidden = pooled W1^T + b1, act_hidden = act(hidden), scale = gate(act_hidden W2^T + b2):
+// GEMMs and ATen's vectorized pointwise kernels (the same functions as se_math.h).
+void excite_batch(const at::Tensor& pooled, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                  const at::Tensor& w2, const std::optional<at::Tensor>& b2, int act, int gate,
+                  at::Tensor& hidden, at::Tensor& act_hidden, at::Tensor& scale) {
+  at::mm_out(hidden, pooled, w1.t());
+  if (b1.has_value()) hidden.add_(*b1);
+  if (act == kRelu) {
+    at::relu_out(act_hidden, hidden);
+  } else {
+    at::silu_out(act_hidden, hidden);
+  }
+  at::mm_out(scale, act_hidden, w2.t());
+  if (b2.has_value()) scale.add_(*b2);
+  if (gate == kSigmoid) {
+    scale.sigmoid_();
+  } else {
+    at::hardsigmoid_(scale);
+  }
+}
+
+// The batch form of excite_backward: gz = gs * gate'(s); gh = (gz W2) * act'(hidden);
+// gp = (gh W1) / HW; also act_hidden for the weight gradients.
+template <typename A>
+void excite_backward_batch(const at::Tensor& gs, const at::Tensor& scale, const at::Tensor& hidden,
+                           const at::Tensor& w1, const at::Tensor& w2, int64_t HW, int act,
+                           int gate, at::Tensor& gz, at::Tensor& act_hidden, at::Tensor& gh,
+                           at::Tensor& gp) {
+  const A* gsp = gs.data_ptr<A>();
+  const A* sp = scale.data_ptr<A>();
+  A* gzp = gz.data_ptr<A>();
+  for (int64_t i = 0; i < gs.numel(); ++i) gzp[i] = gsp[i] * gate_grad_from_scale(sp[i], gate);
+  at::mm_out(gh, gz, w2);
+  const A* hp = hidden.data_ptr<A>();
+  A* ghp = gh.data_ptr<A>();
+  A* ap = act_hidden.data_ptr<A>();
+  for (int64_t i = 0; i < gh.numel(); ++i) {
+    ghp[i] *= activate_grad(hp[i], act);
+    ap[i] = activate(hp[i], act);
+  }
+  at::mm_out(gp, gh, w1);
+  gp.div_(static_cast<double>(HW));
 }
 
 template <typename A>
@@ -384,21 +436,37 @@ ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, cons
     A* hp = hidden.data_ptr<A>();
     A* ap = act_hidden.data_ptr<A>();
     A* sp = scale.data_ptr<A>();
-    for_each_sample(N, [&](int64_t n) {
-      const int64_t off = n * geo.numel();
+    const A* b1p = data_or_null<A>(b1a);
+    const A* b2p = data_or_null<A>(b2a);
+    const bool batched = excite_in_batch(Cr, geo.HW, x.element_size(), sizeof(A));
+    auto squeeze = [&](int64_t n) {
       A* pn = pp + n * geo.C;
-      sample_channel_sums<A>(SumTerm<scalar_t, A, false, false, false>{xp + off, nullptr, nullptr, nullptr},
+      sample_channel_sums<A>(SumTerm<scalar_t, A, false, false, false>{xp + n * geo.numel(), nullptr,
+                                                                        nullptr, nullptr},
                              geo, pn);
       for (int64_t c = 0; c < geo.C; ++c) pn[c] /= A(geo.HW);
-      excite<A>(pn, w1a.data_ptr<A>(), data_or_null<A>(b1a), w2a.data_ptr<A>(), data_or_null<A>(b2a),
-                geo.C, Cr, act, gate, hp + n * Cr, ap + n * Cr, sp + n * geo.C);
+    };
+    auto rescale = [&](int64_t n) {
+      const int64_t off = n * geo.numel();
       with_flag(rp != nullptr, [&](auto has_res) {
         with_flag(post_relu, [&](auto relu) {
           sample_pass<scalar_t, A>(geo, ScaleForward<scalar_t, A, has_res.value, relu.value>{
                                             xp + off, rp ? rp + off : nullptr, sp + n * geo.C, op + off});
         });
       });
-    });
+    };
+    if (batched) {
+      for_each_sample(N, squeeze);
+      excite_batch(pooled, w1a, b1a, w2a, b2a, act, gate, hidden, act_hidden, scale);
+      for_each_sample(N, rescale);
+    } else {  // pool, excite and rescale each sample while its slab is in cache
+      for_each_sample(N, [&](int64_t n) {
+        squeeze(n);
+        excite<A>(pp + n * geo.C, w1a.data_ptr<A>(), b1p, w2a.data_ptr<A>(), b2p, geo.C, Cr, act,
+                  gate, hp + n * Cr, ap + n * Cr, sp + n * geo.C);
+        rescale(n);
+      });
+    }
   });
   return outputs;
 }
@@ -438,26 +506,39 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
       const scalar_t* optr = data_or_null_t<scalar_t>(out);
       scalar_t* gxp = grad_x.data_ptr<scalar_t>();
       scalar_t* grp = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
-      for_each_sample(N, [&](int64_t n) {
+      const bool batched = excite_in_batch(Cr, geo.HW, x.element_size(), sizeof(A));
+        auto grad_sums = [&](int64_t n) {
         const int64_t off = n * geo.numel();
-        A* gsn = gs.data_ptr<A>() + n * C;
-        A* gpn = gp.data_ptr<A>() + n * C;
-        const A* sn = s.data_ptr<A>() + n * C;
         with_flag(post_relu, [&](auto mask) {
           with_flag(write_grad_res, [&](auto write_gy) {
             sample_channel_sums<A>(SumTerm<scalar_t, A, true, mask.value, write_gy.value>{
                                        xp + off, gptr + off, optr ? optr + off : nullptr,
-                                       grp ? grp + off : nullptr}, geo, gsn);
+                                       grp ? grp + off : nullptr}, geo, gs.data_ptr<A>() + n * C);
           });
         });
-        excite_backward<A>(gsn, sn, h.data_ptr<A>() + n * Cr, w1a.data_ptr<A>(), w2a.data_ptr<A>(),
-                           C, Cr, geo.HW, act, gate, gz.data_ptr<A>() + n * C,
-                           act_hidden.data_ptr<A>() + n * Cr, gh.data_ptr<A>() + n * Cr, gpn);
+      };
+      auto input_grad = [&](int64_t n) {
+        const int64_t off = n * geo.numel();
         with_flag(post_relu, [&](auto mask) {
           sample_pass<scalar_t, A>(geo, ScaleBackward<scalar_t, A, mask.value>{
-                                            gptr + off, optr ? optr + off : nullptr, sn, gpn, gxp + off});
+                                            gptr + off, optr ? optr + off : nullptr,
+                                            s.data_ptr<A>() + n * C, gp.data_ptr<A>() + n * C, gxp + off});
         });
-      });
+      };
+      if (batched) {
+        for_each_sample(N, grad_sums);
+        excite_backward_batch<A>(gs, s, h, w1a, w2a, geo.HW, act, gate, gz, act_hidden, gh, gp);
+        for_each_sample(N, input_grad);
+      } else {  // per sample, while its slabs are in cache
+        for_each_sample(N, [&](int64_t n) {
+          grad_sums(n);
+          excite_backward<A>(gs.data_ptr<A>() + n * C, s.data_ptr<A>() + n * C, h.data_ptr<A>() + n * Cr,
+                             w1a.data_ptr<A>(), w2a.data_ptr<A>(), C, Cr, geo.HW, act, gate,
+                             gz.data_ptr<A>() + n * C, act_hidden.data_ptr<A>() + n * Cr,
+                             gh.data_ptr<A>() + n * Cr, gp.data_ptr<A>() + n * C);
+          input_grad(n);
+        });
+      }
     });
   }
   write_weight_grads(gz, act_hidden, gh, pooled, grads);
