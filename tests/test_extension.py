@@ -1,0 +1,88 @@
+"""The C++/CUDA extension senet_kernels._C: registration, fallback when it is missing.
+
+Its kernels' numbers are checked by the shared correctness tests (backend "cpu", and backend
+"cuda" when a GPU is present); here: what is registered where, and how the package behaves
+without it. CUDA kernels cannot run without a GPU; their registration is checked here.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from senet_kernels import available_backends, squeeze_excite
+from senet_kernels.backends import backend_status, load_extension, resolve_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXT_OPS = ("senet_kernels::se_forward_ext", "senet_kernels::se_backward_ext")
+has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+
+requires_extension = pytest.mark.skipif(load_extension()[0] is None, reason=str(load_extension()[1]))
+
+
+@requires_extension
+@pytest.mark.parametrize("op", EXT_OPS)
+def test_cpu_kernels_registered(op):
+    assert has_kernel(op, "CPU")
+
+
+@requires_extension
+@pytest.mark.parametrize("op", EXT_OPS)
+def test_cuda_kernels_registered(op):
+    """Runs nothing: checks the built library put CUDA kernels under the CUDA key.
+
+    CI sets SENET_KERNELS_EXPECT_CUDA_BUILD=1, so a build that silently fell back to the CPU
+    kernels only fails there instead of skipping."""
+    module, _ = load_extension()
+    if not module.compiled_with_cuda():
+        if os.environ.get("SENET_KERNELS_EXPECT_CUDA_BUILD") == "1":
+            pytest.fail("senet_kernels._C was built without its CUDA kernels")
+        pytest.skip("senet_kernels._C was built without CUDA (CPU-only torch or no nvcc)")
+    assert has_kernel(op, "CUDA")
+
+
+@requires_extension
+def test_auto_picks_the_cpu_extension_for_cpu_tensors():
+    assert resolve_backend("auto", torch.randn(1, 2, 3, 3)) == "cpu"
+
+
+def test_cuda_backend_status_explains_itself():
+    status = backend_status("cuda")
+    if not torch.cuda.is_available():
+        assert not status.available and status.reason
+
+
+def test_package_works_without_the_extension():
+    """With senet_kernels._C unimportable, the package imports, says why, and auto falls back."""
+    code = (
+        "import sys; sys.modules['senet_kernels._C'] = None\n"
+        "import torch, senet_kernels as sk\n"
+        "s = sk.available_backends()\n"
+        "assert not s['cpu'].available and 'senet_kernels._C' in s['cpu'].reason, s['cpu']\n"
+        "assert not s['cuda'].available\n"
+        "x = torch.randn(2, 8, 3, 3)\n"
+        "w1, w2 = torch.randn(2, 8), torch.randn(8, 2)\n"
+        "y = sk.squeeze_excite(x, w1, None, w2, None)\n"
+        "ref = sk.squeeze_excite_reference(x, w1, None, w2, None)\n"
+        "assert torch.equal(y, ref)\n"
+        "try:\n"
+        "    sk.squeeze_excite(x, w1, None, w2, None, backend='cpu')\n"
+        "except ValueError as e:\n"
+        "    assert 'unavailable' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('forcing the missing cpu backend did not raise')\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+@requires_extension
+def test_cpu_backend_rejects_cuda_only_requests():
+    if backend_status("cpu").available:
+        x = torch.randn(1, 4, 2, 2)
+        with pytest.raises(ValueError, match="backend 'cuda'"):
+            squeeze_excite(x, torch.randn(1, 4), None, torch.randn(4, 1), None, backend="cuda")
+    assert available_backends()["cpu"].available
