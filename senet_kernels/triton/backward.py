@@ -17,7 +17,8 @@ gW1 = gh^T pooled, and the bias sums, one program per output tile of either matr
 import triton
 import triton.language as tl
 
-from .common import activate, activate_grad, arrive_last, channel_block_sum, gate_grad_from_scale
+from .common import (activate, activate_grad, gate_grad_from_scale, reduce_slab_share,
+                     sum_partials)
 
 
 @triton.jit
@@ -28,32 +29,17 @@ def se_squeeze_excite_bwd(
     POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    n = tl.program_id(1)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    c_block = tl.program_id(0) % num_c_blocks
-    split = tl.program_id(0) // num_c_blocks
-
-    c_offs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c_offs < C
-    hw_start = split * HW_PER_SPLIT
-    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
-    base = n.to(tl.int64) * C * HW
-    sums = channel_block_sum(x_ptr + base, grad_ptr + base, out_ptr + base, c_offs, c_mask,
-                             hw_start, hw_end, C, HW, 2 if POST_RELU else 1, CHANNELS_LAST,
-                             BLOCK_C, BLOCK_HW, ACC)
-    tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
-
-    if arrive_last(counter_ptr + n, num_c_blocks * NUM_SPLITS):
+    n, last = reduce_slab_share(x_ptr, grad_ptr, out_ptr, partial_ptr, counter_ptr, C, HW,
+                                HW_PER_SPLIT, NUM_SPLITS, 2 if POST_RELU else 1, CHANNELS_LAST,
+                                BLOCK_C, BLOCK_HW, ACC)
+    if last:
         fc_c = tl.arange(0, FC_BLOCK_C)
         fc_r = tl.arange(0, FC_BLOCK_R)
         # gz = gs * gate'(z), from s
         for c0 in range(0, C, FC_BLOCK_C):
             c = c0 + fc_c
             cm = c < C
-            gs = tl.zeros([FC_BLOCK_C], dtype=ACC)
-            for s in range(0, NUM_SPLITS):
-                gs += tl.load(partial_ptr + (n * NUM_SPLITS + s) * C + c, mask=cm, other=0.0,
-                              cache_modifier=".cg")
+            gs = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
             sc = tl.load(scale_ptr + n * C + c, mask=cm, other=0.0)
             tl.store(gz_ptr + n * C + c, gs * gate_grad_from_scale(sc, gate), mask=cm)
         tl.debug_barrier()

@@ -75,6 +75,41 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C
 
 
 @triton.jit
+def reduce_slab_share(x_ptr, g_ptr, out_ptr, partial_ptr, counter_ptr, C, HW, HW_PER_SPLIT,
+                      NUM_SPLITS, MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                      BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+    """The reduction phase of kernels A and A' (grid: channel blocks * HW splits, N).
+
+    Sums this program's [channel block, HW split] share of sample n (see channel_block_sum for
+    MODE) into partials [N, NUM_SPLITS, C]. Returns (n, whether this program arrived last at
+    sample n, and so must finish it).
+    """
+    n = tl.program_id(1)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    c_block = tl.program_id(0) % num_c_blocks
+    split = tl.program_id(0) // num_c_blocks
+    c_offs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c_offs < C
+    hw_start = split * HW_PER_SPLIT
+    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
+    base = n.to(tl.int64) * C * HW
+    sums = channel_block_sum(x_ptr + base, g_ptr + base, out_ptr + base, c_offs, c_mask,
+                             hw_start, hw_end, C, HW, MODE, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+    tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
+    return n, arrive_last(counter_ptr + n, num_c_blocks * NUM_SPLITS)
+
+
+@triton.jit
+def sum_partials(partial_ptr, n, c, c_mask, C, NUM_SPLITS, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Channels c of sample n summed over the HW splits; read past L1, which may be stale."""
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for s in range(0, NUM_SPLITS):
+        total += tl.load(partial_ptr + (n * NUM_SPLITS + s) * C + c, mask=c_mask, other=0.0,
+                         cache_modifier=".cg")
+    return total
+
+
+@triton.jit
 def arrive_last(counter_ptr, arrivals):
     """Count this program's arrival at its sample; True for the sample's last program.
 

@@ -12,7 +12,7 @@ out = relu?(x * scale[n, c] + residual?), computed in the compute dtype, rounded
 import triton
 import triton.language as tl
 
-from .common import activate, apply_gate, arrive_last, channel_block_sum
+from .common import activate, apply_gate, reduce_slab_share, sum_partials
 
 
 @triton.jit
@@ -23,32 +23,16 @@ def se_squeeze_excite_fwd(
     CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    n = tl.program_id(1)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    c_block = tl.program_id(0) % num_c_blocks
-    split = tl.program_id(0) // num_c_blocks
-
-    # Squeeze: this program's share of the per-channel sums.
-    c_offs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c_offs < C
-    hw_start = split * HW_PER_SPLIT
-    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
-    x_sample = x_ptr + n.to(tl.int64) * C * HW
-    sums = channel_block_sum(x_sample, x_sample, x_sample, c_offs, c_mask, hw_start, hw_end, C, HW,
-                             0, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
-    tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
-
-    if arrive_last(counter_ptr + n, num_c_blocks * NUM_SPLITS):
+    n, last = reduce_slab_share(x_ptr, x_ptr, x_ptr, partial_ptr, counter_ptr, C, HW, HW_PER_SPLIT,
+                                NUM_SPLITS, 0, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+    if last:
         fc_c = tl.arange(0, FC_BLOCK_C)
         fc_r = tl.arange(0, FC_BLOCK_R)
         # pooled = (sum of the split partials) / HW
         for c0 in range(0, C, FC_BLOCK_C):
             c = c0 + fc_c
             cm = c < C
-            total = tl.zeros([FC_BLOCK_C], dtype=ACC)
-            for s in range(0, NUM_SPLITS):
-                total += tl.load(partial_ptr + (n * NUM_SPLITS + s) * C + c, mask=cm, other=0.0,
-                                 cache_modifier=".cg")
+            total = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
             tl.store(pooled_ptr + n * C + c, total / HW, mask=cm)
         tl.debug_barrier()
         # hidden = W1 @ pooled + b1, W1 is [CR, C]
