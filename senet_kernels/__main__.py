@@ -117,21 +117,22 @@ def check(args):
     for name, s in status.items():
         print(f"  {name:10} {'available' if s.available else 'unavailable'}: {s.reason}")
 
-    kernel_backends = [b for b in ("triton", "cuda", "cpu") if status[b].available
-                       and (b != "cuda" or device.type == "cuda")]
+    kernel_backends = [b for b in ("triton", "cuda", "cpu") if status[b].available]
+    # The C++ CPU kernels run on CPU tensors; Triton on the GPU (or interpreted on the CPU).
+    backend_device = {"cpu": torch.device("cpu"), "cuda": device, "triton": device, "reference": device}
     failures = 0
     for backend in kernel_backends + ["reference"]:
-        rows = _check_backend(backend, device)
+        rows = _check_backend(backend, backend_device[backend])
         bad = [r for r in rows if not r[-1]]
         failures += len(bad)
         worst = max(r[-2] for r in rows)
-        print(f"check {backend:10} on {device.type}: {len(rows) - len(bad)}/{len(rows)} cases within "
+        print(f"check {backend:10} on {backend_device[backend].type}: {len(rows) - len(bad)}/{len(rows)} cases within "
               f"tolerance (forward + all gradients vs float64; worst relative error {worst:.2e})")
         for shape, act, gate, tail, dtype, cl, err, _ in bad:
             print(f"  FAILED {shape} {act}/{gate} tail={tail} {dtype} channels_last={cl}: {err:.2e}")
     if args.time:
         if device.type == "cuda":
-            _time_backends([b for b in kernel_backends] + ["reference"])
+            _time_backends([b for b in kernel_backends if b != "cpu"] + ["reference"])
         else:
             print("\ntiming skipped: no CUDA GPU (interpreted Triton timings would mean nothing)")
     print("\nall checks passed" if not failures else f"\n{failures} checks FAILED")
