@@ -100,7 +100,9 @@ def extensions():
                                          extra_link_args=["-fopenmp"])
     print(f"senet_kernels: building {'CUDA + CPU' if with_cuda else 'CPU'} extension "
           f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    # ninja builds in parallel; without it (a bare machine), setuptools compiles file by file.
+    use_ninja = cpp_extension.is_ninja_available()
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=use_ninja)}
 
 
 ext_modules, cmdclass = extensions()

@@ -1,11 +1,12 @@
-"""Command line: ``python -m senet_kernels check``.
+"""Command line: ``python -m senet_kernels bench`` (the main job) and ``check``.
 
 check: detects the hardware, then runs every available backend against the float64 reference
 on SE-ResNet-like shapes (every activation/gate, SE-ResNet tail, both layouts, fp32 and bf16):
-forward and all gradients. On a CUDA GPU it also times the forward and forward+backward of
-each backend beside eager PyTorch and torch.compile (medians of CUDA-event timings). Without a
-GPU the Triton kernels run through the Triton interpreter (correct, but far too slow to time).
-Exit status 1 when any check fails.
+forward and all gradients. Without a GPU the Triton kernels run through the Triton
+interpreter (correct, but far too slow to time). Exit status 1 when any check fails.
+
+bench: the check, then timings of every available backend beside eager PyTorch and
+torch.compile (see senet_kernels/bench.py) as a table, with --json / --plot outputs.
 """
 
 import argparse
@@ -68,46 +69,36 @@ def _check_backend(backend, device):
     return rows
 
 
-def _time_cuda(fn, iters=50):
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for _ in range(5):
-        fn()
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[len(times) // 2]
-
-
-TIMING_SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14), (64, 2048, 7, 7)]
-
-
-def _time_backends(backends):
-    from . import squeeze_excite
-    from .testing import make_inputs
-
-    compiled = torch.compile(lambda *a: squeeze_excite(*a, post_relu=True, backend="reference"))
-    print("\nSE + residual + ReLU, bf16, channels_last, CUDA-event medians (ms):")
-    print(f"{'shape':>22} {'impl':>10} {'fwd':>8} {'fwd+bwd':>8}")
-    for n, c, h, w in TIMING_SHAPES:
-        args = make_inputs(n, c, h, w, c // 16, dtype=torch.bfloat16, channels_last=True,
-                           residual=True, device="cuda")
-        leaves = [v.requires_grad_() for v in args.values()]
-        impls = {name: (lambda *a, b=name: squeeze_excite(*a, post_relu=True, backend=b))
-                 for name in backends}
-        impls["compile"] = compiled
-        for name, fn in impls.items():
-            with torch.no_grad():
-                fwd = _time_cuda(lambda: fn(*leaves))
-            grad = torch.randn(n, c, h, w, device="cuda", dtype=torch.bfloat16)
-            both = _time_cuda(lambda: torch.autograd.grad(fn(*leaves), leaves, grad))
-            print(f"{str((n, c, h, w)):>22} {name:>10} {fwd:8.3f} {both:8.3f}")
-
-
 def check(args):
+    failures = run_checks()
+    print("\nall checks passed" if not failures else f"\n{failures} checks FAILED")
+    return 1 if failures else 0
+
+
+def bench(args):
+    from . import bench as bench_module
+
+    failures = 0 if args.skip_check else run_checks()
+    result = bench_module.run(sizes=args.sizes, dtypes=args.dtype, layouts=args.layout,
+                              min_run_time=args.min_run_time, progress=not args.no_progress)
+    print()
+    print(bench_module.format_table(result))
+    print()
+    print(bench_module.summary(result))
+    if args.json:
+        bench_module.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench_module.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    if failures:
+        print(f"\n{failures} correctness checks FAILED")
+    return 1 if failures else 0
+
+
+def run_checks():
+    """Hardware, backends, and every available backend against the float64 reference.
+    Returns the number of failed cases."""
     from . import available_backends
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,22 +121,28 @@ def check(args):
               f"tolerance (forward + all gradients vs float64; worst relative error {worst:.2e})")
         for shape, act, gate, tail, dtype, cl, err, _ in bad:
             print(f"  FAILED {shape} {act}/{gate} tail={tail} {dtype} channels_last={cl}: {err:.2e}")
-    if args.time:
-        if device.type == "cuda":
-            _time_backends([b for b in kernel_backends if b != "cpu"] + ["reference"])
-        else:
-            print("\ntiming skipped: no CUDA GPU (interpreted Triton timings would mean nothing)")
-    print("\nall checks passed" if not failures else f"\n{failures} checks FAILED")
-    return 1 if failures else 0
+    return failures
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m senet_kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="correctness of every available backend (and GPU timings)")
-    p.add_argument("--no-time", dest="time", action="store_false", help="skip the GPU timings")
+    p = sub.add_parser("check", help="correctness of every available backend")
     p.set_defaults(func=check)
+    b = sub.add_parser("bench", help="correctness check, then timings vs eager and torch.compile")
+    b.add_argument("--sizes", choices=("cpu", "gpu"), default="cpu",
+                   help="batch 8 (default) or batch 256 shapes")
+    b.add_argument("--dtype", nargs="+", default=["float32"],
+                   choices=("float32", "float16", "bfloat16"))
+    b.add_argument("--layout", nargs="+", default=["nchw", "channels_last"],
+                   choices=("nchw", "channels_last"))
+    b.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    b.add_argument("--json", help="write the results (device, versions, rows) here")
+    b.add_argument("--plot", help="write a PNG of the floor fraction per shape and backend here")
+    b.add_argument("--skip-check", action="store_true", help="skip the correctness check")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=bench)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     _ensure_triton_interpreter_without_gpu(argv)
