@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "../se.h"
 #include "../se_math.h"
@@ -158,8 +159,23 @@ void channel_sums(const Term& term, const Geometry& geo, int64_t c0, int64_t c1,
     }
     return;
   }
-  // NHWC: a pixel is a contiguous row of C; keep 4 vectors of channel sums in registers
-  // while walking down the rows, then finish the remaining channels.
+  // NHWC: a pixel is a contiguous row of C. Walk down the rows once, adding each row's
+  // channels [c0, c1) into a row of sums that stays in L1 (one pass over the slab; blocks of
+  // channels walked one after another would re-read it from a farther cache each time).
+  const int64_t width = c1 - c0;
+  if (width > 4 * V) {
+    std::vector<A> row_sums(width, A(0));
+    A* acc = row_sums.data();
+    for (int64_t p = 0; p < geo.HW; ++p) {
+      const int64_t base = p * geo.C + c0;
+      int64_t j = 0;
+      for (; j + V <= width; j += V) (Vec::loadu(acc + j) + term.vec(base + j)).store(acc + j);
+      for (; j < width; ++j) acc[j] += term.scalar(base + j);
+    }
+    std::copy(acc, acc + width, sums + c0);
+    return;
+  }
+  // Few channels: keep them in registers.
   int64_t c = c0;
   for (; c + 4 * V <= c1; c += 4 * V) {
     Vec acc[4] = {Vec(A(0)), Vec(A(0)), Vec(A(0)), Vec(A(0))};
