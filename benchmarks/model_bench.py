@@ -93,7 +93,10 @@ def main():
 
     def build(kind):
         torch.manual_seed(0)
-        model = torchvision.models.resnet50() if kind == "resnet50" else se_resnet50(backend=kind)
+        # SE-ResNet-50 in torchvision's ResNet-50 layout (stride in the 3x3, padded max-pool),
+        # so that the two networks differ by the SE blocks only.
+        model = (torchvision.models.resnet50() if kind == "resnet50" else
+                 se_resnet50(backend=kind, stride_in_1x1=False, maxpool_ceil_mode=False))
         return model.to(device=device, dtype=dtype, memory_format=fmt)
 
     impls = {  # name: (backend of the SE blocks, torch.compile both networks?)

@@ -58,17 +58,20 @@ def make_downsample(in_channels, out_channels, stride, kernel_size=1, avg_down=F
 class SEBasicBlock(nn.Module):
     """Two 3x3 convolutions (stride in the first), then the fused SE + shortcut + ReLU.
 
-    Used by SE-ResNet-18/34; the SE runs over ``planes`` channels.
+    Used by SE-ResNet-18/34; the SE runs over ``planes`` channels. ``relu_before_se`` adds a
+    ReLU between the second BN and the SE, as timm's ``legacy_seresnet18/34`` (trained that
+    way) have; the SE-ResNet design, and timm's ``seresnet18/34``, have none.
     """
 
     expansion = 1
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, se_rd_channels,
-                 backend="auto"):
+                 relu_before_se=False, backend="auto"):
         super().__init__()
         self.conv1, self.bn1 = conv_bn(inplanes, planes, 3, stride)
         self.relu = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = conv_bn(planes, planes, 3)
+        self.relu_before_se = bool(relu_before_se)
         self.se = FusedSEBlock(planes, rd_channels=se_rd_channels, post_relu=True,
                                backend=backend)
         self.downsample = downsample
@@ -77,6 +80,8 @@ class SEBasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.relu_before_se:
+            out = self.relu(out)
         return self.se(out, shortcut)
 
 

@@ -5,7 +5,9 @@
 
 * the paper's Caffe models (ported by Cadene, timm's ``legacy_*``): the defaults of the
   constructors below, e.g. SE-ResNet-50 with its stride in the first 1x1 conv of the
-  bottleneck, a padding-free ``ceil_mode`` max-pool and Cr = C // 16;
+  bottleneck, a padding-free ``ceil_mode`` max-pool and Cr = C // 16. SE-ResNet-18/34 (not
+  in the paper) follow the same design; timm's legacy ones also apply a ReLU before the SE
+  (``relu_before_se=True``);
 * timm's ResNet-based ``seresnet*`` / ``seresnext*`` / ``senet154``: ``stride_in_1x1=False``,
   ``maxpool_ceil_mode=False``, ``se_rd_divisor=8`` (and deep stems, ``avg_down`` for the
   ``-d`` / ``-t`` variants). ``senet_kernels.models.from_timm`` picks these for you.
@@ -13,8 +15,6 @@
 Every block ends in one ``FusedSEBlock(post_relu=True)`` call that does the SE, the residual
 add and the ReLU; ``backend`` selects its kernels ("reference" is plain PyTorch).
 """
-
-from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ class SENet(nn.Module):
         layers: blocks per stage, e.g. (3, 4, 6, 3).
         groups, base_width, reduce_first, stride_in_1x1: the bottleneck's shape (see
             ``SEBottleneck``); ignored by basic blocks.
+        relu_before_se: basic blocks only: a ReLU before the SE (timm's legacy_seresnet18/34).
         stem_channels: ``(64,)``: one 7x7 / 2 conv; ``(c1, c2, c3)``: three 3x3 convs (the
             first with stride 2) of those widths, with BN + ReLU between them, held in
             ``conv1`` as a Sequential (timm's layout). The last width feeds layer1.
@@ -61,9 +62,10 @@ class SENet(nn.Module):
     """
 
     def __init__(self, block, layers, *, groups=1, base_width=64, reduce_first=1,
-                 stride_in_1x1=False, stem_channels=(64,), maxpool_ceil_mode=True,
-                 downsample_kernel=1, avg_down=False, se_reduction=16, se_rd_divisor=None,
-                 drop_rate=0.0, num_classes=1000, in_chans=3, backend="auto"):
+                 stride_in_1x1=False, relu_before_se=False, stem_channels=(64,),
+                 maxpool_ceil_mode=True, downsample_kernel=1, avg_down=False, se_reduction=16,
+                 se_rd_divisor=None, drop_rate=0.0, num_classes=1000, in_chans=3,
+                 backend="auto"):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {block!r}")
@@ -76,7 +78,8 @@ class SENet(nn.Module):
         block_cls = BLOCKS[block]
         self.config = dict(block=block, layers=tuple(layers), groups=groups,
                            base_width=base_width, reduce_first=reduce_first,
-                           stride_in_1x1=stride_in_1x1, stem_channels=tuple(stem_channels),
+                           stride_in_1x1=stride_in_1x1, relu_before_se=relu_before_se,
+                           stem_channels=tuple(stem_channels),
                            maxpool_ceil_mode=maxpool_ceil_mode,
                            downsample_kernel=downsample_kernel, avg_down=avg_down,
                            se_reduction=se_reduction, se_rd_divisor=se_rd_divisor,
@@ -94,6 +97,8 @@ class SENet(nn.Module):
         if block_cls is SEBottleneck:
             block_kwargs.update(groups=groups, base_width=base_width,
                                 reduce_first=reduce_first, stride_in_1x1=stride_in_1x1)
+        else:
+            block_kwargs.update(relu_before_se=relu_before_se)
         for index, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if index == 0 else 2
             outplanes = planes * block_cls.expansion

@@ -5,6 +5,7 @@ Two timm families hold these networks, with different structures and parameter n
 * ``timm/models/senet.py``, the ``legacy_*`` models (Cadene's port of the paper's Caffe
   models): the stem is ``layer0.{conv1,bn1[,conv2,bn2,conv3,bn3]}`` then a padding-free
   ``ceil_mode`` max-pool; SE-ResNet-50/101/152 stride in the bottleneck's first 1x1 conv;
+  SE-ResNet-18/34 have a ReLU between their second BN and the SE;
   ``se_module`` has Cr = C // 16; the classifier is ``last_linear``; SENet-154's strided
   shortcuts are 3x3.
 * ``timm/models/resnet.py``, ``seresnet*`` / ``seresnext*`` / ``senet154``: torchvision's
@@ -39,6 +40,8 @@ class TimmArch:
 _LEGACY = dict(maxpool_ceil_mode=True, se_rd_divisor=None)
 _RESNET = dict(maxpool_ceil_mode=False, se_rd_divisor=8, stride_in_1x1=False)
 _LEGACY_SE_RESNET = dict(_LEGACY, stride_in_1x1=True)
+# timm's SEResNetBlock applies its ReLU to the second BN's output before the SE as well.
+_LEGACY_BASIC = dict(_LEGACY, relu_before_se=True)
 _X32X4 = dict(groups=32, base_width=4)
 _X32X8 = dict(groups=32, base_width=8)
 _X64X4 = dict(groups=64, base_width=4)
@@ -52,8 +55,8 @@ _R18, _R34_50, _R101, _R152 = (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 
 
 #: timm architecture name -> TimmArch.
 ARCHS = {
-    "legacy_seresnet18": TimmArch("legacy", "basic", _R18, _LEGACY),
-    "legacy_seresnet34": TimmArch("legacy", "basic", _R34_50, _LEGACY),
+    "legacy_seresnet18": TimmArch("legacy", "basic", _R18, _LEGACY_BASIC),
+    "legacy_seresnet34": TimmArch("legacy", "basic", _R34_50, _LEGACY_BASIC),
     "legacy_seresnet50": TimmArch("legacy", "bottleneck", _R34_50, _LEGACY_SE_RESNET),
     "legacy_seresnet101": TimmArch("legacy", "bottleneck", _R101, _LEGACY_SE_RESNET),
     "legacy_seresnet152": TimmArch("legacy", "bottleneck", _R152, _LEGACY_SE_RESNET),
@@ -153,6 +156,46 @@ def _fit_se_blocks(model, state):
                 backend=se.backend, device=se.fc1.weight.device, dtype=se.fc1.weight.dtype))
 
 
+def _conv_geometry(conv):
+    return dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups)
+
+
+def _pool_geometry(pool):
+    return {k: getattr(pool, k, None) for k in ("kernel_size", "stride", "padding",
+                                                 "ceil_mode", "count_include_pad")}
+
+
+def _check_structure(source, model, origin):
+    """Raise unless ``source`` (a timm model) has our convolutions and poolings.
+
+    A state dict does not record strides, paddings, dilations or pooling modes, and timm
+    models built with other options (``output_stride=16``, another ``global_pool``) load
+    the same weights but compute something else. So every convolution is compared with the
+    one its weight comes from, and the max / average poolings in order.
+    """
+    source_modules = dict(source.named_modules())
+    differences = []
+    for name, conv in model.named_modules():
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        theirs = source_modules.get(origin[f"{name}.weight"].rpartition(".")[0])
+        if not isinstance(theirs, nn.Conv2d) or _conv_geometry(theirs) != _conv_geometry(conv):
+            differences.append(f"{name}: ours {_conv_geometry(conv)}, timm {theirs!r}")
+    for kind in (nn.MaxPool2d, nn.AvgPool2d):
+        ours = [_pool_geometry(m) for m in model.modules() if isinstance(m, kind)]
+        theirs = [_pool_geometry(m) for m in source.modules() if isinstance(m, kind)]
+        if ours != theirs:
+            differences.append(f"{kind.__name__}s: ours {ours}, timm {theirs}")
+    pool_type = getattr(getattr(source, "global_pool", None), "pool_type", "avg")
+    if pool_type != "avg":
+        differences.append(f"global pooling: ours 'avg', timm {pool_type!r}")
+    if differences:
+        raise ValueError("the timm model is not the network its architecture name says "
+                         "(built with other options?); differences:\n  "
+                         + "\n  ".join(differences))
+
+
 def _float_tensor(state):
     return next((t for t in state.values() if torch.is_tensor(t) and t.is_floating_point()),
                 None)
@@ -175,8 +218,10 @@ def from_timm(model_or_state_dict, arch=None, *, backend="auto"):
         classes and input channels are read from the weights.
 
     Raises:
-        ValueError: unknown architecture, or keys that do not map one to one (the message
-            lists the source keys without a counterpart and our keys left without weights).
+        ValueError: unknown architecture, keys that do not map one to one (the message
+            lists the source keys without a counterpart and our keys left without weights),
+            or a source model whose convolutions or poolings differ from ours (a timm model
+            built with other options, e.g. ``output_stride=16``).
         RuntimeError: a tensor of the wrong shape (from ``load_state_dict``).
     """
     if isinstance(model_or_state_dict, nn.Module):
@@ -203,10 +248,12 @@ def from_timm(model_or_state_dict, arch=None, *, backend="auto"):
         options["in_chans"] = stem.shape[1]
     if drop_rate is not None:
         options["drop_rate"] = float(drop_rate)
-    model = SENet(spec.block, spec.layers, backend=backend, **options)
     like = _float_tensor(state)
+    # Built where the weights are (no host copy of a GPU model; nothing at all on "meta").
+    with torch.device(like.device if like is not None else "cpu"):
+        model = SENet(spec.block, spec.layers, backend=backend, **options)
     if like is not None:
-        model.to(device=like.device, dtype=like.dtype)
+        model.to(dtype=like.dtype)
     _fit_se_blocks(model, renamed)
 
     expected = model.state_dict()
@@ -217,4 +264,6 @@ def from_timm(model_or_state_dict, arch=None, *, backend="auto"):
                          f"{len(unmapped)} source key(s) without a counterpart {unmapped}; "
                          f"{len(missing)} SENet key(s) without weights {missing}")
     model.load_state_dict(renamed)
+    if isinstance(model_or_state_dict, nn.Module):
+        _check_structure(model_or_state_dict, model, origin)
     return model.train(training)
