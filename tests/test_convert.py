@@ -21,6 +21,8 @@ from timm.layers.squeeze_excite import SEModule  # noqa: E402
 from timm.models._efficientnet_blocks import SqueezeExcite  # noqa: E402
 from torchvision.ops import SqueezeExcitation  # noqa: E402
 
+from bn_calibration import calibrate_bn_statistics_  # noqa: E402
+
 #: The SE classes these models use, counted independently of from_module's recognition.
 SE_CLASSES = (SEModule, SqueezeExcite, SqueezeExcitation)
 
@@ -72,13 +74,6 @@ def randomize_(model, seed=0):
     through the training-mode runs.
     """
     gen = torch.Generator().manual_seed(seed)
-
-    def set_statistics(bn, args):
-        x = args[0]
-        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
-        bn.running_mean.copy_(mean + 0.1 * var.sqrt() * torch.randn(mean.shape, generator=gen))
-        bn.running_var.copy_(var * (0.75 + 0.5 * torch.rand(var.shape, generator=gen)))
-
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         for m in model.modules():
@@ -88,10 +83,7 @@ def randomize_(model, seed=0):
             bn.weight.copy_(0.15 + 0.3 * torch.rand(bn.num_features, generator=gen))
             bn.bias.copy_(0.2 * torch.randn(bn.num_features, generator=gen))
             bn.momentum = 0.0
-        hooks = [bn.register_forward_pre_hook(set_statistics) for bn in bns]
-        model.eval()(torch.randn(4, 3, 64, 64, generator=gen))
-        for hook in hooks:
-            hook.remove()
+    calibrate_bn_statistics_(model, gen)
     return model
 
 

@@ -17,6 +17,8 @@ from senet_kernels import FusedSEBlock, available_backends
 from senet_kernels.models import MODELS, TIMM_ARCHS, SENet, from_timm, se_resnet18, se_width
 from senet_kernels.models.timm_weights import rename_state_dict
 
+from bn_calibration import calibrate_bn_statistics_
+
 timm = pytest.importorskip("timm")
 
 #: fp32 tolerance on max|ours - timm| / max|timm|, per SE backend.
@@ -54,27 +56,16 @@ def randomize_bn_(model, seed=0):
     residual branch gets 0.3x smaller weights, so that 50 branches do not pile up.
     """
     gen = torch.Generator().manual_seed(seed)
-
-    def set_statistics(bn, args):
-        x = args[0]
-        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
-        bn.running_mean.copy_(mean + 0.1 * var.sqrt() * torch.randn(mean.shape, generator=gen))
-        bn.running_var.copy_(var * (0.75 + 0.5 * torch.rand(var.shape, generator=gen)))
-
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     was_training = model.training
     with torch.no_grad():
-        for bn in bns:
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
             bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
             bn.bias.copy_(0.2 * torch.randn(bn.num_features, generator=gen))
         for block in model.modules():
             if hasattr(block, "se") or hasattr(block, "se_module"):
                 last = getattr(block, "bn3", None) or block.bn2
                 last.weight.mul_(0.3)
-        hooks = [bn.register_forward_pre_hook(set_statistics) for bn in bns]
-        model.eval()(torch.randn(4, model_in_chans(model), 64, 64, generator=gen))
-        for hook in hooks:
-            hook.remove()
+    calibrate_bn_statistics_(model, gen, model_in_chans(model))
     return model.train(was_training)
 
 
