@@ -116,9 +116,20 @@ def timed_backends(device):
     return ["cpu"] if status["cpu"].available else []  # interpreted Triton: not worth timing
 
 
+def allow_recompiles(limit=1024):
+    """One compiled function serves every shape, layout and dtype here: past dynamo's default
+    of 8 recompiles it would silently run eager, and the "compile" column would be eager."""
+    import torch._dynamo.config as dynamo_config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+
+
 def run(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), min_run_time=0.2,
         progress=True):
     """Time every (shape, pass, dtype, layout); returns the result dict written by --json."""
+    allow_recompiles()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backends = timed_backends(device)
     eager = backend_fn("reference")
