@@ -37,7 +37,8 @@ def _positive_int(name, value):
     return value
 
 
-def _check_backend(backend):
+def check_backend_name(backend):
+    """A valid ``backend`` argument (availability is checked per call, on the input)."""
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
     return backend
@@ -89,7 +90,7 @@ class FusedSEBlock(nn.Module):
         self.activation = check_activation(activation)
         self.gate = check_gate(gate)
         self.post_relu = bool(post_relu)
-        self.backend = _check_backend(backend)
+        self.backend = check_backend_name(backend)
         factory = {"device": device, "dtype": dtype}
         self.fc1 = nn.Linear(channels, rd_channels, bias=bias, **factory)
         self.fc2 = nn.Linear(rd_channels, channels, bias=bias, **factory)

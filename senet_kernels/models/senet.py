@@ -19,16 +19,10 @@ add and the ReLU; ``backend`` selects its kernels ("reference" is plain PyTorch)
 import torch
 from torch import nn
 
-from ..modules import BACKEND_NAMES, FusedSEBlock
+from ..modules import FusedSEBlock, check_backend_name
 from .blocks import SEBasicBlock, SEBottleneck, conv_bn, make_downsample, se_width
 
 BLOCKS = {"basic": SEBasicBlock, "bottleneck": SEBottleneck}
-
-
-def _check_backend(backend):
-    # Checked here too, so a bad name fails at construction rather than in the first forward.
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
 
 
 class SENet(nn.Module):
@@ -74,7 +68,7 @@ class SENet(nn.Module):
         if len(stem_channels) not in (1, 3):
             raise ValueError(f"stem_channels must have 1 (7x7 stem) or 3 (3x3 stem) widths, "
                              f"got {stem_channels!r}")
-        _check_backend(backend)
+        check_backend_name(backend)  # fail at construction, not in the first forward
         block_cls = BLOCKS[block]
         self.config = dict(block=block, layers=tuple(layers), groups=groups,
                            base_width=base_width, reduce_first=reduce_first,
@@ -146,7 +140,7 @@ class SENet(nn.Module):
 
     def set_backend(self, backend):
         """Make every SE block run on ``backend``; returns self."""
-        _check_backend(backend)
+        check_backend_name(backend)  # fail at construction, not in the first forward
         for _, se in self.se_blocks():
             se.backend = backend
         return self
