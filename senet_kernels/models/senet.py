@@ -140,7 +140,7 @@ class SENet(nn.Module):
 
     def set_backend(self, backend):
         """Make every SE block run on ``backend``; returns self."""
-        check_backend_name(backend)  # fail at construction, not in the first forward
+        check_backend_name(backend)  # fail here, not in the first forward
         for _, se in self.se_blocks():
             se.backend = backend
         return self
