@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .ops import define_backend_ops
+from .ops import BackendOps, define_backend_ops, eager_function
 
 BACKENDS = ("triton", "cuda", "cpu", "reference")
 
@@ -20,10 +20,16 @@ class BackendStatus:
 _status = {}
 
 
+_interpreting = []
+
+
 @torch.compiler.assume_constant_result
 def interpreting():
-    """True when TRITON_INTERPRET asks for the Triton interpreter (Triton reads it at import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when TRITON_INTERPRET asks for the Triton interpreter. Read once: Triton itself
+    reads it when its kernels are defined, so a later change would not take effect anyway."""
+    if not _interpreting:
+        _interpreting.append(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+    return _interpreting[0]
 
 
 def _triton_status():
@@ -102,8 +108,23 @@ def available_backends():
     return {name: backend_status(name) for name in BACKENDS}
 
 
+_resolved = {}
+
+
 def resolve_backend(backend, x):
-    """The backend that runs an op on x: ``backend`` itself when forced, else auto's choice."""
+    """The backend that runs an op on x: ``backend`` itself when forced, else auto's choice.
+
+    Successful answers are remembered per (backend, device type, interpreting): availability
+    is probed once per process anyway, and this sits on every call's path.
+    """
+    key = (backend, x.device.type, interpreting())
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = _resolve_backend(backend, x)
+    return name
+
+
+def _resolve_backend(backend, x):
     if backend not in BACKENDS and backend != "auto":
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -127,25 +148,74 @@ def resolve_backend(backend, x):
 # Kernel backends' ops are defined at import, so torch.compile never traces their definition.
 # The Triton kernels (and triton itself) are imported on the first call, not here.
 
+_se_op = None
+
+
+def _triton_se_op():
+    global _se_op
+    if _se_op is None:
+        from .triton import se_op
+        _se_op = se_op
+    return _se_op
+
+
 def _triton_forward(*args):
-    from .triton.se_op import se_forward
-    return se_forward(*args)
+    return _triton_se_op().se_forward(*args)
 
 
 def _triton_backward(*args):
-    from .triton.se_op import se_backward
-    return se_backward(*args)
+    return _triton_se_op().se_backward(*args)
+
+
+def _below_autograd(op):
+    """Call a custom op straight at its device kernel (C++), past its Python autograd."""
+    def call(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return call
+
+
+@dataclass(frozen=True)
+class BackendKernels:
+    """How one kernel backend is called.
+
+    ``ops``: its custom ops (the dispatcher path, which torch.compile traces and opcheck
+    checks). ``forward`` / ``backward``: the same kernels called directly, the eager fast path
+    (no dispatcher round trip into Python). ``function``: the eager autograd.Function over
+    those, with the ops' autograd formula (ops.eager_function).
+    """
+    ops: BackendOps
+    forward: object
+    backward: object
+    function: type
+
+
+def _kernels(ops, forward, backward):
+    return BackendKernels(ops, forward, backward, eager_function(forward, backward))
 
 
 # The C++ extension registers its CPU and CUDA kernels for these (csrc/); one op pair serves
 # backend="cpu" and backend="cuda", told apart by the tensors' device.
 _ext_ops = define_backend_ops("ext")
-_ops = {"triton": define_backend_ops("triton", _triton_forward, _triton_backward),
-        "cpu": _ext_ops, "cuda": _ext_ops}
+_ext_kernels = _kernels(_ext_ops, _below_autograd(_ext_ops.forward),
+                        _below_autograd(_ext_ops.backward))
+_kernel_backends = {
+    "triton": _kernels(define_backend_ops("triton", _triton_forward, _triton_backward),
+                       _triton_forward, _triton_backward),
+    "cpu": _ext_kernels,
+    "cuda": _ext_kernels,
+}
+
+
+def backend_kernels(name):
+    """The ``BackendKernels`` of a kernel backend."""
+    if name not in _kernel_backends:
+        raise ValueError(f"backend {name!r} has no kernels")
+    return _kernel_backends[name]
 
 
 def backend_ops(name):
     """The custom ops (``ops.BackendOps``) of a kernel backend."""
-    if name not in _ops:
+    if name not in _kernel_backends:
         raise ValueError(f"backend {name!r} has no custom ops")
-    return _ops[name]
+    return _kernel_backends[name].ops

@@ -1,8 +1,25 @@
 """``squeeze_excite``: the SE op as a function, validated and dispatched to a backend."""
 
-from .backends import backend_ops, resolve_backend
+import torch
+from torch import nn
+
+from .backends import backend_kernels, resolve_backend
 from .reference import squeeze_excite_reference
 from .validation import check_squeeze_excite_args
+
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+
+
+def _eager(x):
+    """True when nothing needs to see the op itself: not compiling or exporting, no torch
+    function or dispatch mode active, x a plain tensor (no subclass with its own dispatch)."""
+    return (type(x) in _PLAIN_TENSORS and not torch.compiler.is_compiling()
+            and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate="sigmoid",
@@ -22,12 +39,21 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
     Returns:
         A tensor like x (dtype, shape, layout). Differentiable w.r.t. x, the parameters and
         the residual. Reductions and the gate are computed in float32 (float64 for float64).
+
+    In eager mode the backend's kernels are called directly (through a
+    ``torch.autograd.Function`` when a gradient is needed); under torch.compile, export or a
+    dispatch mode the call goes through the backend's custom op
+    (``torch.ops.senet_kernels.se_forward_<backend>``). Both run the same kernels.
     """
     w1, w2 = check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate)
     name = resolve_backend(backend, x)
     if name == "reference":
         return squeeze_excite_reference(x, w1, b1, w2, b2, residual, activation=activation,
                                         gate=gate, post_relu=post_relu)
-    out, _pooled, _hidden, _scale = backend_ops(name).forward(
-        x, w1, b1, w2, b2, residual, activation, gate, post_relu)
-    return out
+    kernels = backend_kernels(name)
+    args = (x, w1, b1, w2, b2, residual, activation, gate, post_relu)
+    if not _eager(x):
+        return kernels.ops.forward(*args)[0]
+    if _needs_grad(x, w1, b1, w2, b2, residual):
+        return kernels.function.apply(*args)
+    return kernels.forward(*args)[0]

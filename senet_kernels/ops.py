@@ -60,33 +60,38 @@ class BackendOps:
 # Output allocation shared by the fake kernels and every real kernel, so that their
 # metadata (shape, dtype, strides) agree by construction.
 
-def allocate_forward_outputs(x, w1):
-    """Empty (out, pooled, hidden, scale) for a forward on x (any layout) with fc1 weight w1."""
+def allocate_forward_outputs(x, w1, channels_last=None):
+    """Empty (out, pooled, hidden, scale) for a forward on x (any layout) with fc1 weight w1.
+
+    ``channels_last``: the layout rule's answer for x when the caller already has it."""
     n, c = x.shape[0], x.shape[1]
     acc = compute_dtype(x.dtype)
-    out = torch.empty_like(x, memory_format=_format_of(x))
+    out = torch.empty_like(x, memory_format=_format_of(x, channels_last))
     pooled = x.new_empty((n, c), dtype=acc)
     hidden = x.new_empty((n, w1.shape[0]), dtype=acc)
     scale = x.new_empty((n, c), dtype=acc)
     return out, pooled, hidden, scale
 
 
-def allocate_backward_outputs(x, w1, w2, post_relu, has_residual):
+def allocate_backward_outputs(x, w1, w2, post_relu, has_residual, channels_last=None):
     """Empty (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual)."""
-    grad_x = torch.empty_like(x, memory_format=_format_of(x))
+    fmt = _format_of(x, channels_last)
+    grad_x = torch.empty_like(x, memory_format=fmt)
     grad_w1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
     grad_w2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
     grad_b1 = w1.new_empty((w1.shape[0],))
     grad_b2 = w2.new_empty((w2.shape[0],))
     if post_relu and has_residual:
-        grad_residual = torch.empty_like(x, memory_format=_format_of(x))
+        grad_residual = torch.empty_like(x, memory_format=fmt)
     else:
         grad_residual = x.new_empty((0,))
     return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual
 
 
-def _format_of(x):
-    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+def _format_of(x, channels_last=None):
+    if channels_last is None:
+        channels_last = is_channels_last(x)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _fake_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
@@ -97,31 +102,65 @@ def _fake_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     return allocate_backward_outputs(x, w1, w2, out is not None, has_residual)
 
 
+# The autograd formula, shared by the ops' registered autograd (the dispatcher path, traced by
+# torch.compile) and the eager autograd.Function of ``eager_function`` (the fast path of
+# functional.squeeze_excite): both save the same tensors and call the same backward kernel.
+
+def _save_for_backward(ctx, inputs, output):
+    x, w1, b1, w2, b2, residual, activation, gate, post_relu = inputs
+    out, pooled, hidden, scale = output
+    ctx.save_for_backward(x, w1, w2, pooled, hidden, scale, out if post_relu else None)
+    ctx.has_bias = (b1 is not None, b2 is not None)
+    ctx.has_residual = residual is not None
+    ctx.post_relu = post_relu
+    ctx.activation, ctx.gate = activation, gate
+
+
+def _input_grads(ctx, grad_out, backward_fn):
+    """Gradients of (x, w1, b1, w2, b2, residual, activation, gate, post_relu)."""
+    x, w1, w2, pooled, hidden, scale, out = ctx.saved_tensors
+    grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = backward_fn(
+        grad_out, x, out, w1, w2, pooled, hidden, scale, ctx.has_residual,
+        ctx.activation, ctx.gate)
+    if ctx.has_residual and not ctx.post_relu:
+        grad_res = grad_out  # d(x*s + residual)/d residual is the identity
+    elif not ctx.has_residual:
+        grad_res = None
+    has_b1, has_b2 = ctx.has_bias
+    return (grad_x, grad_w1, grad_b1 if has_b1 else None, grad_w2,
+            grad_b2 if has_b2 else None, grad_res, None, None, None)
+
+
 def _make_autograd(backward_op):
     def setup_context(ctx, inputs, output):
-        x, w1, b1, w2, b2, residual, activation, gate, post_relu = inputs
-        out, pooled, hidden, scale = output
-        ctx.save_for_backward(x, w1, w2, pooled, hidden, scale, out if post_relu else None)
-        ctx.has_bias = (b1 is not None, b2 is not None)
-        ctx.has_residual = residual is not None
-        ctx.post_relu = post_relu
-        ctx.activation, ctx.gate = activation, gate
-        ctx.mark_non_differentiable(pooled, hidden, scale)
+        _save_for_backward(ctx, inputs, output)
+        ctx.mark_non_differentiable(*output[1:])
 
     def backward(ctx, grad_out, _grad_pooled, _grad_hidden, _grad_scale):
-        x, w1, w2, pooled, hidden, scale, out = ctx.saved_tensors
-        grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = backward_op(
-            grad_out, x, out, w1, w2, pooled, hidden, scale, ctx.has_residual,
-            ctx.activation, ctx.gate)
-        if ctx.has_residual and not ctx.post_relu:
-            grad_res = grad_out  # d(x*s + residual)/d residual is the identity
-        elif not ctx.has_residual:
-            grad_res = None
-        has_b1, has_b2 = ctx.has_bias
-        return (grad_x, grad_w1, grad_b1 if has_b1 else None, grad_w2,
-                grad_b2 if has_b2 else None, grad_res, None, None, None)
+        return _input_grads(ctx, grad_out, backward_op)
 
     return backward, setup_context
+
+
+def eager_function(forward_impl, backward_impl):
+    """A ``torch.autograd.Function`` running a backend's kernels directly (no dispatcher).
+
+    ``apply(x, w1, b1, w2, b2, residual, activation, gate, post_relu)`` returns ``out`` with
+    the same autograd formula as the custom op. Only for eager mode: torch.compile and
+    dispatch modes must see the op (``functional.squeeze_excite`` chooses).
+    """
+    class SqueezeExcite(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = forward_impl(*inputs)
+            _save_for_backward(ctx, inputs, output)
+            return output[0]
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return _input_grads(ctx, grad_out, backward_impl)
+
+    return SqueezeExcite
 
 
 def define_backend_ops(backend, forward_impl=None, backward_impl=None, dispatch_keys=("CPU", "CUDA")):

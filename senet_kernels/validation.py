@@ -39,8 +39,44 @@ def _check_vector(name, b, length):
     return b
 
 
+#: Argument signatures (see _signature) that passed the checks; cleared when it grows past
+#: MAX_SIGNATURES. The checks depend on nothing else, so a known signature skips them.
+_valid_signatures = set()
+MAX_SIGNATURES = 4096
+
+
+def _signature(t):
+    return None if t is None else (type(t), t.shape, t.dtype, t.device)
+
+
 def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
     """Validate the arguments of ``squeeze_excite``; return ``(w1, w2)`` as 2-D matrices.
+
+    The full checks run once per signature (types, shapes, dtypes, devices and the option
+    strings); a signature seen before costs a tuple lookup.
+    """
+    try:
+        key = (_signature(x), _signature(w1), _signature(b1), _signature(w2), _signature(b2),
+               _signature(residual), activation, gate)
+        known = key in _valid_signatures
+    except (AttributeError, TypeError):  # not tensors, or unhashable options: full checks
+        key, known = None, False
+    if known:
+        return _as_matrix_view(w1), _as_matrix_view(w2)
+    w1, w2 = _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate)
+    if key is not None:
+        if len(_valid_signatures) >= MAX_SIGNATURES:
+            _valid_signatures.clear()
+        _valid_signatures.add(key)
+    return w1, w2
+
+
+def _as_matrix_view(w):
+    return w.reshape(w.shape[0], w.shape[1]) if w.dim() == 4 else w
+
+
+def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
+    """The checks themselves (see check_squeeze_excite_args).
 
     Rules: x is [N, C, H, W] with C, H, W >= 1; w1 is [Cr, C] and w2 [C, Cr] (1x1-conv shaped
     weights [.., .., 1, 1] are accepted as views); biases are [Cr] / [C] or None; all parameters

@@ -32,10 +32,26 @@ def kernel_backends(device):
     return names
 
 
-def backend_device_params():
-    """pytest params (backend, device) for every kernel backend that runs here."""
+#: The Triton backend's two excitation paths (configs.use_batched_excitation picks per shape).
+TRITON_PATHS = ("per_sample", "batched")
+
+
+def backend_device_params(paths=False):
+    """pytest params (backend, device) for every kernel backend that runs here.
+
+    paths=True: (backend, device, path) instead, the Triton backend once per excitation path
+    (forced by conftest's ``excitation_path`` fixture), the others with path None.
+    """
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    params = [pytest.param(b, d, id=f"{b}-{d.type}") for d in devices for b in kernel_backends(d)]
+    params = []
+    for d in devices:
+        for b in kernel_backends(d):
+            if not paths:
+                params.append(pytest.param(b, d, id=f"{b}-{d.type}"))
+            elif b == "triton":
+                params += [pytest.param(b, d, p, id=f"{b}[{p}]-{d.type}") for p in TRITON_PATHS]
+            else:
+                params.append(pytest.param(b, d, None, id=f"{b}-{d.type}"))
     assert params, "no kernel backend runs here: every kernel test would be skipped"
     return params
 

@@ -30,3 +30,17 @@ def poison():
         yield
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(autouse=True)
+def excitation_path(request):
+    """Force the Triton backend's excitation path when the test is parametrized with ``path``
+    (see cases.backend_device_params(paths=True)); otherwise the traffic model picks."""
+    callspec = getattr(request.node, "callspec", None)
+    path = callspec.params.get("path") if callspec is not None else None
+    if path is None:
+        yield None
+        return
+    from senet_kernels.triton import configs  # imports no triton
+    with configs.force_excitation_path(path):
+        yield path

@@ -14,6 +14,7 @@ from cases import (DTYPES, VARIANTS, assert_close, backend_device_params, grad_n
                    make_inputs, reference64)
 
 BACKENDS = backend_device_params()
+BACKEND_PATHS = backend_device_params(paths=True)
 
 
 def check_forward_backward(backend, args, dtype, *, activation="relu", gate="sigmoid",
@@ -39,11 +40,11 @@ def check_forward_backward(backend, args, dtype, *, activation="relu", gate="sig
     return out
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("activation,gate,bias,residual,post_relu", VARIANTS)
-def test_variant_matrix(backend, device, dtype, channels_last, activation, gate, bias, residual,
+def test_variant_matrix(backend, device, path, dtype, channels_last, activation, gate, bias, residual,
                         post_relu, poison):
     args = make_inputs(2, 40, 5, 7, 6, dtype=dtype, channels_last=channels_last, bias=bias,
                        residual=residual, device=device, seed=VARIANTS.index((activation, gate, bias, residual, post_relu)))
@@ -63,17 +64,17 @@ ODD_SHAPES = [  # (N, C, H, W, Cr)
 ]
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_odd_sizes(backend, device, shape, channels_last, poison):
+def test_odd_sizes(backend, device, path, shape, channels_last, poison):
     args = make_inputs(*shape, channels_last=channels_last, residual=True, device=device, seed=1)
     check_forward_backward(backend, args, torch.float32, activation="silu", post_relu=True)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_float32_parameters_with_half_input(backend, device, dtype, poison):
+def test_float32_parameters_with_half_input(backend, device, path, dtype, poison):
     """fp32 master weights with half activations: grads of the weights stay fp32."""
     args = make_inputs(2, 24, 6, 6, 6, dtype=dtype, param_dtype=torch.float32, residual=True,
                        device=device, seed=2)
@@ -95,9 +96,9 @@ def _non_contiguous_cases():
             "channels_last_slice": channels_last_slice}
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)
 @pytest.mark.parametrize("name,view", list(_non_contiguous_cases().items()), ids=lambda v: v if isinstance(v, str) else "")
-def test_non_contiguous_inputs(backend, device, name, view, poison):
+def test_non_contiguous_inputs(backend, device, path, name, view, poison):
     args = make_inputs(2, 16, 5, 6, 4, residual=True, device=device, seed=3)
     args["x"] = view(args["x"])
     args["residual"] = view(args["residual"])
@@ -146,11 +147,11 @@ def test_poison_fixture_poisons(poison):
     assert torch.isnan(torch.empty_like(torch.ones(2, 3, 4, 5), memory_format=torch.channels_last)).all()
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("activation,gate,tail", [("relu", "hardsigmoid", True), ("silu", "sigmoid", False)])
-def test_weight_heavy_shapes(backend, device, dtype, channels_last, activation, gate, tail, poison):
+def test_weight_heavy_shapes(backend, device, path, dtype, channels_last, activation, gate, tail, poison):
     """Small maps with a wide bottleneck (2 * Cr >= H * W): where the C++ CPU kernels run the
     excitation for the whole batch as GEMMs instead of per sample."""
     args = make_inputs(3, 24, 2, 3, 10, dtype=dtype, channels_last=channels_last, residual=tail,

@@ -36,37 +36,55 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+EXPECTED_LAUNCHES = {
+    "per_sample": (["se_squeeze_excite_fwd", "se_scale_fwd"],
+                   ["se_squeeze_excite_bwd", "se_scale_bwd", "se_weight_grads"]),
+    "batched": (["se_squeeze_excite_fwd", "se_excite_gemm", "se_scale_excite_fwd"],
+                ["se_squeeze_excite_bwd", "se_excite_gemm", "se_scale_excite_bwd",
+                 "se_weight_grads"]),
+}
+
+
+@pytest.mark.parametrize("path", configs.EXCITATION_PATHS)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("post_relu,residual", [(False, False), (True, True), (True, False), (False, True)])
-def test_launches_per_op(device, channels_last, post_relu, residual):
-    """Forward: 2 kernel launches, backward: 3, and no torch compute op inside either.
+def test_launches_per_op(device, path, channels_last, post_relu, residual):
+    """Per-sample path: forward 2 kernel launches, backward 3; batched path: 3 and 4. No torch
+    compute op inside either (nothing but allocations and views).
 
     The kernels are recorded, not run: the interpreter itself copies tensors (aten ops)."""
+    forward_kernels, backward_kernels = EXPECTED_LAUNCHES[path]
     args = make_inputs(3, 20, 5, 5, 4, channels_last=channels_last, residual=residual, device=device)
     se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)  # the counters exist now
     with OpLog() as log, recording_launches(run_too=False) as launches:
         out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)
-    assert [l.kernel.__name__ for l in launches] == ["se_squeeze_excite_fwd", "se_scale_fwd"]
+    assert [l.kernel.__name__ for l in launches] == forward_kernels
     assert set(log.ops) <= NON_COMPUTE, f"compute ops inside the forward: {set(log.ops) - NON_COMPUTE}"
 
     grad = torch.randn_like(out)
     with OpLog() as log, recording_launches(run_too=False) as launches:
         se_op.se_backward(grad, args["x"], out if post_relu else None, args["w1"], args["w2"],
                           pooled, hidden, scale, residual, "relu", "sigmoid")
-    assert [l.kernel.__name__ for l in launches] == [
-        "se_squeeze_excite_bwd", "se_scale_bwd", "se_weight_grads"]
+    assert [l.kernel.__name__ for l in launches] == backward_kernels
     assert set(log.ops) <= NON_COMPUTE, f"compute ops inside the backward: {set(log.ops) - NON_COMPUTE}"
 
 
+@pytest.mark.parametrize("path", configs.EXCITATION_PATHS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_hw_splits(device, channels_last, monkeypatch, poison):
-    """Split H*W over several programs per channel block, as on a GPU with many SMs."""
+def test_hw_splits(device, path, channels_last, monkeypatch, poison):
+    """Split H*W over several programs per channel block, as on a GPU with many SMs: the
+    reductions (NUM_SPLITS) and, on the batched path, the scale passes (SPLIT_LEN)."""
     monkeypatch.setattr(se_op, "_num_sms", lambda device: 64)
     args = make_inputs(1, 16, 24, 24, 4, channels_last=channels_last, residual=True, device=device)
     with recording_launches() as launches:
         check_forward_backward("triton", args, torch.float32, post_relu=True)
     splits = [l.args["NUM_SPLITS"] for l in launches if "NUM_SPLITS" in l.args]
     assert splits and min(splits) > 1, splits
+    if path == "batched":
+        scale_passes = [l for l in launches if l.kernel.__name__.startswith("se_scale_excite")]
+        hw = 24 * 24
+        total = hw if channels_last else configs.SCALE_TILE_C * hw
+        assert scale_passes and all(l.args["SPLIT_LEN"] < total for l in scale_passes)
 
 
 def test_hw_split_tiles_exactly():
@@ -81,10 +99,46 @@ def test_arrival_counters_reset(device):
     """The last program of each sample zeroes its counter, so back-to-back calls stay right."""
     args = make_inputs(5, 70, 4, 4, 6, device=device)
     expected, _ = reference64(args)
-    for _ in range(3):
-        assert_close(squeeze_excite(*args.values(), backend="triton"), expected, torch.float32, "out")
+    with configs.force_excitation_path("per_sample"), recording_launches() as launches:
+        for _ in range(3):
+            assert_close(squeeze_excite(*args.values(), backend="triton"), expected,
+                         torch.float32, "out")
+    assert [l.args["counter_ptr"].dtype for l in launches if "counter_ptr" in l.args] == [torch.int32] * 3
     counters = se_op._arrival_counters(args["x"].device, 5)
     assert counters.numel() >= 5 and not counters.any()
+
+
+def test_scale_pass_splits_tile_exactly():
+    """The batched scale passes' splits cover each sample's channel block exactly, in whole
+    streaming steps (16-element multiples, so NCHW loads stay 16-byte aligned)."""
+    for n, c, hw in [(1, 16, 576), (256, 2048, 49), (8, 1024, 196), (1, 1, 1), (3, 70, 10000)]:
+        for channels_last in (False, True):
+            length, splits = configs.scale_pass_split(n, c, hw, channels_last, 132)
+            step = configs.SCALE_BLOCK // configs.SCALE_TILE_C if channels_last else configs.SCALE_BLOCK
+            total = hw if channels_last else configs.SCALE_TILE_C * hw
+            assert length % step == 0 and length % 16 == 0
+            assert (splits - 1) * length < total <= splits * length
+
+
+def test_traffic_model_picks_the_path():
+    """Weight bytes read by the per-sample tail vs activation bytes: SE-ResNet-50's last two
+    stages and EfficientNet-B0's late SE are weight-heavy, the early stages are not."""
+    bf16 = 2
+    picks = {(c, hw, cr): configs.use_batched_excitation(256, c, cr, hw, bf16, bf16)
+             for c, hw, cr in [(256, 3136, 16), (512, 784, 32), (1024, 196, 64), (2048, 49, 128),
+                               (96, 3136, 4), (1152, 49, 48)]}
+    assert picks == {(256, 3136, 16): False, (512, 784, 32): False, (1024, 196, 64): True,
+                     (2048, 49, 128): True, (96, 3136, 4): False, (1152, 49, 48): True}
+    assert configs.weight_reads(256, batched=False) == 256
+    assert configs.weight_reads(256, batched=True) == 256 // configs.BATCH_BLOCK_N
+    # fp32 master weights with bf16 activations double the weight side
+    assert configs.use_batched_excitation(8, 512, 32, 784, bf16, 4) == (
+        2 * 32 * 4 > configs.WEIGHT_TRAFFIC_LIMIT * 784 * bf16)
+    with configs.force_excitation_path("batched"):
+        assert configs.use_batched_excitation(256, 256, 16, 3136, bf16, bf16)
+    with pytest.raises(ValueError, match="path must be one of"):
+        with configs.force_excitation_path("sideways"):
+            pass
 
 
 def test_every_reduce_tile_is_picked():

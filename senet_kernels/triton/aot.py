@@ -54,8 +54,11 @@ def _short(v):
 
 
 def _signature(launch):
-    """Triton signature and divisibility attrs of a recorded launch, as the runtime specializes."""
-    signature, attrs = {}, {}
+    """Triton signature, constexprs and divisibility attrs of a recorded launch, specialized
+    as the runtime does: integers equal to 1 become constexprs, others get a divisibility-16
+    hint when they have it, except parameters marked ``do_not_specialize`` (flags)."""
+    signature, attrs, constexprs = {}, {}, dict(launch.constexprs)
+    fixed = {i for i, p in enumerate(launch.kernel.params) if p.do_not_specialize}
     for i, name in enumerate(launch.kernel.arg_names):
         if name in launch.constexprs:
             signature[name] = "constexpr"
@@ -64,20 +67,25 @@ def _signature(launch):
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TRITON_TYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif i not in fixed and value == 1:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
         else:
             signature[name] = "i32"
-            if value % 16 == 0:
+            if i not in fixed and value % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    return signature, attrs
+    return signature, attrs, constexprs
 
 
 def _record_cases():
     """Run the dispatcher over every configuration-relevant case, recording the launches."""
+    from . import configs
     from .se_op import se_backward, se_forward
 
     with recording_launches(run_too=False) as launches:
-        for (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
-                DTYPE_PAIRS, MAP_SIZES, (False, True), (False, True), (False, True)):
+        for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
+                configs.EXCITATION_PATHS, DTYPE_PAIRS, MAP_SIZES, (False, True), (False, True),
+                (False, True)):
             n, c, cr = 4, 64, 16
             x = torch.randn(n, c, h, w, dtype=dtype)
             if channels_last:
@@ -85,9 +93,11 @@ def _record_cases():
             res = torch.randn_like(x) if residual else None
             w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
             b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
-            out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, res, "relu", "sigmoid", post_relu)
-            se_backward(torch.randn_like(x), x, out if post_relu else None, w1, w2, pooled,
-                        hidden, scale, residual, "relu", "sigmoid")
+            with configs.force_excitation_path(path):
+                out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, res, "relu", "sigmoid",
+                                                        post_relu)
+                se_backward(torch.randn_like(x), x, out if post_relu else None, w1, w2, pooled,
+                            hidden, scale, residual, "relu", "sigmoid")
     return launches
 
 
@@ -95,11 +105,11 @@ def dispatcher_configs():
     """Every distinct (kernel, argument types, divisibility, constexprs) the dispatcher launches."""
     configs = {}
     for launch in _record_cases():
-        signature, attrs = _signature(launch)
+        signature, attrs, constexprs = _signature(launch)
         key = (launch.kernel.__name__, tuple(signature.items()), tuple(sorted(attrs)),
-               tuple((k, _short(v)) for k, v in launch.constexprs.items()))
-        configs.setdefault(key, KernelConfig(launch.kernel, signature, dict(launch.constexprs),
-                                             attrs, launch.num_warps))
+               tuple((k, _short(v)) for k, v in constexprs.items()))
+        configs.setdefault(key, KernelConfig(launch.kernel, signature, constexprs, attrs,
+                                             launch.num_warps))
     return list(configs.values())
 
 
@@ -144,24 +154,44 @@ def global_access_widths(ptx):
     return widths
 
 
+_jobs_configs = []  # the configurations, inherited by forked workers
+
+
+def _compile_status(job):
+    """(index, arch) -> "ok" or the first line of the compile error."""
+    index, arch = job
+    try:
+        compile_config(_jobs_configs[index], arch)
+        return "ok"
+    except Exception as e:  # report every failing configuration, not just the first
+        return f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="compile in this many processes (default: one per CPU)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: ahead-of-time compilation needs real @triton.jit kernels")
-    configs = dispatcher_configs()
-    failures = 0
-    for arch, config in itertools.product(args.arch, configs):
-        try:
-            compile_config(config, arch)
-            status = "ok"
-        except Exception as e:  # report every failing configuration, not just the first
-            failures += 1
-            status = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        print(f"sm_{arch} {config.label}: {status}", flush=True)
-    print(f"compiled {len(configs) * len(args.arch) - failures} of {len(configs) * len(args.arch)} "
-          f"kernel configurations ({len(configs)} per target, targets {args.arch})")
+    import triton
+    print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})", flush=True)
+    _jobs_configs[:] = dispatcher_configs()
+    jobs = [(i, arch) for arch in args.arch for i in range(len(_jobs_configs))]
+    if args.jobs > 1:
+        import multiprocessing
+        # fork: workers inherit the configurations (kernels are not picklable); no CUDA is used
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            statuses = pool.map(_compile_status, jobs, chunksize=4)
+    else:
+        statuses = [_compile_status(job) for job in jobs]
+    for (index, arch), status in zip(jobs, statuses):
+        print(f"sm_{arch} {_jobs_configs[index].label}: {status}")
+    failures = sum(status != "ok" for status in statuses)
+    total = len(jobs)
+    print(f"compiled {total - failures} of {total} kernel configurations "
+          f"({len(_jobs_configs)} per target, targets {args.arch})")
     return 1 if failures else 0
 
 

@@ -3,9 +3,10 @@
 With gy = g * (out > 0) for the ReLU tail, else g (ARCHITECTURE.md section 1):
 
 Kernel A', ``se_squeeze_excite_bwd``: grid (channel blocks * HW splits, N). Reduces
-gs = sum_hw gy * x into ``partials``; the last program of a sample then runs the excitation
-backward for it: gz = gs * gate'(s), gh = (gz W2) * act'(hidden), gp = (gh W1) / HW, writing
-the [N, C] / [N, Cr] vectors gz, gh and gp.
+gs = sum_hw gy * x into ``partials``; with EXCITE, the last program of a sample then runs the
+excitation backward for it: gz = gs * gate'(s), gh = (gz W2) * act'(hidden), gp = (gh W1) / HW,
+writing the [N, C] / [N, Cr] vectors gz, gh and gp. Without EXCITE it only leaves the partial
+sums, for the batched excitation backward (batched.py).
 
 Kernel B', ``se_scale_bwd``: one streaming pass, gx = gy * s + gp (and grad_residual = gy
 when the ReLU tail masks it).
@@ -17,61 +18,62 @@ gW1 = gh^T pooled, and the bias sums, one program per output tile of either matr
 import triton
 import triton.language as tl
 
-from .common import (activate, activate_grad, gate_grad_from_scale, reduce_slab_share,
-                     sum_partials)
+from .common import (FLAGS, activate, activate_grad, arrive_last, dot_acc, gate_grad_from_scale,
+                     grad_elements, reduce_slab_share, sum_partials)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=FLAGS)
 def se_squeeze_excite_bwd(
     grad_ptr, x_ptr, out_ptr, w1_ptr, w2_ptr, hidden_ptr, scale_ptr,
     partial_ptr, counter_ptr, gz_ptr, gh_ptr, gp_ptr,
     C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, act, gate,
-    POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    EXCITE: tl.constexpr, POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr,
+    FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    n, last = reduce_slab_share(x_ptr, grad_ptr, out_ptr, partial_ptr, counter_ptr, C, HW,
-                                HW_PER_SPLIT, NUM_SPLITS, 2 if POST_RELU else 1, CHANNELS_LAST,
-                                BLOCK_C, BLOCK_HW, ACC)
-    if last:
-        fc_c = tl.arange(0, FC_BLOCK_C)
-        fc_r = tl.arange(0, FC_BLOCK_R)
-        # gz = gs * gate'(z), from s
-        for c0 in range(0, C, FC_BLOCK_C):
-            c = c0 + fc_c
-            cm = c < C
-            gs = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
-            sc = tl.load(scale_ptr + n * C + c, mask=cm, other=0.0)
-            tl.store(gz_ptr + n * C + c, gs * gate_grad_from_scale(sc, gate), mask=cm)
-        tl.debug_barrier()
-        # gh = (gz @ W2) * act'(hidden), W2 is [C, CR]
-        for r0 in range(0, CR, FC_BLOCK_R):
-            r = r0 + fc_r
-            rm = r < CR
-            ga = tl.zeros([FC_BLOCK_R], dtype=ACC)
+    n = reduce_slab_share(x_ptr, grad_ptr, out_ptr, partial_ptr, C, HW, HW_PER_SPLIT, NUM_SPLITS,
+                          2 if POST_RELU else 1, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+    if EXCITE:
+        if arrive_last(counter_ptr + n, tl.cdiv(C, BLOCK_C) * NUM_SPLITS):
+            fc_c = tl.arange(0, FC_BLOCK_C)
+            fc_r = tl.arange(0, FC_BLOCK_R)
+            # gz = gs * gate'(z), from s
             for c0 in range(0, C, FC_BLOCK_C):
                 c = c0 + fc_c
                 cm = c < C
-                w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
-                            other=0.0).to(ACC)
-                gz = tl.load(gz_ptr + n * C + c, mask=cm, other=0.0)
-                ga += tl.sum(w * gz[:, None], axis=0)
-            h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
-            tl.store(gh_ptr + n * CR + r, ga * activate_grad(h, act), mask=rm)
-        tl.debug_barrier()
-        # gp = (gh @ W1) / HW, W1 is [CR, C]: the gradient of each pixel through the mean
-        for c0 in range(0, C, FC_BLOCK_C):
-            c = c0 + fc_c
-            cm = c < C
-            gp = tl.zeros([FC_BLOCK_C], dtype=ACC)
+                gs = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
+                sc = tl.load(scale_ptr + n * C + c, mask=cm, other=0.0)
+                tl.store(gz_ptr + n * C + c, gs * gate_grad_from_scale(sc, gate), mask=cm)
+            tl.debug_barrier()
+            # gh = (gz @ W2) * act'(hidden), W2 is [C, CR]
             for r0 in range(0, CR, FC_BLOCK_R):
                 r = r0 + fc_r
                 rm = r < CR
-                w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
-                            other=0.0).to(ACC)
-                gh = tl.load(gh_ptr + n * CR + r, mask=rm, other=0.0)
-                gp += tl.sum(w * gh[:, None], axis=0)
-            tl.store(gp_ptr + n * C + c, gp / HW, mask=cm)
-        tl.store(counter_ptr + n, 0)  # ready for the next launch
+                ga = tl.zeros([FC_BLOCK_R], dtype=ACC)
+                for c0 in range(0, C, FC_BLOCK_C):
+                    c = c0 + fc_c
+                    cm = c < C
+                    w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
+                                other=0.0).to(ACC)
+                    gz = tl.load(gz_ptr + n * C + c, mask=cm, other=0.0)
+                    ga += tl.sum(w * gz[:, None], axis=0)
+                h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
+                tl.store(gh_ptr + n * CR + r, ga * activate_grad(h, act), mask=rm)
+            tl.debug_barrier()
+            # gp = (gh @ W1) / HW, W1 is [CR, C]: the gradient of each pixel through the mean
+            for c0 in range(0, C, FC_BLOCK_C):
+                c = c0 + fc_c
+                cm = c < C
+                gp = tl.zeros([FC_BLOCK_C], dtype=ACC)
+                for r0 in range(0, CR, FC_BLOCK_R):
+                    r = r0 + fc_r
+                    rm = r < CR
+                    w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
+                                other=0.0).to(ACC)
+                    gh = tl.load(gh_ptr + n * CR + r, mask=rm, other=0.0)
+                    gp += tl.sum(w * gh[:, None], axis=0)
+                tl.store(gp_ptr + n * C + c, gp / HW, mask=cm)
+            tl.store(counter_ptr + n, 0)  # ready for the next launch
 
 
 @triton.jit
@@ -90,17 +92,11 @@ def se_scale_bwd(
     base = n.to(tl.int64) * SAMPLE_NUMEL
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
-    gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
-    if POST_RELU:
-        o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
-        gy = tl.where(o > 0, gy, 0.0).to(gy.dtype)
-    if WRITE_GRAD_RESIDUAL:
-        tl.store(grad_res_ptr + base + offs, gy, mask=mask)
-    gx = gy.to(s.dtype) * s + gp
-    tl.store(grad_x_ptr + base + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    grad_elements(grad_ptr + base, out_ptr + base, grad_x_ptr + base, grad_res_ptr + base, offs,
+                  s, gp, mask, POST_RELU, WRITE_GRAD_RESIDUAL)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=FLAGS)
 def se_weight_grads(
     gz_ptr, hidden_ptr, gh_ptr, pooled_ptr, gw2_ptr, gb2_ptr, gw1_ptr, gb1_ptr,
     N, C, CR, act,
@@ -134,8 +130,8 @@ def se_weight_grads(
         u_t = tl.load(u_ptr + rows[None, :] * M + m[:, None], mask=mm[:, None] & nm[None, :], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * K + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
         v = tl.where(apply_act == 1, activate(v, act), v)
-        # ieee: fp32 gradients must not be computed in TF32
-        acc = tl.dot(u_t, v, acc, input_precision="ieee")
+        # ieee: fp32 weight gradients are owed fp32 accuracy, not TF32's
+        acc = dot_acc(u_t, v, acc, "ieee")
         bias += tl.sum(u_t, axis=1)
     tl.store(g_ptr + m[:, None] * K + k[None, :], acc.to(g_ptr.dtype.element_ty),
              mask=mm[:, None] & km[None, :])

@@ -8,6 +8,12 @@ measurable and saves a compiled variant per combination.
 import triton
 import triton.language as tl
 
+#: Runtime flags of the kernels (0/1 or small codes): ``@triton.jit(do_not_specialize=FLAGS)``
+#: keeps one compiled kernel for every value, instead of one more wherever a flag equals 1
+#: (Triton turns integer arguments equal to 1 into constants), so what the ahead-of-time
+#: compile covers is what runs. Names a kernel does not have are ignored.
+FLAGS = ["has_b1", "has_b2", "has_bias", "act", "gate"]
+
 
 @triton.jit
 def _sigmoid(v):
@@ -45,6 +51,50 @@ def gate_grad_from_scale(s, gate):
 
 
 @triton.jit
+def dot_acc(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b for the small excitation GEMMs, accumulated in acc's dtype.
+
+    float32: tensor cores at PRECISION ("tf32" for half-precision inputs, whose own rounding
+    is coarser; "tf32x3" or "ieee" where float32 accuracy is owed). float64 (gradcheck):
+    ``tl.dot`` must be told its float64 out_dtype, which the interpreter does not check.
+    """
+    if acc.dtype == tl.float64:
+        return tl.dot(a.to(tl.float64), b.to(tl.float64), acc, input_precision="ieee",
+                      out_dtype=tl.float64)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+
+
+@triton.jit
+def scale_elements(x_ptr, res_ptr, out_ptr, offs, s, mask,
+                   HAS_RESIDUAL: tl.constexpr, POST_RELU: tl.constexpr):
+    """out[offs] = relu?(x[offs] * s + res[offs]?), computed in s's dtype, rounded once.
+
+    ``s`` holds each element's gate (already gathered); any shape of offsets works."""
+    y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(s.dtype) * s
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(s.dtype)
+    if POST_RELU:
+        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grad_elements(grad_ptr, out_ptr, grad_x_ptr, grad_res_ptr, offs, s, gp, mask,
+                  POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr):
+    """grad_x = gy * s + gp with gy = grad * (out > 0) behind the ReLU tail, else grad;
+    grad_residual = gy where asked. ``s`` and ``gp`` are each element's gate and pooled grad."""
+    gy = tl.load(grad_ptr + offs, mask=mask, other=0.0)
+    if POST_RELU:
+        o = tl.load(out_ptr + offs, mask=mask, other=0.0)
+        gy = tl.where(o > 0, gy, 0.0).to(gy.dtype)
+    if WRITE_GRAD_RESIDUAL:
+        tl.store(grad_res_ptr + offs, gy, mask=mask)
+    gx = gy.to(s.dtype) * s + gp
+    tl.store(grad_x_ptr + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
                       MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
@@ -75,14 +125,13 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C
 
 
 @triton.jit
-def reduce_slab_share(x_ptr, g_ptr, out_ptr, partial_ptr, counter_ptr, C, HW, HW_PER_SPLIT,
-                      NUM_SPLITS, MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                      BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+def reduce_slab_share(x_ptr, g_ptr, out_ptr, partial_ptr, C, HW, HW_PER_SPLIT, NUM_SPLITS,
+                      MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
+                      BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
     """The reduction phase of kernels A and A' (grid: channel blocks * HW splits, N).
 
     Sums this program's [channel block, HW split] share of sample n (see channel_block_sum for
-    MODE) into partials [N, NUM_SPLITS, C]. Returns (n, whether this program arrived last at
-    sample n, and so must finish it).
+    MODE) into partials [N, NUM_SPLITS, C]. Returns n.
     """
     n = tl.program_id(1)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
@@ -96,7 +145,7 @@ def reduce_slab_share(x_ptr, g_ptr, out_ptr, partial_ptr, counter_ptr, C, HW, HW
     sums = channel_block_sum(x_ptr + base, g_ptr + base, out_ptr + base, c_offs, c_mask,
                              hw_start, hw_end, C, HW, MODE, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
     tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
-    return n, arrive_last(counter_ptr + n, num_c_blocks * NUM_SPLITS)
+    return n
 
 
 @triton.jit

@@ -4,6 +4,7 @@ Everything the dispatcher can pick is listed here, so the ahead-of-time compile 
 check that every configuration compiles for real GPU targets (tests/test_triton_aot.py).
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 NUM_WARPS = 4
@@ -18,6 +19,22 @@ WGRAD_BLOCK_K = 32
 WGRAD_BLOCK_N = 16
 # Programs per SM the squeeze aims for, splitting H*W when N * channel blocks is too few.
 PROGRAMS_PER_SM = 4
+
+# Batched excitation (batched.py), for weight-heavy shapes:
+# FC GEMM tiles: samples x hidden units, stepping BATCH_BLOCK_K channels at a time. Each
+# weight element is read once per tile of BATCH_BLOCK_N samples (tl.dot needs >= 16 each way).
+BATCH_BLOCK_N = 32
+BATCH_BLOCK_R = 16
+BATCH_BLOCK_K = 128
+# Scale passes with the FC prologue: [samples, channels] tiles, FC reduction step, and the
+# elements streamed per step (channels_last: BLOCK // BLOCK_C pixels of BLOCK_C channels).
+SCALE_TILE_N = 32
+SCALE_TILE_C = 64
+SCALE_TILE_R = 32
+# Where the per-sample path reads more weight bytes than this fraction of the activation
+# bytes of the same pass, the batched path is faster (measured on an H200, see
+# use_batched_excitation). The per-sample path reads W1 and W2 once per sample.
+WEIGHT_TRAFFIC_LIMIT = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,3 +73,78 @@ def hw_split(n, c, hw, tile, num_sms):
     splits = max(1, min(wanted, hw_blocks))
     per_split = cdiv(hw_blocks, splits) * tile.block_hw
     return per_split, cdiv(hw, per_split)
+
+
+# ---------------------------------------------------------------------------------------
+# Traffic model: which excitation path a shape takes.
+
+def weight_bytes(c, cr, param_size):
+    """Bytes of W1 [Cr, C] and W2 [C, Cr]."""
+    return 2 * c * cr * param_size
+
+
+def weight_reads(n, batched):
+    """How often the excitation reads each weight element in one pass over n samples."""
+    return cdiv(n, BATCH_BLOCK_N) if batched else n
+
+
+def activation_bytes(n, c, hw, x_size):
+    """Bytes of one activation tensor: the unit of the streaming passes' traffic."""
+    return n * c * hw * x_size
+
+
+#: None: the traffic model decides; "per_sample" / "batched": forced (tests, benchmarks).
+forced_path = None
+EXCITATION_PATHS = ("per_sample", "batched")
+
+
+@contextmanager
+def force_excitation_path(path):
+    """Make every call inside the block take ``path`` ("per_sample" or "batched")."""
+    global forced_path
+    if path not in EXCITATION_PATHS:
+        raise ValueError(f"path must be one of {EXCITATION_PATHS}, got {path!r}")
+    previous, forced_path = forced_path, path
+    try:
+        yield
+    finally:
+        forced_path = previous
+
+
+def use_batched_excitation(n, c, cr, hw, x_size, param_size):
+    """True when the per-sample excitation's weight traffic outweighs WEIGHT_TRAFFIC_LIMIT of
+    one activation tensor, i.e. 2 * Cr * param_size > WEIGHT_TRAFFIC_LIMIT * HW * x_size
+    (independent of n: both sides grow with it). SE-ResNet-50 (Cr = C / 16), bf16: C = 2048 at
+    7x7 reads 5.2x its activations in weights per sample, C = 1024 at 14x14 0.65x, C = 512 at
+    28x28 0.08x; EfficientNet-B0's late SE (C = 1152, Cr = 48, 7x7) 2.0x."""
+    if forced_path is not None:
+        return forced_path == "batched"
+    per_sample = weight_bytes(c, cr, param_size) * weight_reads(n, False)
+    return per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
+
+
+def dot_precision(x_is_float32):
+    """tl.dot input precision of the excitation GEMMs (float32 accumulation either way).
+
+    Half-precision inputs: TF32, whose 10-bit mantissa is finer than their own rounding.
+    float32 inputs: "tf32x3" (three TF32 products, float32-level accuracy on tensor cores).
+    """
+    return "tf32x3" if x_is_float32 else "tf32"
+
+
+def scale_pass_split(n, c, hw, channels_last, num_sms):
+    """(split length, splits) of the batched scale passes.
+
+    Each sample's channel block is cut into splits until the grid reaches PROGRAMS_PER_SM
+    programs per SM. A split counts pixels (channels_last) or elements of the block's
+    contiguous BLOCK_C * HW range (NCHW), in whole streaming steps.
+    """
+    programs = cdiv(n, SCALE_TILE_N) * cdiv(c, SCALE_TILE_C)
+    wanted = cdiv(PROGRAMS_PER_SM * num_sms, programs)
+    if channels_last:
+        step, total = SCALE_BLOCK // SCALE_TILE_C, hw
+    else:
+        step, total = SCALE_BLOCK, SCALE_TILE_C * hw
+    steps = cdiv(total, step)
+    length = cdiv(steps, max(1, min(wanted, steps))) * step
+    return length, cdiv(total, length)

@@ -1,9 +1,11 @@
 """Forward kernels: squeeze + excitation in one launch, then scale (+ residual) (+ ReLU) in one.
 
 Kernel A, ``se_squeeze_excite_fwd``: grid (channel blocks * HW splits, N). Each program sums
-its [channels, HW range] slab of one sample into ``partials`` [N, S, C]; the last program to
-arrive at a sample (an atomic counter per sample) finishes that sample: pooled = sum / HW,
-hidden = W1 pooled + b1, scale = gate(W2 act(hidden) + b2). One launch, no host round trip.
+its [channels, HW range] slab of one sample into ``partials`` [N, S, C]; with EXCITE, the last
+program to arrive at a sample (an atomic counter per sample) finishes that sample: pooled =
+sum / HW, hidden = W1 pooled + b1, scale = gate(W2 act(hidden) + b2). One launch, no host
+round trip. Without EXCITE it only leaves the partial sums, for the batched excitation
+(batched.py), which weight-heavy shapes use instead of the per-sample tail.
 
 Kernel B, ``se_scale_fwd``: grid (blocks of a sample's C*HW elements, N). One streaming pass:
 out = relu?(x * scale[n, c] + residual?), computed in the compute dtype, rounded once.
@@ -12,61 +14,63 @@ out = relu?(x * scale[n, c] + residual?), computed in the compute dtype, rounded
 import triton
 import triton.language as tl
 
-from .common import activate, apply_gate, reduce_slab_share, sum_partials
+from .common import (FLAGS, activate, apply_gate, arrive_last, reduce_slab_share, scale_elements,
+                     sum_partials)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=FLAGS)
 def se_squeeze_excite_fwd(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     partial_ptr, counter_ptr, pooled_ptr, hidden_ptr, scale_ptr,
     C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, has_b1, has_b2, act, gate,
-    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-    FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    EXCITE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    n, last = reduce_slab_share(x_ptr, x_ptr, x_ptr, partial_ptr, counter_ptr, C, HW, HW_PER_SPLIT,
-                                NUM_SPLITS, 0, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
-    if last:
-        fc_c = tl.arange(0, FC_BLOCK_C)
-        fc_r = tl.arange(0, FC_BLOCK_R)
-        # pooled = (sum of the split partials) / HW
-        for c0 in range(0, C, FC_BLOCK_C):
-            c = c0 + fc_c
-            cm = c < C
-            total = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
-            tl.store(pooled_ptr + n * C + c, total / HW, mask=cm)
-        tl.debug_barrier()
-        # hidden = W1 @ pooled + b1, W1 is [CR, C]
-        for r0 in range(0, CR, FC_BLOCK_R):
-            r = r0 + fc_r
-            rm = r < CR
-            h = tl.zeros([FC_BLOCK_R], dtype=ACC)
+    n = reduce_slab_share(x_ptr, x_ptr, x_ptr, partial_ptr, C, HW, HW_PER_SPLIT, NUM_SPLITS, 0,
+                          CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+    if EXCITE:
+        if arrive_last(counter_ptr + n, tl.cdiv(C, BLOCK_C) * NUM_SPLITS):
+            fc_c = tl.arange(0, FC_BLOCK_C)
+            fc_r = tl.arange(0, FC_BLOCK_R)
+            # pooled = (sum of the split partials) / HW
             for c0 in range(0, C, FC_BLOCK_C):
                 c = c0 + fc_c
                 cm = c < C
-                w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
-                            other=0.0).to(ACC)
-                p = tl.load(pooled_ptr + n * C + c, mask=cm, other=0.0)
-                h += tl.sum(w * p[None, :], axis=1)
-            if has_b1:
-                h += tl.load(b1_ptr + r, mask=rm, other=0.0).to(ACC)
-            tl.store(hidden_ptr + n * CR + r, h, mask=rm)
-        tl.debug_barrier()
-        # scale = gate(W2 @ act(hidden) + b2), W2 is [C, CR]
-        for c0 in range(0, C, FC_BLOCK_C):
-            c = c0 + fc_c
-            cm = c < C
-            z = tl.zeros([FC_BLOCK_C], dtype=ACC)
+                total = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
+                tl.store(pooled_ptr + n * C + c, total / HW, mask=cm)
+            tl.debug_barrier()
+            # hidden = W1 @ pooled + b1, W1 is [CR, C]
             for r0 in range(0, CR, FC_BLOCK_R):
                 r = r0 + fc_r
                 rm = r < CR
-                a = activate(tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0), act)
-                w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
-                            other=0.0).to(ACC)
-                z += tl.sum(w * a[None, :], axis=1)
-            if has_b2:
-                z += tl.load(b2_ptr + c, mask=cm, other=0.0).to(ACC)
-            tl.store(scale_ptr + n * C + c, apply_gate(z, gate), mask=cm)
-        tl.store(counter_ptr + n, 0)  # ready for the next launch
+                h = tl.zeros([FC_BLOCK_R], dtype=ACC)
+                for c0 in range(0, C, FC_BLOCK_C):
+                    c = c0 + fc_c
+                    cm = c < C
+                    w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
+                                other=0.0).to(ACC)
+                    p = tl.load(pooled_ptr + n * C + c, mask=cm, other=0.0)
+                    h += tl.sum(w * p[None, :], axis=1)
+                if has_b1:
+                    h += tl.load(b1_ptr + r, mask=rm, other=0.0).to(ACC)
+                tl.store(hidden_ptr + n * CR + r, h, mask=rm)
+            tl.debug_barrier()
+            # scale = gate(W2 @ act(hidden) + b2), W2 is [C, CR]
+            for c0 in range(0, C, FC_BLOCK_C):
+                c = c0 + fc_c
+                cm = c < C
+                z = tl.zeros([FC_BLOCK_C], dtype=ACC)
+                for r0 in range(0, CR, FC_BLOCK_R):
+                    r = r0 + fc_r
+                    rm = r < CR
+                    a = activate(tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0), act)
+                    w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
+                                other=0.0).to(ACC)
+                    z += tl.sum(w * a[None, :], axis=1)
+                if has_b2:
+                    z += tl.load(b2_ptr + c, mask=cm, other=0.0).to(ACC)
+                tl.store(scale_ptr + n * C + c, apply_gate(z, gate), mask=cm)
+            tl.store(counter_ptr + n, 0)  # ready for the next launch
 
 
 @triton.jit
@@ -84,9 +88,5 @@ def se_scale_fwd(
         c = offs // HW
     base = n.to(tl.int64) * SAMPLE_NUMEL
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
-    y = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(s.dtype) * s
-    if HAS_RESIDUAL:
-        y += tl.load(res_ptr + base + offs, mask=mask, other=0.0).to(s.dtype)
-    if POST_RELU:
-        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(out_ptr + base + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    scale_elements(x_ptr + base, res_ptr + base, out_ptr + base, offs, s, mask, HAS_RESIDUAL,
+                   POST_RELU)

@@ -1,13 +1,30 @@
-"""Kernel launches go through here, so that a test can record them instead of running them.
+"""Kernel launches: cached compiled kernels on the hot path; recording for the tests.
+
+``KernelLaunch`` is one launch site of a dispatch plan (se_op.py): kernel, grid, scalar
+arguments and constexprs are fixed when the plan is made, only the tensors change per call.
+Its first call goes through ``kernel[grid](...)``, which compiles (or finds) the kernel and
+returns Triton's ``CompiledKernel``; later calls hand the arguments straight to that kernel's
+launcher, skipping the per-call argument binding, specialization and cache-key work of
+``JITFunction.run`` (tens of microseconds of host time per launch). That is sound because
+everything Triton specializes on is fixed per plan: argument dtypes, integer values (equal
+to 1, divisible by 16), constexprs, and the 16-byte alignment of every tensor, which is part
+of the plan's key (``se_op``). Launch hooks (profilers such as proton), the interpreter and
+launch recording always take the ``kernel[grid]`` path.
 
 Recording is how the ahead-of-time compile test learns every (kernel, signature, constexpr)
 configuration the dispatcher picks, without a GPU, and how tests count launches per op.
 """
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
+
 _recorder = None
+_stubbed = False
+#: SENET_KERNELS_TRITON_DIRECT_LAUNCH=0 sends every launch through kernel[grid] (for A/B checks).
+DIRECT_LAUNCH = os.environ.get("SENET_KERNELS_TRITON_DIRECT_LAUNCH", "1") != "0"
 
 
 @dataclass
@@ -19,12 +36,105 @@ class Launch:
     num_warps: int
 
 
-def launch(kernel, grid, args, constexprs, num_warps):
-    if _recorder is not None:
-        _recorder.append(Launch(kernel, tuple(grid), dict(args), dict(constexprs), num_warps))
-        if not _recorder.run_too:
+try:
+    from triton import knobs as _knobs
+except ImportError:  # a Triton without knobs: no direct launches
+    _knobs = None
+
+
+def _hooks_installed():
+    """Whether a launch hook is set: a non-empty ``HookChain`` (Triton >= 3.5) or a callable."""
+    if _knobs is None:
+        return True
+    for hook in (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
+
+
+class KernelLaunch:
+    """A launch site: ``site(*tensors)`` launches ``kernel`` on ``grid`` with the tensors in the
+    order of ``tensor_names`` and the fixed ``scalars`` and ``constexprs`` (dicts by name)."""
+
+    __slots__ = ("kernel", "grid", "tensor_names", "scalars", "constexprs", "num_warps",
+                 "_template", "_tensor_slots", "_compiled", "_device")
+
+    def __init__(self, kernel, grid, tensor_names, scalars, constexprs, num_warps, device):
+        self.kernel = kernel
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.tensor_names = tuple(tensor_names)
+        self.scalars = dict(scalars)
+        self.constexprs = dict(constexprs)
+        self.num_warps = num_warps
+        self._device = device
+        names = kernel.arg_names
+        unknown = set(self.tensor_names) | set(self.scalars) | set(self.constexprs)
+        unknown -= set(names)
+        missing = set(names) - set(self.tensor_names) - set(self.scalars) - set(self.constexprs)
+        if unknown or missing:
+            raise TypeError(f"{kernel.__name__}: unknown arguments {sorted(unknown)}, "
+                            f"missing {sorted(missing)}")
+        # Every parameter in declaration order (constexprs included, as JITFunction.run passes
+        # them); tensor slots are filled per call.
+        values = {**self.scalars, **self.constexprs}
+        self._template = [values.get(name) for name in names]
+        self._tensor_slots = [names.index(name) for name in self.tensor_names]
+        self._compiled = None
+
+    def __call__(self, *tensors):
+        compiled = self._compiled
+        if _stubbed:
+            compiled = _NO_OP_KERNEL
+        if compiled is not None and _recorder is None and DIRECT_LAUNCH and not _hooks_installed():
+            args = list(self._template)
+            for slot, t in zip(self._tensor_slots, tensors):
+                args[slot] = t
+            stream = _current_stream(self._device)
+            g0, g1, g2 = self.grid
+            compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata,
+                         None, None, None, *args)
             return
-    kernel[grid](**args, **constexprs, num_warps=num_warps)
+        named = dict(zip(self.tensor_names, tensors), **self.scalars)
+        if _recorder is not None:
+            _recorder.append(Launch(self.kernel, self.grid, named, dict(self.constexprs),
+                                    self.num_warps))
+            if not _recorder.run_too:
+                return
+        result = self.kernel[self.grid](**named, **self.constexprs, num_warps=self.num_warps)
+        if hasattr(result, "result"):  # an asynchronous compile's future
+            result = result.result()
+        if self._device.type == "cuda" and hasattr(result, "packed_metadata"):
+            self._compiled = result
+
+
+def _current_stream(device):
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+
+
+class _NoOpKernel:
+    """Stands in for a compiled kernel while launches are stubbed: takes the arguments of
+    ``CompiledKernel.run`` and does nothing."""
+    function = packed_metadata = None
+
+    @staticmethod
+    def run(*args):
+        pass
+
+
+_NO_OP_KERNEL = _NoOpKernel()
+
+
+@contextmanager
+def stubbed_launches():
+    """Inside the block every launch does all its host-side work (argument list, stream)
+    except the driver call itself: how benchmarks/host_overhead.py measures the host time of
+    the Triton backend on a machine without a GPU."""
+    global _stubbed
+    previous, _stubbed = _stubbed, True
+    try:
+        yield
+    finally:
+        _stubbed = previous
 
 
 class _Recording(list):

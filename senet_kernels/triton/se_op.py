@@ -1,10 +1,25 @@
-"""The Triton backend of the SE op: shapes the launches of forward.py and backward.py.
+"""The Triton backend of the SE op: picks a path per shape and launches its kernels.
 
-Forward: 2 launches (squeeze+excite, scale). Backward: 3 launches (gs reduction + excitation
-backward, grad_x pass, weight gradients). Nothing else runs on the device: buffers are
-``torch.empty``, and the per-sample arrival counters live in a cached zeroed workspace that
-the kernels reset themselves (one per device and stream).
+Two paths; ``configs.use_batched_excitation`` picks one per shape from the traffic model:
+
+- per-sample (forward.py, backward.py): the last program of each sample runs that sample's
+  excitation. Forward 2 launches (squeeze + excite, scale), backward 3 (gs reduction +
+  excitation backward, grad_x pass, weight gradients). Right where activations outweigh the
+  weights, which it reads once per sample.
+- batched (batched.py): the FC layers run as small GEMMs over tiles of samples. Forward 3
+  launches, backward 4.
+
+Nothing else runs on the device: buffers are ``torch.empty``, and the per-sample path's arrival
+counters live in a cached zeroed workspace that the kernels reset themselves (one per device
+and stream).
+
+Host time: everything that depends only on the arguments' metadata (shapes, strides, dtypes,
+flags, 16-byte alignment, device) is worked out once per signature into a plan: the path,
+grids, scalar arguments, constexprs and the launch sites (``launcher.KernelLaunch``) with their
+compiled kernels. A call looks its plan up, allocates its outputs and launches.
 """
+
+from dataclasses import dataclass
 
 import torch
 import triton.language as tl
@@ -15,14 +30,19 @@ from ..ops import allocate_backward_outputs, allocate_forward_outputs
 from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
 from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
+from .batched import se_excite_gemm, se_scale_excite_bwd, se_scale_excite_fwd
 from .forward import se_scale_fwd, se_squeeze_excite_fwd
-from .launcher import is_recording_only, launch
+from .launcher import KernelLaunch, is_recording_only
 
-#: Grid axis 1 is the sample index; CUDA bounds it.
+#: Grid axis 1 is the sample index (or sample tile); CUDA bounds it.
 MAX_BATCH = 65535
 # What the splits are sized for when recording launches without a GPU (an H100 has 132 SMs).
 _RECORDING_SMS = 132
+#: Plans kept per direction before the cache is cleared (each distinct signature adds one).
+MAX_PLANS = 4096
 _counters = {}
+_forward_plans = {}
+_backward_plans = {}
 
 
 def check_device(x):
@@ -42,14 +62,13 @@ def _num_sms(device):
     return _RECORDING_SMS if is_recording_only() else 1
 
 
-def _counter_key(device):
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    return device, stream
+def _stream(device):
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
 
 
 def _arrival_counters(device, n):
     """Zeroed int32 [>= n] counters; every kernel that uses them leaves them zeroed."""
-    key = _counter_key(device)
+    key = (device, _stream(device))
     counters = _counters.get(key)
     if counters is None or counters.numel() < n:
         counters = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
@@ -57,11 +76,11 @@ def _arrival_counters(device, n):
     return counters
 
 
-def _launch_with_counters(device, kernel, grid, args, constexprs):
+def _launch_with_counters(site, device, *tensors):
     try:
-        launch(kernel, grid, args, constexprs, configs.NUM_WARPS)
+        site(*tensors)
     except BaseException:
-        _counters.pop(_counter_key(device), None)  # a failed launch may leave them dirty
+        _counters.pop((device, _stream(device)), None)  # a failed launch may leave them dirty
         raise
 
 
@@ -74,91 +93,283 @@ def _check_batch(n):
         raise ValueError(f"the triton backend supports N <= {MAX_BATCH}, got N = {n}")
 
 
+def _aligned(*tensors):
+    """16-byte alignment of each tensor (None counts as aligned): Triton specializes on it."""
+    return tuple(t is None or t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _on_current_device(device):
+    return device.type != "cuda" or device.index == torch.cuda.current_device()
+
+
+def _remember(plans, key, plan):
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
+    plans[key] = plan
+    return plan
+
+
+def _site(kernel, grid, tensor_names, scalars, constexprs, device):
+    return KernelLaunch(kernel, grid, tensor_names.split(), scalars, constexprs,
+                        configs.NUM_WARPS, device)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the plans are computed from (besides flags)."""
+    n: int
+    c: int
+    cr: int
+    hw: int
+    channels_last: bool
+    acc: object          # tl.float32 / tl.float64
+    batched: bool
+    precision: str
+    num_sms: int
+
+    @staticmethod
+    def of(x, w1):
+        n, c, h, w = x.shape
+        cr, hw = w1.shape[0], h * w
+        return _Shape(n, c, cr, hw, is_channels_last(x),
+                      _acc_constexpr(torch.float64 if x.dtype == torch.float64 else torch.float32),
+                      configs.use_batched_excitation(n, c, cr, hw, x.element_size(),
+                                                     w1.element_size()),
+                      configs.dot_precision(x.dtype == torch.float32), _num_sms(x.device))
+
+    def reduce_grid(self):
+        """(tile, hw_per_split, splits, grid) of kernels A / A'."""
+        tile = configs.reduce_tile(self.channels_last, self.hw)
+        per_split, splits = configs.hw_split(self.n, self.c, self.hw, tile, self.num_sms)
+        return tile, per_split, splits, (configs.cdiv(self.c, tile.block_c) * splits, self.n)
+
+    def scale_pass_grid(self):
+        """(split length, grid) of the batched scale passes."""
+        length, splits = configs.scale_pass_split(self.n, self.c, self.hw, self.channels_last,
+                                                  self.num_sms)
+        grid = (configs.cdiv(self.c, configs.SCALE_TILE_C) * splits,
+                configs.cdiv(self.n, configs.SCALE_TILE_N))
+        return length, grid
+
+    def scale_tile_constexprs(self):
+        return dict(CHANNELS_LAST=self.channels_last, BLOCK_N=configs.SCALE_TILE_N,
+                    BLOCK_C=configs.SCALE_TILE_C, BLOCK_R=configs.SCALE_TILE_R,
+                    BLOCK=configs.SCALE_BLOCK, PRECISION=self.precision, ACC=self.acc)
+
+    def gemm_site(self, num_splits, w_strides, has_bias, *, act, gate, backward, device,
+                  tensor_names):
+        grid = (configs.cdiv(self.n, configs.BATCH_BLOCK_N),
+                configs.cdiv(self.cr, configs.BATCH_BLOCK_R))
+        return _site(se_excite_gemm, grid, tensor_names,
+                     dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, NUM_SPLITS=num_splits,
+                          w_stride_c=w_strides[0], w_stride_r=w_strides[1],
+                          has_bias=has_bias, act=act, gate=gate),
+                     dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
+                          BLOCK_R=configs.BATCH_BLOCK_R, BLOCK_K=configs.BATCH_BLOCK_K,
+                          PRECISION=self.precision, ACC=self.acc), device)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The launches of one signature: path and sizes (shape), H*W splits of the reduction,
+    launch sites in order, and whether the arguments are already dense as the kernels need."""
+    shape: _Shape
+    splits: int
+    sites: tuple
+    dense: bool
+
+
+def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    return (x.shape, x.stride(), x.dtype, x.device, w1.shape, w1.stride(), w1.dtype, w2.stride(),
+            None if b1 is None else b1.stride(), None if b2 is None else b2.stride(),
+            None if residual is None else residual.stride(), activation, gate, post_relu,
+            _aligned(x, w1, b1, w2, b2, residual), configs.forced_path)
+
+
+def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    s = _Shape.of(x, w1)
+    device = x.device
+    flags = dict(act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate])
+    has_b1, has_b2 = int(b1 is not None), int(b2 is not None)
+    tile, per_split, splits, grid = s.reduce_grid()
+    squeeze = _site(
+        se_squeeze_excite_fwd, grid,
+        "x_ptr w1_ptr b1_ptr w2_ptr b2_ptr partial_ptr counter_ptr pooled_ptr hidden_ptr scale_ptr",
+        dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, has_b1=has_b1,
+             has_b2=has_b2, **flags),
+        dict(EXCITE=not s.batched, CHANNELS_LAST=s.channels_last, BLOCK_C=tile.block_c,
+             BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R,
+             ACC=s.acc), device)
+    tail = dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu)
+    if s.batched:
+        fc1 = s.gemm_site(splits, (1, s.c), has_b1, backward=False, device=device,
+                          tensor_names="partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr out_ptr",
+                          **flags)
+        length, scale_grid = s.scale_pass_grid()
+        scale = _site(se_scale_excite_fwd, scale_grid,
+                      "x_ptr res_ptr hidden_ptr w2_ptr b2_ptr scale_ptr out_ptr",
+                      dict(N=s.n, C=s.c, HW=s.hw, CR=s.cr, SAMPLE_NUMEL=s.c * s.hw,
+                           SPLIT_LEN=length, has_b2=has_b2, **flags),
+                      dict(**tail, **s.scale_tile_constexprs()), device)
+        sites = (squeeze, fc1, scale)
+    else:
+        scale = _site(se_scale_fwd, (configs.cdiv(s.c * s.hw, configs.SCALE_BLOCK), s.n),
+                      "x_ptr res_ptr scale_ptr out_ptr",
+                      dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
+                      dict(**tail, CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK),
+                      device)
+        sites = (squeeze, scale)
+    dense = (_is_dense(x, s.channels_last) and (residual is None or _is_dense(residual, s.channels_last))
+             and all(t is None or t.is_contiguous() for t in (w1, b1, w2, b2)))
+    return _Plan(s, splits, sites, dense)
+
+
+def _is_dense(t, channels_last):
+    return t.is_contiguous(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
+
+
 def se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     check_device(x)
-    out, pooled, hidden, scale = allocate_forward_outputs(x, w1)
-    n, c, h, w = x.shape
-    if n == 0:
-        return out, pooled, hidden, scale
-    _check_batch(n)
-    channels_last = is_channels_last(x)
-    x = to_layout(x, channels_last)
-    w1, w2 = w1.contiguous(), w2.contiguous()
-    cr, hw = w1.shape[0], h * w
-    tile = configs.reduce_tile(channels_last, hw)
-    per_split, splits = configs.hw_split(n, c, hw, tile, _num_sms(x.device))
-    partials = torch.empty((n, splits, c), dtype=pooled.dtype, device=x.device)
-    counters = _arrival_counters(x.device, n)
-    _launch_with_counters(
-        x.device, se_squeeze_excite_fwd, (configs.cdiv(c, tile.block_c) * splits, n),
-        dict(x_ptr=x, w1_ptr=w1, b1_ptr=w1 if b1 is None else b1, w2_ptr=w2,
-             b2_ptr=w2 if b2 is None else b2, partial_ptr=partials, counter_ptr=counters,
-             pooled_ptr=pooled, hidden_ptr=hidden, scale_ptr=scale, C=c, HW=hw, CR=cr,
-             HW_PER_SPLIT=per_split, NUM_SPLITS=splits, has_b1=int(b1 is not None),
-             has_b2=int(b2 is not None), act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate]),
-        dict(CHANNELS_LAST=channels_last, BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw,
-             FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R,
-             ACC=_acc_constexpr(pooled.dtype)))
-    if residual is not None:
-        residual = to_layout(residual, channels_last)
-    launch(se_scale_fwd, (configs.cdiv(c * hw, configs.SCALE_BLOCK), n),
-           dict(x_ptr=x, res_ptr=x if residual is None else residual, scale_ptr=scale,
-                out_ptr=out, C=c, HW=hw, SAMPLE_NUMEL=c * hw),
-           dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu,
-                CHANNELS_LAST=channels_last, BLOCK=configs.SCALE_BLOCK),
-           configs.NUM_WARPS)
+    if x.shape[0] == 0:
+        return allocate_forward_outputs(x, w1)
+    if not _on_current_device(x.device):
+        with torch.cuda.device(x.device):
+            return se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu)
+    key = _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu)
+    plan = _forward_plans.get(key)
+    if plan is None:
+        _check_batch(x.shape[0])
+        plan = _remember(_forward_plans, key, _forward_plan(x, w1, b1, w2, b2, residual,
+                                                            activation, gate, post_relu))
+    shape = plan.shape
+    if not plan.dense:
+        x = to_layout(x, shape.channels_last)
+        if residual is not None:
+            residual = to_layout(residual, shape.channels_last)
+        w1, w2 = w1.contiguous(), w2.contiguous()
+        b1 = None if b1 is None else b1.contiguous()
+        b2 = None if b2 is None else b2.contiguous()
+    out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
+    partials = torch.empty((shape.n, plan.splits, shape.c), dtype=pooled.dtype, device=x.device)
+    b1_arg = w1 if b1 is None else b1  # an unused pointer still needs a tensor
+    b2_arg = w2 if b2 is None else b2
+    res_arg = x if residual is None else residual
+    if shape.batched:
+        squeeze, fc1, scale_pass = plan.sites
+        squeeze(x, w1, b1_arg, w2, b2_arg, partials, partials, pooled, hidden, scale)
+        fc1(partials, partials, w1, b1_arg, hidden, pooled, hidden)
+        scale_pass(x, res_arg, hidden, w2, b2_arg, scale, out)
+    else:
+        squeeze, scale_pass = plan.sites
+        counters = _arrival_counters(x.device, shape.n)
+        _launch_with_counters(squeeze, x.device, x, w1, b1_arg, w2, b2_arg, partials, counters,
+                              pooled, hidden, scale)
+        scale_pass(x, res_arg, scale, out)
     return out, pooled, hidden, scale
+
+
+def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
+    return (x.shape, x.stride(), x.dtype, x.device, grad_out.stride(), grad_out.dtype,
+            None if out is None else out.stride(), w1.shape, w1.stride(), w1.dtype, w2.stride(),
+            pooled.stride(), hidden.stride(), scale.stride(), pooled.dtype, has_residual,
+            activation, gate, _aligned(grad_out, x, out, w1, w2, pooled, hidden, scale),
+            configs.forced_path)
+
+
+def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,
+                   gate):
+    s = _Shape.of(x, w1)
+    device = x.device
+    post_relu = out is not None
+    write_grad_res = post_relu and has_residual
+    flags = dict(act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate])
+    tile, per_split, splits, grid = s.reduce_grid()
+    squeeze = _site(
+        se_squeeze_excite_bwd, grid,
+        "grad_ptr x_ptr out_ptr w1_ptr w2_ptr hidden_ptr scale_ptr partial_ptr counter_ptr "
+        "gz_ptr gh_ptr gp_ptr",
+        dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, **flags),
+        dict(EXCITE=not s.batched, POST_RELU=post_relu, CHANNELS_LAST=s.channels_last,
+             BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C,
+             FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device)
+    tail = dict(POST_RELU=post_relu, WRITE_GRAD_RESIDUAL=write_grad_res)
+    if s.batched:
+        gemm = s.gemm_site(splits, (s.cr, 1), 0, backward=True, device=device,
+                           tensor_names="partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr out_ptr",
+                           **flags)
+        length, scale_grid = s.scale_pass_grid()
+        grad_pass = _site(se_scale_excite_bwd, scale_grid,
+                          "grad_ptr out_ptr gh_ptr w1_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
+                          dict(N=s.n, C=s.c, HW=s.hw, CR=s.cr, SAMPLE_NUMEL=s.c * s.hw,
+                               SPLIT_LEN=length),
+                          dict(**tail, **s.scale_tile_constexprs()), device)
+        passes = (squeeze, gemm, grad_pass)
+    else:
+        grad_pass = _site(se_scale_bwd, (configs.cdiv(s.c * s.hw, configs.SCALE_BLOCK), s.n),
+                          "grad_ptr out_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
+                          dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
+                          dict(**tail, CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK),
+                          device)
+        passes = (squeeze, grad_pass)
+    m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
+    tiles = configs.cdiv(s.c, m) * configs.cdiv(s.cr, k) + configs.cdiv(s.cr, m) * configs.cdiv(s.c, k)
+    weight_grads = _site(se_weight_grads, (tiles,),
+                         "gz_ptr hidden_ptr gh_ptr pooled_ptr gw2_ptr gb2_ptr gw1_ptr gb1_ptr",
+                         dict(N=s.n, C=s.c, CR=s.cr, act=flags["act"]),
+                         dict(BLOCK_M=m, BLOCK_K=k, BLOCK_N=configs.WGRAD_BLOCK_N), device)
+    dense = (all(_is_dense(t, s.channels_last) for t in (grad_out, x) + ((out,) if post_relu else ()))
+             and all(t.is_contiguous() for t in (w1, w2, pooled, hidden, scale)))
+    return _Plan(s, splits, passes + (weight_grads,), dense)
 
 
 def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
     check_device(x)
     post_relu = out is not None
-    grads = allocate_backward_outputs(x, w1, w2, post_relu, has_residual)
-    grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = grads
-    n, c, h, w = x.shape
-    cr, hw = w1.shape[0], h * w
-    if n == 0:
-        for g in (grad_w1, grad_b1, grad_w2, grad_b2):
+    if x.shape[0] == 0:
+        grads = allocate_backward_outputs(x, w1, w2, post_relu, has_residual)
+        for g in grads[1:5]:
             g.zero_()
         return grads
-    _check_batch(n)
-    channels_last = is_channels_last(x)
-    x = to_layout(x, channels_last)
-    grad_out = to_layout(grad_out, channels_last)
-    if post_relu:
-        out = to_layout(out, channels_last)
-    w1, w2 = w1.contiguous(), w2.contiguous()
-    acc = pooled.dtype
-    tile = configs.reduce_tile(channels_last, hw)
-    per_split, splits = configs.hw_split(n, c, hw, tile, _num_sms(x.device))
-    partials = torch.empty((n, splits, c), dtype=acc, device=x.device)
-    gz = torch.empty((n, c), dtype=acc, device=x.device)
-    gh = torch.empty((n, cr), dtype=acc, device=x.device)
-    gp = torch.empty((n, c), dtype=acc, device=x.device)
-    counters = _arrival_counters(x.device, n)
-    act = ACTIVATION_CODE[activation]
-    _launch_with_counters(
-        x.device, se_squeeze_excite_bwd, (configs.cdiv(c, tile.block_c) * splits, n),
-        dict(grad_ptr=grad_out, x_ptr=x, out_ptr=out if post_relu else x, w1_ptr=w1, w2_ptr=w2,
-             hidden_ptr=hidden, scale_ptr=scale, partial_ptr=partials, counter_ptr=counters,
-             gz_ptr=gz, gh_ptr=gh, gp_ptr=gp, C=c, HW=hw, CR=cr, HW_PER_SPLIT=per_split,
-             NUM_SPLITS=splits, act=act, gate=GATE_CODE[gate]),
-        dict(POST_RELU=post_relu, CHANNELS_LAST=channels_last, BLOCK_C=tile.block_c,
-             BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R,
-             ACC=_acc_constexpr(acc)))
-    write_grad_res = post_relu and has_residual
-    launch(se_scale_bwd, (configs.cdiv(c * hw, configs.SCALE_BLOCK), n),
-           dict(grad_ptr=grad_out, out_ptr=out if post_relu else grad_out, scale_ptr=scale,
-                gp_ptr=gp, grad_x_ptr=grad_x, grad_res_ptr=grad_res if write_grad_res else grad_x,
-                C=c, HW=hw, SAMPLE_NUMEL=c * hw),
-           dict(POST_RELU=post_relu, WRITE_GRAD_RESIDUAL=write_grad_res,
-                CHANNELS_LAST=channels_last, BLOCK=configs.SCALE_BLOCK),
-           configs.NUM_WARPS)
-    m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
-    tiles = configs.cdiv(c, m) * configs.cdiv(cr, k) + configs.cdiv(cr, m) * configs.cdiv(c, k)
-    launch(se_weight_grads, (tiles,),
-           dict(gz_ptr=gz, hidden_ptr=hidden, gh_ptr=gh, pooled_ptr=pooled, gw2_ptr=grad_w2,
-                gb2_ptr=grad_b2, gw1_ptr=grad_w1, gb1_ptr=grad_b1, N=n, C=c, CR=cr, act=act),
-           dict(BLOCK_M=m, BLOCK_K=k, BLOCK_N=configs.WGRAD_BLOCK_N),
-           configs.NUM_WARPS)
+    if not _on_current_device(x.device):
+        with torch.cuda.device(x.device):
+            return se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
+                               activation, gate)
+    key = _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
+                        activation, gate)
+    plan = _backward_plans.get(key)
+    if plan is None:
+        _check_batch(x.shape[0])
+        plan = _remember(_backward_plans, key, _backward_plan(
+            grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate))
+    shape = plan.shape
+    grads = allocate_backward_outputs(x, w1, w2, post_relu, has_residual, shape.channels_last)
+    grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = grads
+    if not plan.dense:
+        x = to_layout(x, shape.channels_last)
+        grad_out = to_layout(grad_out, shape.channels_last)
+        if post_relu:
+            out = to_layout(out, shape.channels_last)
+        w1, w2 = w1.contiguous(), w2.contiguous()
+        pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
+    n, c, cr = shape.n, shape.c, shape.cr
+    acc, device = pooled.dtype, x.device
+    partials = torch.empty((n, plan.splits, c), dtype=acc, device=device)
+    gz = torch.empty((n, c), dtype=acc, device=device)
+    gh = torch.empty((n, cr), dtype=acc, device=device)
+    gp = torch.empty((n, c), dtype=acc, device=device)
+    out_arg = out if post_relu else x
+    grad_res_arg = grad_res if post_relu and has_residual else grad_x
+    if shape.batched:
+        squeeze, gemm, grad_pass, weight_grads = plan.sites
+        squeeze(grad_out, x, out_arg, w1, w2, hidden, scale, partials, partials, gz, gh, gp)
+        gemm(partials, scale, w2, w2, hidden, gz, gh)
+        grad_pass(grad_out, out if post_relu else grad_out, gh, w1, scale, gp, grad_x, grad_res_arg)
+    else:
+        squeeze, grad_pass, weight_grads = plan.sites
+        counters = _arrival_counters(device, n)
+        _launch_with_counters(squeeze, device, grad_out, x, out_arg, w1, w2, hidden, scale,
+                              partials, counters, gz, gh, gp)
+        grad_pass(grad_out, out if post_relu else grad_out, scale, gp, grad_x, grad_res_arg)
+    weight_grads(gz, hidden, gh, pooled, grad_w2, grad_b2, grad_w1, grad_b1)
     return grads
