@@ -148,14 +148,30 @@ def test_every_reduce_tile_is_picked():
     assert picked == set(configs.REDUCE_TILES)
 
 
-def test_aot_compile_every_configuration_for_sm80_and_sm90():
+#: A directory holding the oldest supported Triton (3.6, what the lent GPU machines run),
+#: installed with `pip install --no-deps --target DIR triton==3.6.0`; .ci/run sets it.
+OLDEST_TRITON = os.environ.get("SENET_KERNELS_OLDEST_TRITON")
+
+
+@pytest.mark.parametrize("triton_dir", [
+    pytest.param(None, id="installed"),
+    pytest.param(OLDEST_TRITON, id="oldest", marks=pytest.mark.skipif(
+        not OLDEST_TRITON, reason="SENET_KERNELS_OLDEST_TRITON (a directory with triton==3.6.0) "
+                                  "is not set; CI sets it")),
+])
+def test_aot_compile_every_configuration_for_sm80_and_sm90(triton_dir):
     """The interpreter accepts code the real compiler rejects: compile every configuration the
-    dispatcher launches for real GPU targets (in a subprocess, without TRITON_INTERPRET)."""
+    dispatcher launches for real GPU targets (in a subprocess, without TRITON_INTERPRET), with
+    the installed Triton and with the oldest supported one."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (triton_dir, ROOT, env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", "senet_kernels.triton.aot", "--arch", "80", "90"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     failed = [line for line in proc.stdout.splitlines() if "FAILED" in line]
     assert proc.returncode == 0 and not failed, (failed or proc.stdout[-3000:]) + proc.stderr[-3000:]
-    summary = proc.stdout.strip().splitlines()[-1]
+    lines = proc.stdout.strip().splitlines()
+    if triton_dir:
+        assert lines[0].startswith("triton 3.6.") and triton_dir in lines[0], lines[0]
+    summary = lines[-1]
     assert summary.startswith("compiled ") and "targets [80, 90]" in summary, summary

@@ -41,6 +41,7 @@ _RECORDING_SMS = 132
 #: Plans kept per direction before the cache is cleared (each distinct signature adds one).
 MAX_PLANS = 4096
 _counters = {}
+_retired_counters = []  # every counter buffer ever handed out (see _arrival_counters)
 _forward_plans = {}
 _backward_plans = {}
 
@@ -67,12 +68,15 @@ def _stream(device):
 
 
 def _arrival_counters(device, n):
-    """Zeroed int32 [>= n] counters; every kernel that uses them leaves them zeroed."""
+    """Zeroed int32 [>= n] counters; every kernel that uses them leaves them zeroed.
+
+    Replaced counters are kept alive: a CUDA graph captured with them still points at them."""
     key = (device, _stream(device))
     counters = _counters.get(key)
     if counters is None or counters.numel() < n:
         counters = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
         _counters[key] = counters
+        _retired_counters.append(counters)
     return counters
 
 

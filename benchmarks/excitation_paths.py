@@ -1,0 +1,122 @@
+"""GPU time of the Triton backend's two excitation paths per shape: the traffic model's data.
+
+    python benchmarks/excitation_paths.py [--json PATH] [--batch 256 32] [--rep-ms 10]
+
+For SE-ResNet-50 and EfficientNet-B0 SE shapes, both layouts, bf16: the forward (SE-ResNet:
+with residual + ReLU) and forward + backward, with the per-sample and the batched excitation
+forced (``configs.force_excitation_path``), beside the eager SE users run
+(``baselines.eager_se``). Times are GPU times: each call is captured in a CUDA graph and
+replayed (``triton.testing.do_bench_cudagraph``), so host overhead is excluded. The last
+columns say which path the traffic model picks (``configs.use_batched_excitation``) and how
+much slower its pick is than the faster path. Needs a CUDA GPU.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from senet_kernels import squeeze_excite  # noqa: E402
+from senet_kernels.baselines import eager_se  # noqa: E402
+from senet_kernels.bench import RESNET_STAGES, EFFICIENTNET_SE  # noqa: E402
+from senet_kernels.testing import make_inputs  # noqa: E402
+from senet_kernels.triton import configs  # noqa: E402
+
+
+def shapes(batches):
+    out = []
+    for n in batches:
+        out += [("se_resnet50", n, c, hw, c // 16) for c, hw in RESNET_STAGES]
+        out += [("efficientnet_b0", n, c, hw, cr) for c, hw, cr in EFFICIENTNET_SE]
+    return out
+
+
+def gpu_ms(fn, rep_ms):
+    import triton.testing
+    return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
+
+
+def step(fn, tensors, tail, backward):
+    x, w1, b1, w2, b2, res = tensors
+    residual = res if tail else None
+    options = dict(activation="relu" if tail else "silu", post_relu=tail)
+    if not backward:
+        def run():
+            with torch.no_grad():
+                fn(x, w1, b1, w2, b2, residual, **options)
+        return run
+    leaves = [x, w1, b1, w2, b2] + ([res] if tail else [])
+    grad = torch.randn_like(x)
+
+    def run():
+        torch.autograd.grad(fn(x, w1, b1, w2, b2, residual, **options), leaves, grad)
+    return run
+
+
+def triton_path(path):
+    def fn(*args, **kwargs):
+        with configs.force_excitation_path(path):
+            return squeeze_excite(*args, backend="triton", **kwargs)
+    return fn
+
+
+def run(batches, rep_ms, layouts=("channels_last", "nchw")):
+    impls = [("per_sample", triton_path("per_sample")), ("batched", triton_path("batched")),
+             ("eager", eager_se)]
+    rows = []
+    for family, n, c, hw, cr in shapes(batches):
+        tail = family == "se_resnet50"
+        for layout in layouts:
+            inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16,
+                                 channels_last=layout == "channels_last", residual=True,
+                                 device="cuda", seed=c)
+            tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+            for backward in (False, True):
+                times = {name: gpu_ms(step(fn, tensors, tail, backward), rep_ms) for name, fn in impls}
+                batched = configs.use_batched_excitation(n, c, cr, hw, 2, 2)
+                picked = times["batched" if batched else "per_sample"]
+                rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, layout=layout,
+                                 pass_name="fwd_bwd" if backward else "fwd", ms=times,
+                                 model_picks="batched" if batched else "per_sample",
+                                 pick_vs_best=picked / min(times["batched"], times["per_sample"]),
+                                 pick_vs_eager=times["eager"] / picked))
+                print(format_row(rows[-1]), flush=True)
+    return {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__, "weight_traffic_limit": configs.WEIGHT_TRAFFIC_LIMIT,
+            "rows": rows}
+
+
+def format_row(r):
+    n, c, h, _ = r["shape"]
+    t = r["ms"]
+    return (f"{r['family']:>15} {n:>3}x{c:>4}x{h:>2}x{h:<2} Cr={r['cr']:<3} {r['layout']:>13} "
+            f"{r['pass_name']:>7}: per-sample {t['per_sample']:.4f} batched {t['batched']:.4f} "
+            f"eager {t['eager']:.4f} ms | model picks {r['model_picks']:>10} "
+            f"({r['pick_vs_best']:.2f}x the best path, {r['pick_vs_eager']:.2f}x faster than eager)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[256, 32])
+    parser.add_argument("--rep-ms", type=float, default=10, help="graph replay time per measurement")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("excitation_paths.py times GPU kernels: it needs a CUDA GPU")
+    result = run(args.batch, args.rep_ms)
+    worst = max(result["rows"], key=lambda r: r["pick_vs_best"])
+    print(f"worst pick of the traffic model: {worst['pick_vs_best']:.2f}x the best path at "
+          f"{format_row(worst)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

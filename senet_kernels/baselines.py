@@ -1,0 +1,39 @@
+"""The SE block as users run it today in plain PyTorch: the baseline of every benchmark.
+
+``eager_se`` is the op sequence of timm's ``SEModule`` (and torchvision's
+``SqueezeExcitation``) followed by SE-ResNet's residual add and ReLU, on the tensors in their
+own dtype: mean over H, W (keepdim), 1x1 conv, activation, 1x1 conv, gate, multiply, then
+``+ residual`` and an in-place ReLU. It is not the package's ``reference`` backend, which
+computes in float32 with extra casts (the tests' oracle, slower than what users run).
+"""
+
+import torch.nn.functional as F
+
+
+def _activate(h, activation):
+    return F.relu(h, inplace=True) if activation == "relu" else F.silu(h, inplace=True)
+
+
+def _gate(z, gate):
+    return z.sigmoid() if gate == "sigmoid" else F.hardsigmoid(z)
+
+
+def _conv_weight(w):
+    return w if w.dim() == 4 else w[:, :, None, None]
+
+
+def eager_se(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate="sigmoid",
+             post_relu=False):
+    """``relu?(x * gate(fc2(act(fc1(mean_hw(x))))) + residual?)`` as timm computes it.
+
+    Weights are [Cr, C] / [C, Cr] or 1x1-conv shaped; parameters in x's dtype (as in a model
+    cast to that dtype)."""
+    s = x.mean((2, 3), keepdim=True)
+    s = _activate(F.conv2d(s, _conv_weight(w1), b1), activation)
+    s = _gate(F.conv2d(s, _conv_weight(w2), b2), gate)
+    y = x * s
+    if residual is not None:
+        y += residual  # in place, as timm's blocks add the shortcut
+    if post_relu:
+        y = F.relu(y, inplace=True)
+    return y
