@@ -41,33 +41,38 @@ def gpu_ms(fn, rep_ms):
     return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
 
 
-def step(fn, tensors, tail, backward):
+def step(fn, tensors, tail, backward, path=None):
+    """One pass of fn; with ``path``, the Triton backend's excitation path is forced for the
+    whole pass (the backward's plan is made inside autograd.grad, so it is inside too)."""
     x, w1, b1, w2, b2, res = tensors
     residual = res if tail else None
     options = dict(activation="relu" if tail else "silu", post_relu=tail)
-    if not backward:
-        def run():
-            with torch.no_grad():
-                fn(x, w1, b1, w2, b2, residual, **options)
-        return run
     leaves = [x, w1, b1, w2, b2] + ([res] if tail else [])
     grad = torch.randn_like(x)
 
-    def run():
-        torch.autograd.grad(fn(x, w1, b1, w2, b2, residual, **options), leaves, grad)
-    return run
+    def one_pass():
+        if not backward:
+            with torch.no_grad():
+                fn(x, w1, b1, w2, b2, residual, **options)
+        else:
+            torch.autograd.grad(fn(x, w1, b1, w2, b2, residual, **options), leaves, grad)
 
+    if path is None:
+        return one_pass
 
-def triton_path(path):
-    def fn(*args, **kwargs):
+    def forced():
         with configs.force_excitation_path(path):
-            return squeeze_excite(*args, backend="triton", **kwargs)
-    return fn
+            one_pass()
+    return forced
+
+
+def triton(*args, **kwargs):
+    return squeeze_excite(*args, backend="triton", **kwargs)
 
 
 def run(batches, rep_ms, layouts=("channels_last", "nchw")):
-    impls = [("per_sample", triton_path("per_sample")), ("batched", triton_path("batched")),
-             ("eager", eager_se)]
+    impls = [("per_sample", triton, "per_sample"), ("batched", triton, "batched"),
+             ("eager", eager_se, None)]
     rows = []
     for family, n, c, hw, cr in shapes(batches):
         tail = family == "se_resnet50"
@@ -76,9 +81,10 @@ def run(batches, rep_ms, layouts=("channels_last", "nchw")):
                                  channels_last=layout == "channels_last", residual=True,
                                  device="cuda", seed=c)
             tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+            batched = configs.use_batched_excitation(n, c, cr, hw, 2, 2)
             for backward in (False, True):
-                times = {name: gpu_ms(step(fn, tensors, tail, backward), rep_ms) for name, fn in impls}
-                batched = configs.use_batched_excitation(n, c, cr, hw, 2, 2)
+                times = {name: gpu_ms(step(fn, tensors, tail, backward, path), rep_ms)
+                         for name, fn, path in impls}
                 picked = times["batched" if batched else "per_sample"]
                 rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, layout=layout,
                                  pass_name="fwd_bwd" if backward else "fwd", ms=times,

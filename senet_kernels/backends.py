@@ -167,6 +167,10 @@ def _triton_backward(*args):
     return _triton_se_op().se_backward(*args)
 
 
+def _triton_inference(*args):
+    return _triton_se_op().se_inference(*args)
+
+
 def _below_autograd(op):
     """Call a custom op straight at its device kernel (C++), past its Python autograd."""
     def call(*args):
@@ -181,17 +185,23 @@ class BackendKernels:
 
     ``ops``: its custom ops (the dispatcher path, which torch.compile traces and opcheck
     checks). ``forward`` / ``backward``: the same kernels called directly, the eager fast path
-    (no dispatcher round trip into Python). ``function``: the eager autograd.Function over
-    those, with the ops' autograd formula (ops.eager_function).
+    (no dispatcher round trip into Python). ``inference``: ``out`` alone, for calls that no
+    backward follows (a backend may skip keeping what only the backward reads).
+    ``function``: the eager autograd.Function over forward and backward, with the ops'
+    autograd formula (ops.eager_function).
     """
     ops: BackendOps
     forward: object
     backward: object
+    inference: object
     function: type
 
 
-def _kernels(ops, forward, backward):
-    return BackendKernels(ops, forward, backward, eager_function(forward, backward))
+def _kernels(ops, forward, backward, inference=None):
+    if inference is None:
+        def inference(*args):
+            return forward(*args)[0]
+    return BackendKernels(ops, forward, backward, inference, eager_function(forward, backward))
 
 
 # The C++ extension registers its CPU and CUDA kernels for these (csrc/); one op pair serves
@@ -201,7 +211,7 @@ _ext_kernels = _kernels(_ext_ops, _below_autograd(_ext_ops.forward),
                         _below_autograd(_ext_ops.backward))
 _kernel_backends = {
     "triton": _kernels(define_backend_ops("triton", _triton_forward, _triton_backward),
-                       _triton_forward, _triton_backward),
+                       _triton_forward, _triton_backward, _triton_inference),
     "cpu": _ext_kernels,
     "cuda": _ext_kernels,
 }

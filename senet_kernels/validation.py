@@ -56,7 +56,8 @@ def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
     strings); a signature seen before costs a tuple lookup.
     """
     try:
-        key = (_signature(x), _signature(w1), _signature(b1), _signature(w2), _signature(b2),
+        key = (type(x), x.shape, x.dtype, x.device, type(w1), w1.shape, w1.dtype, w1.device,
+               type(w2), w2.shape, w2.dtype, w2.device, _signature(b1), _signature(b2),
                _signature(residual), activation, gate)
         known = key in _valid_signatures
     except (AttributeError, TypeError):  # not tensors, or unhashable options: full checks

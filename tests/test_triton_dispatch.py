@@ -39,9 +39,10 @@ class OpLog(TorchDispatchMode):
 EXPECTED_LAUNCHES = {
     "per_sample": (["se_squeeze_excite_fwd", "se_scale_fwd"],
                    ["se_squeeze_excite_bwd", "se_scale_bwd", "se_weight_grads"]),
-    "batched": (["se_squeeze_excite_fwd", "se_excite_gemm", "se_scale_excite_fwd"],
-                ["se_squeeze_excite_bwd", "se_excite_gemm", "se_scale_excite_bwd",
-                 "se_weight_grads"]),
+    "batched": (["se_squeeze_excite_fwd", "se_excite_gemm_c_to_r", "se_excite_gemm_r_to_c",
+                 "se_scale_fwd"],
+                ["se_squeeze_excite_bwd", "se_excite_gemm_c_to_r", "se_excite_gemm_r_to_c",
+                 "se_scale_bwd", "se_weight_grads"]),
 }
 
 
@@ -49,13 +50,16 @@ EXPECTED_LAUNCHES = {
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("post_relu,residual", [(False, False), (True, True), (True, False), (False, True)])
 def test_launches_per_op(device, path, channels_last, post_relu, residual):
-    """Per-sample path: forward 2 kernel launches, backward 3; batched path: 3 and 4. No torch
+    """Per-sample path: forward 2 kernel launches, backward 3; batched path: 4 and 5. No torch
     compute op inside either (nothing but allocations and views).
 
     The kernels are recorded, not run: the interpreter itself copies tensors (aten ops)."""
     forward_kernels, backward_kernels = EXPECTED_LAUNCHES[path]
     args = make_inputs(3, 20, 5, 5, 4, channels_last=channels_last, residual=residual, device=device)
-    se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)  # the counters exist now
+    # the first calls make the plans and their scratch buffers (the counters are zeroed once)
+    out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)
+    se_op.se_backward(torch.randn_like(out), args["x"], out if post_relu else None, args["w1"],
+                      args["w2"], pooled, hidden, scale, residual, "relu", "sigmoid")
     with OpLog() as log, recording_launches(run_too=False) as launches:
         out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)
     assert [l.kernel.__name__ for l in launches] == forward_kernels
@@ -72,19 +76,17 @@ def test_launches_per_op(device, path, channels_last, post_relu, residual):
 @pytest.mark.parametrize("path", configs.EXCITATION_PATHS)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_hw_splits(device, path, channels_last, monkeypatch, poison):
-    """Split H*W over several programs per channel block, as on a GPU with many SMs: the
-    reductions (NUM_SPLITS) and, on the batched path, the scale passes (SPLIT_LEN)."""
+    """Split H*W over several programs per channel block, as on a GPU with many SMs; the
+    excitation (per-sample tail or batched GEMM) then sums the split partials."""
     monkeypatch.setattr(se_op, "_num_sms", lambda device: 64)
     args = make_inputs(1, 16, 24, 24, 4, channels_last=channels_last, residual=True, device=device)
     with recording_launches() as launches:
         check_forward_backward("triton", args, torch.float32, post_relu=True)
     splits = [l.args["NUM_SPLITS"] for l in launches if "NUM_SPLITS" in l.args]
     assert splits and min(splits) > 1, splits
-    if path == "batched":
-        scale_passes = [l for l in launches if l.kernel.__name__.startswith("se_scale_excite")]
-        hw = 24 * 24
-        total = hw if channels_last else configs.SCALE_TILE_C * hw
-        assert scale_passes and all(l.args["SPLIT_LEN"] < total for l in scale_passes)
+    gemms = [l for l in launches if l.kernel.__name__ == "se_excite_gemm_c_to_r"]
+    assert (path == "batched") == bool(gemms)
+    assert all(l.args["NUM_SPLITS"] > 1 for l in gemms)
 
 
 def test_hw_split_tiles_exactly():
@@ -103,21 +105,24 @@ def test_arrival_counters_reset(device):
         for _ in range(3):
             assert_close(squeeze_excite(*args.values(), backend="triton"), expected,
                          torch.float32, "out")
-    assert [l.args["counter_ptr"].dtype for l in launches if "counter_ptr" in l.args] == [torch.int32] * 3
-    counters = se_op._arrival_counters(args["x"].device, 5)
-    assert counters.numel() >= 5 and not counters.any()
+    counters = [l.args["counter_ptr"] for l in launches if "counter_ptr" in l.args]
+    assert len(counters) == 3 and all(c.dtype == torch.int32 for c in counters)
+    assert counters[0].data_ptr() == counters[2].data_ptr()  # the plan's buffer, reused
+    assert counters[0].numel() == 5 and not counters[0].any()
 
 
-def test_scale_pass_splits_tile_exactly():
-    """The batched scale passes' splits cover each sample's channel block exactly, in whole
-    streaming steps (16-element multiples, so NCHW loads stay 16-byte aligned)."""
-    for n, c, hw in [(1, 16, 576), (256, 2048, 49), (8, 1024, 196), (1, 1, 1), (3, 70, 10000)]:
-        for channels_last in (False, True):
-            length, splits = configs.scale_pass_split(n, c, hw, channels_last, 132)
-            step = configs.SCALE_BLOCK // configs.SCALE_TILE_C if channels_last else configs.SCALE_BLOCK
-            total = hw if channels_last else configs.SCALE_TILE_C * hw
-            assert length % step == 0 and length % 16 == 0
-            assert (splits - 1) * length < total <= splits * length
+def test_scratch_buffers_are_per_plan_and_stream(device):
+    """Inference reuses the plan's scratch; training keeps fresh saved vectors per call."""
+    args = make_inputs(2, 16, 4, 4, 4, device=device, seed=14)
+    with recording_launches() as launches:
+        with torch.no_grad():
+            squeeze_excite(*args.values(), backend="triton")
+            squeeze_excite(*args.values(), backend="triton")
+    scales = [l.args["scale_ptr"] for l in launches if l.kernel.__name__.startswith("se_scale_fwd")]
+    assert len(scales) == 2 and scales[0].data_ptr() == scales[1].data_ptr()
+    out1, _, _, scale1 = se_op.se_forward(*args.values(), "relu", "sigmoid", False)
+    out2, _, _, scale2 = se_op.se_forward(*args.values(), "relu", "sigmoid", False)
+    assert scale1.data_ptr() != scale2.data_ptr() and torch.equal(scale1, scale2)
 
 
 def test_traffic_model_picks_the_path():

@@ -6,34 +6,28 @@ any late SE stage: ``configs.use_batched_excitation``) that is most of the traff
 serial tail. Here every program works on a tile of BLOCK_N samples with ``tl.dot``, so each
 weight element is read once per tile, and the FC work is spread over the whole GPU.
 
-Forward, 3 launches:
-  1. ``se_squeeze_excite_fwd`` (forward.py) with EXCITE=False: partial sums of x [N, S, C].
-  2. ``se_excite_gemm`` (BACKWARD=False): pooled = sum / HW (stored), hidden = pooled W1^T + b1.
-  3. ``se_scale_excite_fwd``: s = gate(act(hidden) W2^T + b2) for a [samples, channels] tile
-     (stored as the scale output), then out = relu?(x * s + residual?) over that tile.
-Backward, 4 launches:
-  1. ``se_squeeze_excite_bwd`` (backward.py) with EXCITE=False: partial sums of gy * x.
-  2. ``se_excite_gemm`` (BACKWARD=True): gz = gs * gate'(s) (stored), gh = (gz W2) * act'(hidden).
-  3. ``se_scale_excite_bwd``: gp = gh W1 / HW for the tile, then grad_x = gy * s + gp (and
-     grad_residual = gy behind the ReLU tail) over that tile.
-  4. ``se_weight_grads`` (backward.py).
+Two GEMM kernels, each used by the forward and the backward:
+  ``se_excite_gemm_c_to_r`` [N, C] -> [N, Cr]: forward FC1, backward through FC2.
+  ``se_excite_gemm_r_to_c`` [N, Cr] -> [N, C]: forward FC2 + gate, backward through FC1.
 
-Grids of the scale passes: (channel blocks * splits, sample tiles). Each program recomputes
-its tile's small FC product (BLOCK_N x BLOCK_C x Cr multiply-adds: cheap next to streaming
-BLOCK_N x BLOCK_C x HW elements) and streams its split of each sample's channel block:
-NCHW, a contiguous range of the block's BLOCK_C * HW elements (so loads vectorize whatever
-H*W is); channels_last, a range of pixels, BLOCK_C channels wide.
+Forward, 4 launches: ``se_squeeze_excite_fwd`` with EXCITE=False (partial sums of x), c_to_r
+(pooled, hidden), r_to_c (scale), ``se_scale_fwd`` (out). Backward, 5 launches:
+``se_squeeze_excite_bwd`` with EXCITE=False (partial sums of gy * x), c_to_r (gz, gh), r_to_c
+(gp), ``se_scale_bwd`` (grad_x, grad_residual), ``se_weight_grads``. The streaming passes are
+the per-sample path's own: one block of elements per program, the whole GPU busy. (Fusing the
+FC2 product into the scale pass was tried: each program then streamed its tile's samples one
+after another, a serial chain of loads that ran at half the copy bandwidth on an H200.)
 """
 
 import triton
 import triton.language as tl
 
-from .common import (FLAGS, activate, activate_grad, apply_gate, dot_acc, gate_grad_from_scale,
-                     grad_elements, scale_elements)
+from .common import (FLAGS, activate, activate_grad, apply_gate, dot_acc,
+                     gate_grad_from_scale)
 
 
 @triton.jit(do_not_specialize=FLAGS)
-def se_excite_gemm(
+def se_excite_gemm_c_to_r(
     partial_ptr, scale_ptr, w_ptr, b_ptr, hidden_ptr, vec_ptr, out_ptr,
     N, C, CR, HW, NUM_SPLITS, w_stride_c, w_stride_r, has_bias, act, gate,
     BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -81,121 +75,38 @@ def se_excite_gemm(
     tl.store(out_ptr + rows[:, None] * CR + r[None, :], acc, mask=out_mask)
 
 
-@triton.jit
-def _tile_coords(C, HW, SPLIT_LEN, CHANNELS_LAST: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_C: tl.constexpr):
-    """(first sample, channel offsets, channel mask, [start, end) of this program's split) of
-    a scale-pass program. The split range counts pixels (NHWC) or elements of the channel
-    block's contiguous range within a sample (NCHW)."""
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    c0 = (tl.program_id(0) % num_c_blocks) * BLOCK_C
-    split = tl.program_id(0) // num_c_blocks
-    c = c0 + tl.arange(0, BLOCK_C)
-    if CHANNELS_LAST:
-        start = split * SPLIT_LEN
-        end = tl.minimum(start + SPLIT_LEN, HW)
-    else:
-        start = c0 * HW + split * SPLIT_LEN
-        end = tl.minimum(start + SPLIT_LEN, tl.minimum(c0 + BLOCK_C, C) * HW)
-    return tl.program_id(1) * BLOCK_N, c, c < C, start, end
-
-
 @triton.jit(do_not_specialize=FLAGS)
-def se_scale_excite_fwd(
-    x_ptr, res_ptr, hidden_ptr, w2_ptr, b2_ptr, scale_ptr, out_ptr,
-    N, C, HW, CR, SAMPLE_NUMEL, SPLIT_LEN, has_b2, act, gate,
-    HAS_RESIDUAL: tl.constexpr, POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr,
+def se_excite_gemm_r_to_c(
+    u_ptr, w_ptr, b_ptr, out_ptr,
+    N, C, CR, HW, v_stride_r, v_stride_c, has_bias, act, gate,
+    BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
-    """s = gate(act(hidden) W2^T + b2) for [BLOCK_N samples, BLOCK_C channels], then
-    out = relu?(x * s + residual?) over this program's split of those samples' channels."""
-    n0, c, c_mask, start, end = _tile_coords(C, HW, SPLIT_LEN, CHANNELS_LAST, BLOCK_N, BLOCK_C)
-    rows = n0 + tl.arange(0, BLOCK_N)
+    """out [N, C] = epilogue(U @ V) for one [BLOCK_N samples, BLOCK_C channels] tile.
+
+    Grid (sample tiles, channel tiles); U [N, Cr], V[r, c] = w[r * v_stride_r + c * v_stride_c]:
+      forward:  U = act(hidden), V = W2^T,  out = scale = gate(U V + b2)
+      backward: U = gh,          V = W1,    out = gp = U V / HW
+    """
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_mask = rows < N
-    z = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
+    c_mask = c < C
+    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
     for r0 in range(0, CR, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         r_mask = r < CR
-        a = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :],
+        u = tl.load(u_ptr + rows[:, None] * CR + r[None, :],
                     mask=row_mask[:, None] & r_mask[None, :], other=0.0)
-        w = tl.load(w2_ptr + c[None, :] * CR + r[:, None], mask=r_mask[:, None] & c_mask[None, :],
-                    other=0.0)
-        z = dot_acc(activate(a, act), w, z, PRECISION)  # act(0) = 0: padding adds nothing
-    if has_b2:
-        z += tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(ACC)[None, :]
-    # Every split of the tile computes the same s and stores it; the bits are identical.
-    tl.store(scale_ptr + rows[:, None] * C + c[None, :], apply_gate(z, gate),
-             mask=row_mask[:, None] & c_mask[None, :])
-    tl.debug_barrier()  # this program's s is visible to all its threads (read back below)
-    for i in range(0, BLOCK_N):
-        n = n0 + i
-        if n < N:
-            base = n.to(tl.int64) * SAMPLE_NUMEL
-            if CHANNELS_LAST:
-                s = tl.load(scale_ptr + n * C + c, mask=c_mask, other=0.0)
-                for p0 in range(start, end, BLOCK // BLOCK_C):
-                    p = p0 + tl.arange(0, BLOCK // BLOCK_C)
-                    offs = p[:, None] * C + c[None, :]
-                    mask = (p < end)[:, None] & c_mask[None, :]
-                    scale_elements(x_ptr + base, res_ptr + base, out_ptr + base, offs,
-                                   s[None, :], mask, HAS_RESIDUAL, POST_RELU)
-            else:
-                for e0 in range(start, end, BLOCK):
-                    offs = e0 + tl.arange(0, BLOCK)
-                    mask = offs < end
-                    s = tl.load(scale_ptr + n * C + offs // HW, mask=mask, other=0.0)
-                    scale_elements(x_ptr + base, res_ptr + base, out_ptr + base, offs, s, mask,
-                                   HAS_RESIDUAL, POST_RELU)
-
-
-@triton.jit
-def se_scale_excite_bwd(
-    grad_ptr, out_ptr, gh_ptr, w1_ptr, scale_ptr, gp_ptr, grad_x_ptr, grad_res_ptr,
-    N, C, HW, CR, SAMPLE_NUMEL, SPLIT_LEN,
-    POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr,
-):
-    """gp = gh W1 / HW for [BLOCK_N samples, BLOCK_C channels] (stored to gp_ptr [N, C]),
-    then grad_x = gy * s + gp (and grad_residual = gy) over this program's split."""
-    n0, c, c_mask, start, end = _tile_coords(C, HW, SPLIT_LEN, CHANNELS_LAST, BLOCK_N, BLOCK_C)
-    rows = n0 + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    gp = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
-    for r0 in range(0, CR, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        r_mask = r < CR
-        gh = tl.load(gh_ptr + rows[:, None] * CR + r[None, :],
-                     mask=row_mask[:, None] & r_mask[None, :], other=0.0)
-        w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=r_mask[:, None] & c_mask[None, :],
-                    other=0.0)
-        gp = dot_acc(gh, w, gp, PRECISION)
-    # Identical bits from every split of the tile, as in the forward.
-    tl.store(gp_ptr + rows[:, None] * C + c[None, :], gp / HW,
-             mask=row_mask[:, None] & c_mask[None, :])
-    tl.debug_barrier()
-    for i in range(0, BLOCK_N):
-        n = n0 + i
-        if n < N:
-            base = n.to(tl.int64) * SAMPLE_NUMEL
-            if CHANNELS_LAST:
-                s = tl.load(scale_ptr + n * C + c, mask=c_mask, other=0.0)
-                g = tl.load(gp_ptr + n * C + c, mask=c_mask, other=0.0)
-                for p0 in range(start, end, BLOCK // BLOCK_C):
-                    p = p0 + tl.arange(0, BLOCK // BLOCK_C)
-                    offs = p[:, None] * C + c[None, :]
-                    mask = (p < end)[:, None] & c_mask[None, :]
-                    grad_elements(grad_ptr + base, out_ptr + base, grad_x_ptr + base,
-                                  grad_res_ptr + base, offs, s[None, :], g[None, :], mask,
-                                  POST_RELU, WRITE_GRAD_RESIDUAL)
-            else:
-                for e0 in range(start, end, BLOCK):
-                    offs = e0 + tl.arange(0, BLOCK)
-                    mask = offs < end
-                    ch = n * C + offs // HW
-                    s = tl.load(scale_ptr + ch, mask=mask, other=0.0)
-                    g = tl.load(gp_ptr + ch, mask=mask, other=0.0)
-                    grad_elements(grad_ptr + base, out_ptr + base, grad_x_ptr + base,
-                                  grad_res_ptr + base, offs, s, g, mask, POST_RELU,
-                                  WRITE_GRAD_RESIDUAL)
+        if not BACKWARD:
+            u = activate(u, act)  # act(0) = 0: the padding adds nothing
+        v = tl.load(w_ptr + r[:, None] * v_stride_r + c[None, :] * v_stride_c,
+                    mask=r_mask[:, None] & c_mask[None, :], other=0.0)
+        acc = dot_acc(u, v, acc, PRECISION)
+    if BACKWARD:
+        acc = acc / HW
+    else:
+        if has_bias:
+            acc += tl.load(b_ptr + c, mask=c_mask, other=0.0).to(ACC)[None, :]
+        acc = apply_gate(acc, gate)
+    tl.store(out_ptr + rows[:, None] * C + c[None, :], acc, mask=row_mask[:, None] & c_mask[None, :])

@@ -17,20 +17,27 @@ SCALE_BLOCK = 1024
 WGRAD_BLOCK_M = 32
 WGRAD_BLOCK_K = 32
 WGRAD_BLOCK_N = 16
-# Programs per SM the squeeze aims for, splitting H*W when N * channel blocks is too few.
-PROGRAMS_PER_SM = 4
+# Programs per SM the squeeze aims for, splitting H*W when N * channel blocks is too few:
+# each program keeps one tile load in flight, so it takes ~16 per SM to cover HBM latency
+# (at 4, EfficientNet-B0's 96x56x56 and 240x28x28 reductions ran at ~60% of the copy
+# bandwidth on an H200).
+PROGRAMS_PER_SM = 16
 
-# Batched excitation (batched.py), for weight-heavy shapes:
-# FC GEMM tiles: samples x hidden units, stepping BATCH_BLOCK_K channels at a time. Each
-# weight element is read once per tile of BATCH_BLOCK_N samples (tl.dot needs >= 16 each way).
+# Batched excitation (batched.py), for weight-heavy shapes. Each weight element is read
+# once per tile of BATCH_BLOCK_N samples (tl.dot needs >= 16 along every dimension).
 BATCH_BLOCK_N = 32
+# [N, C] -> [N, Cr] GEMM (c_to_r): tiles of BATCH_BLOCK_R hidden units, BATCH_BLOCK_K channels
+# per step of the reduction.
 BATCH_BLOCK_R = 16
 BATCH_BLOCK_K = 128
-# Scale passes with the FC prologue: [samples, channels] tiles, FC reduction step, and the
-# elements streamed per step (channels_last: BLOCK // BLOCK_C pixels of BLOCK_C channels).
-SCALE_TILE_N = 32
-SCALE_TILE_C = 64
-SCALE_TILE_R = 32
+# [N, Cr] -> [N, C] GEMM (r_to_c): tiles of EXPAND_BLOCK_C channels, EXPAND_BLOCK_R hidden
+# units per step.
+EXPAND_BLOCK_C = 64
+EXPAND_BLOCK_R = 32
+#: tl.dot input precision of the excitation GEMMs: three TF32 products per product
+#: ("tf32x3"), float32-level accuracy on tensor cores. Plain TF32 put float16 weight
+#: gradients at 2.7e-3 relative error on an H200, over float16's 2e-3.
+DOT_PRECISION = "tf32x3"
 # Where the per-sample path reads more weight bytes than this fraction of the activation
 # bytes of the same pass, the batched path is faster (measured on an H200, see
 # use_batched_excitation). The per-sample path reads W1 and W2 once per sample.
@@ -121,30 +128,3 @@ def use_batched_excitation(n, c, cr, hw, x_size, param_size):
         return forced_path == "batched"
     per_sample = weight_bytes(c, cr, param_size) * weight_reads(n, False)
     return per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
-
-
-def dot_precision(x_is_float32):
-    """tl.dot input precision of the excitation GEMMs (float32 accumulation either way).
-
-    Half-precision inputs: TF32, whose 10-bit mantissa is finer than their own rounding.
-    float32 inputs: "tf32x3" (three TF32 products, float32-level accuracy on tensor cores).
-    """
-    return "tf32x3" if x_is_float32 else "tf32"
-
-
-def scale_pass_split(n, c, hw, channels_last, num_sms):
-    """(split length, splits) of the batched scale passes.
-
-    Each sample's channel block is cut into splits until the grid reaches PROGRAMS_PER_SM
-    programs per SM. A split counts pixels (channels_last) or elements of the block's
-    contiguous BLOCK_C * HW range (NCHW), in whole streaming steps.
-    """
-    programs = cdiv(n, SCALE_TILE_N) * cdiv(c, SCALE_TILE_C)
-    wanted = cdiv(PROGRAMS_PER_SM * num_sms, programs)
-    if channels_last:
-        step, total = SCALE_BLOCK // SCALE_TILE_C, hw
-    else:
-        step, total = SCALE_BLOCK, SCALE_TILE_C * hw
-    steps = cdiv(total, step)
-    length = cdiv(steps, max(1, min(wanted, steps))) * step
-    return length, cdiv(total, length)

@@ -57,7 +57,8 @@ class KernelLaunch:
     order of ``tensor_names`` and the fixed ``scalars`` and ``constexprs`` (dicts by name)."""
 
     __slots__ = ("kernel", "grid", "tensor_names", "scalars", "constexprs", "num_warps",
-                 "_template", "_tensor_slots", "_compiled", "_device")
+                 "_template", "_tensor_slots", "_compiled", "_device", "_run", "_function",
+                 "_metadata")
 
     def __init__(self, kernel, grid, tensor_names, scalars, constexprs, num_warps, device):
         self.kernel = kernel
@@ -78,21 +79,22 @@ class KernelLaunch:
         # them); tensor slots are filled per call.
         values = {**self.scalars, **self.constexprs}
         self._template = [values.get(name) for name in names]
-        self._tensor_slots = [names.index(name) for name in self.tensor_names]
+        self._tensor_slots = tuple(names.index(name) for name in self.tensor_names)
         self._compiled = None
 
     def __call__(self, *tensors):
-        compiled = self._compiled
-        if _stubbed:
-            compiled = _NO_OP_KERNEL
-        if compiled is not None and _recorder is None and DIRECT_LAUNCH and not _hooks_installed():
-            args = list(self._template)
+        if (self._compiled is not None or _stubbed) and _recorder is None and DIRECT_LAUNCH \
+                and not _hooks_installed():
+            args = self._template.copy()
             for slot, t in zip(self._tensor_slots, tensors):
                 args[slot] = t
-            stream = _current_stream(self._device)
             g0, g1, g2 = self.grid
-            compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata,
-                         None, None, None, *args)
+            if _stubbed:
+                _NO_OP_KERNEL.run(g0, g1, g2, _current_stream(self._device), None, None, None,
+                                  None, None, *args)
+                return
+            self._run(g0, g1, g2, _current_stream(self._device), self._function, self._metadata,
+                      None, None, None, *args)
             return
         named = dict(zip(self.tensor_names, tensors), **self.scalars)
         if _recorder is not None:
@@ -104,11 +106,17 @@ class KernelLaunch:
         if hasattr(result, "result"):  # an asynchronous compile's future
             result = result.result()
         if self._device.type == "cuda" and hasattr(result, "packed_metadata"):
+            # what CompiledKernel.run needs, looked up once (run is a property)
+            self._run, self._function, self._metadata = (result.run, result.function,
+                                                         result.packed_metadata)
             self._compiled = result
 
 
+_raw_stream = torch._C._cuda_getCurrentRawStream if hasattr(torch._C, "_cuda_getCurrentRawStream") else None
+
+
 def _current_stream(device):
-    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+    return _raw_stream(device.index) if device.type == "cuda" else 0
 
 
 class _NoOpKernel:

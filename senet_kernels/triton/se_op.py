@@ -6,12 +6,16 @@ Two paths; ``configs.use_batched_excitation`` picks one per shape from the traff
   excitation. Forward 2 launches (squeeze + excite, scale), backward 3 (gs reduction +
   excitation backward, grad_x pass, weight gradients). Right where activations outweigh the
   weights, which it reads once per sample.
-- batched (batched.py): the FC layers run as small GEMMs over tiles of samples. Forward 3
-  launches, backward 4.
+- batched (batched.py): the FC layers run as small GEMMs over tiles of samples. Forward 4
+  launches (squeeze, FC1, FC2 + gate, scale), backward 5.
 
-Nothing else runs on the device: buffers are ``torch.empty``, and the per-sample path's arrival
-counters live in a cached zeroed workspace that the kernels reset themselves (one per device
-and stream).
+Nothing else runs on the device. Outputs are ``torch.empty``; the scratch buffers (split
+partial sums, the backward's [N, C] vectors, the per-sample path's arrival counters, and in
+inference the saved-for-backward vectors nobody will read) belong to the plan, one set per
+CUDA stream, reused call after call: stream order keeps calls on one stream apart. The
+arrival counters start zeroed and every kernel that uses them leaves them zeroed. While a CUDA
+graph is being captured, buffers are fresh allocations kept alive for the graph's lifetime:
+two graphs captured on one stream may be replayed concurrently.
 
 Host time: everything that depends only on the arguments' metadata (shapes, strides, dtypes,
 flags, 16-byte alignment, device) is worked out once per signature into a plan: the path,
@@ -19,7 +23,7 @@ grids, scalar arguments, constexprs and the launch sites (``launcher.KernelLaunc
 compiled kernels. A call looks its plan up, allocates its outputs and launches.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton.language as tl
@@ -30,7 +34,7 @@ from ..ops import allocate_backward_outputs, allocate_forward_outputs
 from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
 from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
-from .batched import se_excite_gemm, se_scale_excite_bwd, se_scale_excite_fwd
+from .batched import se_excite_gemm_c_to_r, se_excite_gemm_r_to_c
 from .forward import se_scale_fwd, se_squeeze_excite_fwd
 from .launcher import KernelLaunch, is_recording_only
 
@@ -40,14 +44,14 @@ MAX_BATCH = 65535
 _RECORDING_SMS = 132
 #: Plans kept per direction before the cache is cleared (each distinct signature adds one).
 MAX_PLANS = 4096
-_counters = {}
-_retired_counters = []  # every counter buffer ever handed out (see _arrival_counters)
+#: Scratch buffers handed to captured CUDA graphs: the graphs keep pointing at them.
+_graph_buffers = []
 _forward_plans = {}
 _backward_plans = {}
 
 
 def check_device(x):
-    if x.is_cuda or is_recording_only():
+    if x.is_cuda or is_recording_only():  # the hot path returns at the first test
         return
     if x.device.type == "cpu" and interpreting():
         return
@@ -67,24 +71,25 @@ def _stream(device):
     return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
 
 
-def _arrival_counters(device, n):
-    """Zeroed int32 [>= n] counters; every kernel that uses them leaves them zeroed.
+def _scratch(plan, device, make):
+    """The plan's scratch buffers for the current stream: ``make()`` once per stream, or a fresh
+    ``make()`` per call while a CUDA graph is captured (see the module docstring)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        buffers = make()
+        _graph_buffers.append(buffers)
+        return buffers
+    stream = _stream(device)
+    buffers = plan.scratch.get(stream)
+    if buffers is None:
+        buffers = plan.scratch[stream] = make()
+    return buffers
 
-    Replaced counters are kept alive: a CUDA graph captured with them still points at them."""
-    key = (device, _stream(device))
-    counters = _counters.get(key)
-    if counters is None or counters.numel() < n:
-        counters = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-        _counters[key] = counters
-        _retired_counters.append(counters)
-    return counters
 
-
-def _launch_with_counters(site, device, *tensors):
+def _launch_with_counters(plan, site, device, *tensors):
     try:
         site(*tensors)
     except BaseException:
-        _counters.pop((device, _stream(device)), None)  # a failed launch may leave them dirty
+        plan.scratch.pop(_stream(device), None)  # a failed launch may leave the counters dirty
         raise
 
 
@@ -97,9 +102,9 @@ def _check_batch(n):
         raise ValueError(f"the triton backend supports N <= {MAX_BATCH}, got N = {n}")
 
 
-def _aligned(*tensors):
-    """16-byte alignment of each tensor (None counts as aligned): Triton specializes on it."""
-    return tuple(t is None or t.data_ptr() % 16 == 0 for t in tensors)
+def _offset16(t):
+    """The tensor's address modulo 16 (0 for None): Triton specializes on 16-byte alignment."""
+    return 0 if t is None else t.data_ptr() % 16
 
 
 def _on_current_device(device):
@@ -128,7 +133,6 @@ class _Shape:
     channels_last: bool
     acc: object          # tl.float32 / tl.float64
     batched: bool
-    precision: str
     num_sms: int
 
     @staticmethod
@@ -139,7 +143,7 @@ class _Shape:
                       _acc_constexpr(torch.float64 if x.dtype == torch.float64 else torch.float32),
                       configs.use_batched_excitation(n, c, cr, hw, x.element_size(),
                                                      w1.element_size()),
-                      configs.dot_precision(x.dtype == torch.float32), _num_sms(x.device))
+                      _num_sms(x.device))
 
     def reduce_grid(self):
         """(tile, hw_per_split, splits, grid) of kernels A / A'."""
@@ -147,47 +151,54 @@ class _Shape:
         per_split, splits = configs.hw_split(self.n, self.c, self.hw, tile, self.num_sms)
         return tile, per_split, splits, (configs.cdiv(self.c, tile.block_c) * splits, self.n)
 
-    def scale_pass_grid(self):
-        """(split length, grid) of the batched scale passes."""
-        length, splits = configs.scale_pass_split(self.n, self.c, self.hw, self.channels_last,
-                                                  self.num_sms)
-        grid = (configs.cdiv(self.c, configs.SCALE_TILE_C) * splits,
-                configs.cdiv(self.n, configs.SCALE_TILE_N))
-        return length, grid
+    def streaming_grid(self):
+        """Grid of the per-element passes se_scale_fwd / se_scale_bwd."""
+        return configs.cdiv(self.c * self.hw, configs.SCALE_BLOCK), self.n
 
-    def scale_tile_constexprs(self):
-        return dict(CHANNELS_LAST=self.channels_last, BLOCK_N=configs.SCALE_TILE_N,
-                    BLOCK_C=configs.SCALE_TILE_C, BLOCK_R=configs.SCALE_TILE_R,
-                    BLOCK=configs.SCALE_BLOCK, PRECISION=self.precision, ACC=self.acc)
-
-    def gemm_site(self, num_splits, w_strides, has_bias, *, act, gate, backward, device,
-                  tensor_names):
+    def c_to_r_site(self, num_splits, w_strides, has_bias, *, act, gate, backward, device):
+        """The [N, C] -> [N, Cr] GEMM: forward FC1 (V = W1^T), backward through FC2 (V = W2)."""
         grid = (configs.cdiv(self.n, configs.BATCH_BLOCK_N),
                 configs.cdiv(self.cr, configs.BATCH_BLOCK_R))
-        return _site(se_excite_gemm, grid, tensor_names,
+        return _site(se_excite_gemm_c_to_r, grid,
+                     "partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr out_ptr",
                      dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, NUM_SPLITS=num_splits,
                           w_stride_c=w_strides[0], w_stride_r=w_strides[1],
                           has_bias=has_bias, act=act, gate=gate),
                      dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
                           BLOCK_R=configs.BATCH_BLOCK_R, BLOCK_K=configs.BATCH_BLOCK_K,
-                          PRECISION=self.precision, ACC=self.acc), device)
+                          PRECISION=configs.DOT_PRECISION, ACC=self.acc), device)
+
+    def r_to_c_site(self, w_strides, has_bias, *, act, gate, backward, device):
+        """The [N, Cr] -> [N, C] GEMM: forward FC2 + gate (V = W2^T), backward through FC1
+        (V = W1)."""
+        grid = (configs.cdiv(self.n, configs.BATCH_BLOCK_N),
+                configs.cdiv(self.c, configs.EXPAND_BLOCK_C))
+        return _site(se_excite_gemm_r_to_c, grid, "u_ptr w_ptr b_ptr out_ptr",
+                     dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, v_stride_r=w_strides[0],
+                          v_stride_c=w_strides[1], has_bias=has_bias, act=act, gate=gate),
+                     dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
+                          BLOCK_C=configs.EXPAND_BLOCK_C, BLOCK_R=configs.EXPAND_BLOCK_R,
+                          PRECISION=configs.DOT_PRECISION, ACC=self.acc), device)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Plan:
     """The launches of one signature: path and sizes (shape), H*W splits of the reduction,
-    launch sites in order, and whether the arguments are already dense as the kernels need."""
+    launch sites in order, whether the arguments are already dense as the kernels need, and
+    the scratch buffers per stream (see _scratch)."""
     shape: _Shape
     splits: int
     sites: tuple
     dense: bool
+    scratch: dict = field(default_factory=dict)
 
 
 def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     return (x.shape, x.stride(), x.dtype, x.device, w1.shape, w1.stride(), w1.dtype, w2.stride(),
             None if b1 is None else b1.stride(), None if b2 is None else b2.stride(),
             None if residual is None else residual.stride(), activation, gate, post_relu,
-            _aligned(x, w1, b1, w2, b2, residual), configs.forced_path)
+            x.data_ptr() % 16, w1.data_ptr() % 16, w2.data_ptr() % 16, _offset16(b1), _offset16(b2),
+            _offset16(residual), configs.forced_path)
 
 
 def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
@@ -204,24 +215,15 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
         dict(EXCITE=not s.batched, CHANNELS_LAST=s.channels_last, BLOCK_C=tile.block_c,
              BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R,
              ACC=s.acc), device)
-    tail = dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu)
+    scale = _site(se_scale_fwd, s.streaming_grid(), "x_ptr res_ptr scale_ptr out_ptr",
+                  dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
+                  dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu,
+                       CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK), device)
     if s.batched:
-        fc1 = s.gemm_site(splits, (1, s.c), has_b1, backward=False, device=device,
-                          tensor_names="partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr out_ptr",
-                          **flags)
-        length, scale_grid = s.scale_pass_grid()
-        scale = _site(se_scale_excite_fwd, scale_grid,
-                      "x_ptr res_ptr hidden_ptr w2_ptr b2_ptr scale_ptr out_ptr",
-                      dict(N=s.n, C=s.c, HW=s.hw, CR=s.cr, SAMPLE_NUMEL=s.c * s.hw,
-                           SPLIT_LEN=length, has_b2=has_b2, **flags),
-                      dict(**tail, **s.scale_tile_constexprs()), device)
-        sites = (squeeze, fc1, scale)
+        fc1 = s.c_to_r_site(splits, (1, s.c), has_b1, backward=False, device=device, **flags)
+        fc2 = s.r_to_c_site((1, s.cr), has_b2, backward=False, device=device, **flags)
+        sites = (squeeze, fc1, fc2, scale)
     else:
-        scale = _site(se_scale_fwd, (configs.cdiv(s.c * s.hw, configs.SCALE_BLOCK), s.n),
-                      "x_ptr res_ptr scale_ptr out_ptr",
-                      dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
-                      dict(**tail, CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK),
-                      device)
         sites = (squeeze, scale)
     dense = (_is_dense(x, s.channels_last) and (residual is None or _is_dense(residual, s.channels_last))
              and all(t is None or t.is_contiguous() for t in (w1, b1, w2, b2)))
@@ -233,20 +235,43 @@ def _is_dense(t, channels_last):
                            else torch.contiguous_format)
 
 
+def _forward_scratch(shape, splits, device):
+    """Forward scratch: partials, counters, and pooled / hidden / scale for inference calls."""
+    acc = torch.float64 if shape.acc == tl.float64 else torch.float32
+    n, c = shape.n, shape.c
+    return (torch.empty((n, splits, c), dtype=acc, device=device),
+            None if shape.batched else torch.zeros(n, dtype=torch.int32, device=device),
+            torch.empty((n, c), dtype=acc, device=device),
+            torch.empty((n, shape.cr), dtype=acc, device=device),
+            torch.empty((n, c), dtype=acc, device=device))
+
+
 def se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    """The forward op: (out, pooled, hidden, scale), see ops.py."""
+    return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, True)
+
+
+def se_inference(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    """``out`` alone, for calls no backward will follow: pooled, hidden and scale go to the
+    plan's scratch buffers instead of fresh allocations."""
+    return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, False)[0]
+
+
+def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vectors):
     check_device(x)
     if x.shape[0] == 0:
         return allocate_forward_outputs(x, w1)
     if not _on_current_device(x.device):
         with torch.cuda.device(x.device):
-            return se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu)
+            return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu,
+                            keep_vectors)
     key = _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu)
     plan = _forward_plans.get(key)
     if plan is None:
         _check_batch(x.shape[0])
         plan = _remember(_forward_plans, key, _forward_plan(x, w1, b1, w2, b2, residual,
                                                             activation, gate, post_relu))
-    shape = plan.shape
+    shape, device = plan.shape, x.device
     if not plan.dense:
         x = to_layout(x, shape.channels_last)
         if residual is not None:
@@ -254,22 +279,26 @@ def se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
         w1, w2 = w1.contiguous(), w2.contiguous()
         b1 = None if b1 is None else b1.contiguous()
         b2 = None if b2 is None else b2.contiguous()
-    out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
-    partials = torch.empty((shape.n, plan.splits, shape.c), dtype=pooled.dtype, device=x.device)
+    partials, counters, pooled, hidden, scale = _scratch(
+        plan, device, lambda: _forward_scratch(shape, plan.splits, device))
+    if keep_vectors:
+        out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
+    else:
+        out = torch.empty_like(x, memory_format=torch.channels_last if shape.channels_last
+                               else torch.contiguous_format)
     b1_arg = w1 if b1 is None else b1  # an unused pointer still needs a tensor
     b2_arg = w2 if b2 is None else b2
     res_arg = x if residual is None else residual
     if shape.batched:
-        squeeze, fc1, scale_pass = plan.sites
+        squeeze, fc1, fc2, scale_pass = plan.sites
         squeeze(x, w1, b1_arg, w2, b2_arg, partials, partials, pooled, hidden, scale)
         fc1(partials, partials, w1, b1_arg, hidden, pooled, hidden)
-        scale_pass(x, res_arg, hidden, w2, b2_arg, scale, out)
+        fc2(hidden, w2, b2_arg, scale)
     else:
         squeeze, scale_pass = plan.sites
-        counters = _arrival_counters(x.device, shape.n)
-        _launch_with_counters(squeeze, x.device, x, w1, b1_arg, w2, b2_arg, partials, counters,
-                              pooled, hidden, scale)
-        scale_pass(x, res_arg, scale, out)
+        _launch_with_counters(plan, squeeze, device, x, w1, b1_arg, w2, b2_arg, partials,
+                              counters, pooled, hidden, scale)
+    scale_pass(x, res_arg, scale, out)
     return out, pooled, hidden, scale
 
 
@@ -277,8 +306,9 @@ def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
     return (x.shape, x.stride(), x.dtype, x.device, grad_out.stride(), grad_out.dtype,
             None if out is None else out.stride(), w1.shape, w1.stride(), w1.dtype, w2.stride(),
             pooled.stride(), hidden.stride(), scale.stride(), pooled.dtype, has_residual,
-            activation, gate, _aligned(grad_out, x, out, w1, w2, pooled, hidden, scale),
-            configs.forced_path)
+            activation, gate, grad_out.data_ptr() % 16, x.data_ptr() % 16, _offset16(out),
+            w1.data_ptr() % 16, w2.data_ptr() % 16, pooled.data_ptr() % 16,
+            hidden.data_ptr() % 16, scale.data_ptr() % 16, configs.forced_path)
 
 
 def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,
@@ -297,24 +327,16 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
         dict(EXCITE=not s.batched, POST_RELU=post_relu, CHANNELS_LAST=s.channels_last,
              BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C,
              FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device)
-    tail = dict(POST_RELU=post_relu, WRITE_GRAD_RESIDUAL=write_grad_res)
+    grad_pass = _site(se_scale_bwd, s.streaming_grid(),
+                      "grad_ptr out_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
+                      dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
+                      dict(POST_RELU=post_relu, WRITE_GRAD_RESIDUAL=write_grad_res,
+                           CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK), device)
     if s.batched:
-        gemm = s.gemm_site(splits, (s.cr, 1), 0, backward=True, device=device,
-                           tensor_names="partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr out_ptr",
-                           **flags)
-        length, scale_grid = s.scale_pass_grid()
-        grad_pass = _site(se_scale_excite_bwd, scale_grid,
-                          "grad_ptr out_ptr gh_ptr w1_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
-                          dict(N=s.n, C=s.c, HW=s.hw, CR=s.cr, SAMPLE_NUMEL=s.c * s.hw,
-                               SPLIT_LEN=length),
-                          dict(**tail, **s.scale_tile_constexprs()), device)
-        passes = (squeeze, gemm, grad_pass)
+        through_fc2 = s.c_to_r_site(splits, (s.cr, 1), 0, backward=True, device=device, **flags)
+        through_fc1 = s.r_to_c_site((s.c, 1), 0, backward=True, device=device, **flags)
+        passes = (squeeze, through_fc2, through_fc1, grad_pass)
     else:
-        grad_pass = _site(se_scale_bwd, (configs.cdiv(s.c * s.hw, configs.SCALE_BLOCK), s.n),
-                          "grad_ptr out_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
-                          dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
-                          dict(**tail, CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK),
-                          device)
         passes = (squeeze, grad_pass)
     m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
     tiles = configs.cdiv(s.c, m) * configs.cdiv(s.cr, k) + configs.cdiv(s.cr, m) * configs.cdiv(s.c, k)
@@ -327,7 +349,18 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     return _Plan(s, splits, passes + (weight_grads,), dense)
 
 
+def _backward_scratch(shape, splits, acc, device):
+    """Backward scratch: partials, counters, gz [N, C], gh [N, Cr], gp [N, C]."""
+    n, c = shape.n, shape.c
+    return (torch.empty((n, splits, c), dtype=acc, device=device),
+            None if shape.batched else torch.zeros(n, dtype=torch.int32, device=device),
+            torch.empty((n, c), dtype=acc, device=device),
+            torch.empty((n, shape.cr), dtype=acc, device=device),
+            torch.empty((n, c), dtype=acc, device=device))
+
+
 def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
+    """The backward op: (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual), see ops.py."""
     check_device(x)
     post_relu = out is not None
     if x.shape[0] == 0:
@@ -356,24 +389,20 @@ def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, a
             out = to_layout(out, shape.channels_last)
         w1, w2 = w1.contiguous(), w2.contiguous()
         pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
-    n, c, cr = shape.n, shape.c, shape.cr
-    acc, device = pooled.dtype, x.device
-    partials = torch.empty((n, plan.splits, c), dtype=acc, device=device)
-    gz = torch.empty((n, c), dtype=acc, device=device)
-    gh = torch.empty((n, cr), dtype=acc, device=device)
-    gp = torch.empty((n, c), dtype=acc, device=device)
+    device = x.device
+    partials, counters, gz, gh, gp = _scratch(plan, device, lambda: _backward_scratch(
+        shape, plan.splits, pooled.dtype, device))
     out_arg = out if post_relu else x
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
     if shape.batched:
-        squeeze, gemm, grad_pass, weight_grads = plan.sites
+        squeeze, through_fc2, through_fc1, grad_pass, weight_grads = plan.sites
         squeeze(grad_out, x, out_arg, w1, w2, hidden, scale, partials, partials, gz, gh, gp)
-        gemm(partials, scale, w2, w2, hidden, gz, gh)
-        grad_pass(grad_out, out if post_relu else grad_out, gh, w1, scale, gp, grad_x, grad_res_arg)
+        through_fc2(partials, scale, w2, w2, hidden, gz, gh)
+        through_fc1(gh, w1, w1, gp)
     else:
         squeeze, grad_pass, weight_grads = plan.sites
-        counters = _arrival_counters(device, n)
-        _launch_with_counters(squeeze, device, grad_out, x, out_arg, w1, w2, hidden, scale,
+        _launch_with_counters(plan, squeeze, device, grad_out, x, out_arg, w1, w2, hidden, scale,
                               partials, counters, gz, gh, gp)
-        grad_pass(grad_out, out if post_relu else grad_out, scale, gp, grad_x, grad_res_arg)
+    grad_pass(grad_out, out if post_relu else grad_out, scale, gp, grad_x, grad_res_arg)
     weight_grads(gz, hidden, gh, pooled, grad_w2, grad_b2, grad_w1, grad_b1)
     return grads
