@@ -37,8 +37,17 @@ BackwardOutputs allocate_backward_outputs(const at::Tensor& x, const at::Tensor&
                                           const at::Tensor& w2, bool post_relu,
                                           bool has_residual);
 
+// The traffic model of senet_kernels/triton/configs.py (use_batched_excitation): whether the
+// excitation runs as GEMMs over the batch (reading each weight once per tile of samples)
+// rather than per sample (reading the weights once per sample). The limit is set from
+// Python at import (set_weight_traffic_limit), so configs.py stays its one source.
+bool use_batched_excitation(int64_t n, int64_t channels, int64_t reduced, int64_t hw,
+                            int64_t x_element_size, int64_t param_element_size);
+void set_weight_traffic_limit(double limit);
+
 // Weight and bias gradients from the per-sample vectors of the excitation backward, written
-// into grad_w1 / grad_b1 / grad_w2 / grad_b2 of `grads` (any device: BLAS / cuBLAS GEMMs):
+// into grad_w1 / grad_b1 / grad_w2 / grad_b2 of `grads` (the CPU kernels: BLAS GEMMs; the CUDA
+// kernels have their own, see cuda/excite_gemm.cuh):
 //   grad_w2 = gz^T act(hidden), grad_b2 = sum_n gz, grad_w1 = gh^T pooled, grad_b1 = sum_n gh.
 // gz [N, C], act_hidden [N, Cr], gh [N, Cr], pooled [N, C], all in the compute dtype.
 void write_weight_grads(const at::Tensor& gz, const at::Tensor& act_hidden, const at::Tensor& gh,

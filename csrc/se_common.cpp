@@ -3,6 +3,8 @@
 
 #include <torch/extension.h>
 
+#include <atomic>
+
 namespace senet_kernels {
 
 Activation parse_activation(c10::string_view name) {
@@ -55,6 +57,23 @@ BackwardOutputs allocate_backward_outputs(const at::Tensor& x, const at::Tensor&
           grad_res};
 }
 
+namespace {
+std::atomic<double> weight_traffic_limit{0.1};
+}  // namespace
+
+void set_weight_traffic_limit(double limit) {
+  TORCH_CHECK_VALUE(limit > 0, "the weight traffic limit must be positive, got ", limit);
+  weight_traffic_limit = limit;
+}
+
+bool use_batched_excitation(int64_t n, int64_t channels, int64_t reduced, int64_t hw,
+                            int64_t x_element_size, int64_t param_element_size) {
+  // per-sample weight bytes read > limit * activation bytes, as in configs.py
+  const double weights = 2.0 * channels * reduced * param_element_size * n;
+  const double activations = static_cast<double>(n) * channels * hw * x_element_size;
+  return weights > weight_traffic_limit.load() * activations;
+}
+
 void write_weight_grads(const at::Tensor& gz, const at::Tensor& act_hidden, const at::Tensor& gh,
                         const at::Tensor& pooled, BackwardOutputs& grads) {
   std::get<1>(grads).copy_(gh.t().mm(pooled));
@@ -74,4 +93,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   }, "Whether this build of senet_kernels._C contains the CUDA kernels.");
+  m.def("set_weight_traffic_limit", &senet_kernels::set_weight_traffic_limit,
+        "Set the traffic model's limit (configs.WEIGHT_TRAFFIC_LIMIT; done at import).");
+  m.def("use_batched_excitation", &senet_kernels::use_batched_excitation,
+        "The CUDA kernels' choice: batched (GEMM) excitation for this shape?");
 }

@@ -54,7 +54,10 @@ def load_extension():
     """(module or None, why not): senet_kernels._C, imported once."""
     if not _extension:
         try:
-            _extension["module"] = importlib.import_module("senet_kernels._C")
+            module = importlib.import_module("senet_kernels._C")
+            from .triton.configs import WEIGHT_TRAFFIC_LIMIT  # one traffic model for both
+            module.set_weight_traffic_limit(WEIGHT_TRAFFIC_LIMIT)
+            _extension["module"] = module
             _extension["error"] = None
         except Exception as e:  # ImportError, or an undefined symbol of a mismatched torch
             _extension["module"] = None

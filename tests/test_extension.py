@@ -86,3 +86,18 @@ def test_cpu_backend_rejects_cuda_only_requests():
         with pytest.raises(ValueError, match="backend 'cuda'"):
             squeeze_excite(x, torch.randn(1, 4), None, torch.randn(4, 1), None, backend="cuda")
     assert available_backends()["cpu"].available
+
+
+@requires_extension
+def test_extension_uses_the_traffic_model_of_configs():
+    """The CUDA kernels pick per-sample or batched excitation by configs.py's model (its limit
+    is handed to the extension at import): both answer alike on a grid of shapes."""
+    import itertools
+
+    from senet_kernels.triton import configs
+
+    module, _ = load_extension()
+    for n, c, cr, hw, x_size, w_size in itertools.product(
+            (1, 8, 256), (16, 512, 2048), (1, 6, 32, 128), (1, 49, 196, 3136), (2, 4), (2, 4)):
+        assert module.use_batched_excitation(n, c, cr, hw, x_size, w_size) == \
+            configs.use_batched_excitation(n, c, cr, hw, x_size, w_size), (n, c, cr, hw, x_size, w_size)

@@ -1,17 +1,18 @@
-// CUDA kernels of the SE op, registered for senet_kernels::se_forward_ext / se_backward_ext.
+// CUDA kernels of the SE op, registered for senet_kernels::se_forward_ext / se_backward_ext:
+// the host side. The kernels live in the headers beside this file (one translation unit):
 //
-// A straightforward fallback (the Triton kernels are the fast path): every launch is simple
-// enough to check by reading, every reduction is deterministic (no float atomics).
+//   channel_sums.cuh    per-channel sums over H*W, as partial sums over splits of H*W
+//   excite_sample.cuh   the excitation per sample, one block each (activations outweigh weights)
+//   excite_gemm.cuh     the excitation as tiled GEMMs over the batch (weight-heavy shapes), and
+//                       the weight gradients (never TF32)
+//   elementwise.cuh     out = relu?(x * s + residual?) and its backward
 //
-// Forward, three launches:
-//   channel_sum_{nchw,nhwc}_kernel   pooled = sum_hw x / HW                   (reads x)
-//   excite_forward_kernel            hidden, scale from pooled, one block per sample
-//   elementwise_kernel<ScaleForward> out = relu?(x * scale + residual?)       (reads x, res)
-// Backward, three launches and two small GEMMs:
-//   channel_sum_{nchw,nhwc}_kernel   gs = sum_hw gy * x                       (reads g, x, out)
-//   excite_backward_kernel           gz, act(hidden), gh, gp, one block per sample
-//   elementwise_kernel<ScaleBackward> grad_x = gy * s + gp, grad_residual = gy
-//   write_weight_grads               (cuBLAS, se_common.cpp)
+// The same plan as the Triton backend (senet_kernels/triton/se_op.py), chosen by the same
+// traffic model (use_batched_excitation, se_common.cpp):
+//   forward   channel sums; per-sample excitation, or GEMMs c_to_r + r_to_c; scale pass
+//   backward  channel sums of gy * x; per-sample excitation backward, or GEMMs c_to_r +
+//             r_to_c; grad_x pass; weight-gradient GEMMs
+// Every reduction is deterministic (fixed order, no float atomics).
 //
 // Tensors are indexed as dense NCHW (flat = (n*C + c)*HW + hw) or dense NHWC
 // (flat = (n*HW + hw)*C + c), see layout.py. The [N, C] vectors are dense, row n*C + c.
@@ -21,400 +22,33 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <limits>
-#include <type_traits>
+#include <mutex>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "../se.h"
 #include "../se_math.h"
+#include "channel_sums.cuh"
+#include "common.cuh"
+#include "elementwise.cuh"
+#include "excite_gemm.cuh"
+#include "excite_sample.cuh"
 
 namespace senet_kernels {
 namespace {
 
-constexpr int kWarp = 32;
-// Block size of the reduction, excitation and elementwise kernels. The excitation helpers
-// below assume exactly this many threads (kWarps warps) per block.
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / kWarp;
-// NHWC channel sums: a block is kNhwcChannels channels (threadIdx.x, one warp: coalesced
-// loads along C) by kNhwcSplit HW lanes (threadIdx.y), reduced in shared memory.
-constexpr int kNhwcChannels = kWarp;
-constexpr int kNhwcSplit = kThreads / kNhwcChannels;
-// NCHW channel sums: a warp per (n, c) row, or a whole block per row once rows are this long
-// (fewer, longer rows: more threads per row keep enough loads in flight).
-constexpr int64_t kBlockPerRowMinHW = 1024;
-// Grid-stride elementwise kernels: enough blocks to fill any current GPU several times over.
-constexpr int64_t kMaxElementwiseBlocks = 1 << 15;
-
-// ---------------------------------------------------------------------------------------
-// Reductions
-
-// Sum over the 32 lanes of a warp; every lane gets the total. All lanes must call it.
-// The butterfly order is fixed, so the result is deterministic.
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
-
-// Sum over a 1-D block of kThreads threads; the total is valid in thread 0. All threads must
-// call it (it synchronizes). Called at most once per kernel, so `partial` needs no reset.
-template <typename T>
-__device__ __forceinline__ T block_sum(T v) {
-  __shared__ T partial[kWarps];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  v = warp_sum(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? partial[lane] : T(0);
-    v = warp_sum(v);
-  }
-  return v;
-}
-
-// What the channel sums add up at flat element i, all in the compute dtype:
-//   kSumX               x                (forward squeeze)
-//   kSumGradX           g * x            (backward gs, no ReLU tail)
-//   kSumMaskedGradX     g * (out > 0) * x (backward gs behind the ReLU tail)
-enum SumMode : int { kSumX = 0, kSumGradX = 1, kSumMaskedGradX = 2 };
-
-template <typename scalar_t, typename acc_t, int MODE>
-struct SumTerm {
-  const scalar_t* x;
-  const scalar_t* grad;  // MODE >= kSumGradX
-  const scalar_t* out;   // MODE == kSumMaskedGradX
-
-  __device__ __forceinline__ acc_t operator()(int64_t i) const {
-    const acc_t xv = static_cast<acc_t>(x[i]);
-    if constexpr (MODE == kSumX) {
-      return xv;
-    } else {
-      acc_t gy = static_cast<acc_t>(grad[i]);
-      // relu'(y) seen from its output: 1 where out > 0, so 0 for out = 0 and for NaN, as in
-      // PyTorch's threshold_backward.
-      if constexpr (MODE == kSumMaskedGradX) {
-        if (!(static_cast<acc_t>(out[i]) > acc_t(0))) gy = acc_t(0);
-      }
-      return gy * xv;
-    }
-  }
-};
-
-// Dense NCHW: row = n*C + c holds HW contiguous elements. blockDim = (ROW_THREADS, kThreads /
-// ROW_THREADS): ROW_THREADS == 32 puts a warp on each row (lanes stride the row, coalesced),
-// ROW_THREADS == kThreads a whole block on one row. sums[row] = (sum of the row) / divisor.
-template <typename scalar_t, typename acc_t, int MODE, int ROW_THREADS>
-__global__ void __launch_bounds__(kThreads)
-channel_sum_nchw_kernel(SumTerm<scalar_t, acc_t, MODE> term, acc_t* __restrict__ sums,
-                        int64_t rows, int64_t hw, acc_t divisor) {
-  static_assert(ROW_THREADS == kWarp || ROW_THREADS == kThreads, "a warp or a block per row");
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  acc_t acc = acc_t(0);
-  if (row < rows) {
-    const int64_t base = row * hw;
-#pragma unroll 4
-    for (int64_t j = threadIdx.x; j < hw; j += ROW_THREADS) acc += term(base + j);
-  }
-  // No early return above: every lane takes part in the warp/block reduction.
-  if constexpr (ROW_THREADS == kWarp) {
-    acc = warp_sum(acc);
-  } else {
-    acc = block_sum(acc);  // blockDim.y == 1: the row is uniform over the block
-  }
-  if (threadIdx.x == 0 && row < rows) sums[row] = acc / divisor;
-}
-
-// Dense NHWC: channel c of sample n is strided by C. grid = (N, ceil(C / kNhwcChannels)),
-// blockDim = (kNhwcChannels, kNhwcSplit): thread (tx, ty) sums hw = ty, ty + kNhwcSplit, ...
-// of channel c; a warp reads kNhwcChannels consecutive channels of one pixel (coalesced).
-// The kNhwcSplit partials are added in a fixed order in shared memory.
-template <typename scalar_t, typename acc_t, int MODE>
-__global__ void __launch_bounds__(kThreads)
-channel_sum_nhwc_kernel(SumTerm<scalar_t, acc_t, MODE> term, acc_t* __restrict__ sums,
-                        int64_t channels, int64_t hw, acc_t divisor) {
-  __shared__ acc_t partial[kNhwcSplit][kNhwcChannels];
-  const int64_t n = blockIdx.x;
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * kNhwcChannels + threadIdx.x;
-  acc_t acc = acc_t(0);
-  if (c < channels) {
-    const int64_t base = n * hw * channels + c;
-#pragma unroll 4
-    for (int64_t p = threadIdx.y; p < hw; p += kNhwcSplit) acc += term(base + p * channels);
-  }
-  partial[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < channels) {
-    acc_t total = acc_t(0);
-#pragma unroll
-    for (int k = 0; k < kNhwcSplit; ++k) total += partial[k][threadIdx.x];
-    sums[n * channels + c] = total / divisor;
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Excitation: one block of kThreads threads per sample. The [N, C] / [N, Cr] vectors live in
-// global memory (the op's outputs or temporaries), so no size limit applies; a
-// __syncthreads() between phases makes one phase's global writes visible to the next
-// (the buffers are read through plain, non-__restrict__ pointers: no read-only cache).
-
-// For each row r of the row-major matrix m [rows, cols]: store(r, sum_c m[r, c] * v[c]).
-// A warp per row, lanes along the row (coalesced).
-template <typename acc_t, typename w_t, typename Store>
-__device__ __forceinline__ void block_row_dots(const w_t* m, int64_t rows, int64_t cols,
-                                               const acc_t* v, Store store) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  for (int64_t r = warp; r < rows; r += kWarps) {  // warp-uniform: warp_sum is safe
-    acc_t acc = acc_t(0);
-    for (int64_t c = lane; c < cols; c += kWarp) {
-      acc += static_cast<acc_t>(m[r * cols + c]) * v[c];
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) store(r, acc);
-  }
-}
-
-// For each column j of the row-major matrix m [rows, cols]: store(j, sum_r v[r] * m[r, j]),
-// i.e. v^T m. Lanes along a 32-column stripe (coalesced), warps split the rows; the kWarps
-// partials are added in a fixed order in shared memory. All threads must call it.
-template <typename acc_t, typename w_t, typename Store>
-__device__ __forceinline__ void block_column_dots(const w_t* m, int64_t rows, int64_t cols,
-                                                  const acc_t* v, Store store) {
-  __shared__ acc_t partial[kWarps][kWarp];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  for (int64_t col0 = 0; col0 < cols; col0 += kWarp) {  // block-uniform
-    const int64_t col = col0 + lane;
-    acc_t acc = acc_t(0);
-    if (col < cols) {
-      for (int64_t r = warp; r < rows; r += kWarps) {
-        acc += v[r] * static_cast<acc_t>(m[r * cols + col]);
-      }
-    }
-    partial[warp][lane] = acc;
-    __syncthreads();
-    if (warp == 0 && col < cols) {
-      acc_t total = acc_t(0);
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) total += partial[w][lane];
-      store(col, total);
-    }
-    __syncthreads();  // `partial` is reused by the next stripe (and the next call)
-  }
-}
-
-// hidden = W1 pooled + b1; act_hidden = act(hidden); scale = gate(W2 act_hidden + b2).
-// grid = N, block = kThreads.
-template <typename acc_t, typename w_t>
-__global__ void __launch_bounds__(kThreads)
-excite_forward_kernel(const acc_t* pooled, const w_t* __restrict__ w1,
-                      const w_t* __restrict__ b1, const w_t* __restrict__ w2,
-                      const w_t* __restrict__ b2, acc_t* hidden, acc_t* act_hidden,
-                      acc_t* scale, int64_t channels, int64_t reduced, int act, int gate) {
-  const int64_t n = blockIdx.x;
-  const acc_t* p = pooled + n * channels;
-  acc_t* h = hidden + n * reduced;
-  acc_t* a = act_hidden + n * reduced;
-  acc_t* s = scale + n * channels;
-
-  block_row_dots(w1, reduced, channels, p, [&](int64_t r, acc_t dot) {
-    const acc_t hv = dot + (b1 != nullptr ? static_cast<acc_t>(b1[r]) : acc_t(0));
-    h[r] = hv;
-    a[r] = activate(hv, act);
-  });
-  __syncthreads();  // act_hidden complete before any warp reads it
-  block_row_dots(w2, channels, reduced, static_cast<const acc_t*>(a), [&](int64_t c, acc_t dot) {
-    const acc_t z = dot + (b2 != nullptr ? static_cast<acc_t>(b2[c]) : acc_t(0));
-    s[c] = apply_gate(z, gate);
-  });
-}
-
-// From gs = sum_hw gy * x: gz = gs * gate'(s); act_hidden = act(hidden);
-// gh = (gz W2) * act'(hidden); gp = (gh W1) / HW. grid = N, block = kThreads.
-template <typename acc_t, typename w_t>
-__global__ void __launch_bounds__(kThreads)
-excite_backward_kernel(const acc_t* gs, const acc_t* scale, const acc_t* hidden,
-                       const w_t* __restrict__ w1, const w_t* __restrict__ w2, acc_t* gz,
-                       acc_t* act_hidden, acc_t* gh, acc_t* gp, int64_t channels,
-                       int64_t reduced, acc_t hw, int act, int gate) {
-  const int64_t n = blockIdx.x;
-  const acc_t* gs_n = gs + n * channels;
-  const acc_t* s_n = scale + n * channels;
-  const acc_t* h_n = hidden + n * reduced;
-  acc_t* gz_n = gz + n * channels;
-  acc_t* a_n = act_hidden + n * reduced;
-  acc_t* gh_n = gh + n * reduced;
-  acc_t* gp_n = gp + n * channels;
-
-  for (int64_t c = threadIdx.x; c < channels; c += kThreads) {
-    gz_n[c] = gs_n[c] * gate_grad_from_scale(s_n[c], gate);
-  }
-  for (int64_t r = threadIdx.x; r < reduced; r += kThreads) a_n[r] = activate(h_n[r], act);
-  __syncthreads();  // gz complete
-  // ga = gz^T W2 (W2 is [C, Cr]), gh = ga * act'(hidden)
-  block_column_dots(w2, channels, reduced, static_cast<const acc_t*>(gz_n),
-                    [&](int64_t r, acc_t ga) { gh_n[r] = ga * activate_grad(h_n[r], act); });
-  __syncthreads();  // gh complete (block_column_dots ends with one too; kept for clarity)
-  // gp = gh^T W1 / HW (W1 is [Cr, C]): the gradient reaching each pixel through the mean
-  block_column_dots(w1, reduced, channels, static_cast<const acc_t*>(gh_n),
-                    [&](int64_t c, acc_t g) { gp_n[c] = g / hw; });
-}
-
-// ---------------------------------------------------------------------------------------
-// Elementwise passes over x-shaped tensors.
-
-// VEC consecutive elements, aligned for one vector load / store (16 bytes for VEC > 1).
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-template <int VEC, typename T>
-__device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, VEC>*>(p);
-}
-
-template <int VEC, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& pack) {
-  *reinterpret_cast<Pack<T, VEC>*>(p) = pack;
-}
-
-// Walks consecutive flat elements of a dense NCHW / NHWC tensor and yields, for each, its row
-// n*C + c in the [N, C] vectors. One division (two for NHWC) at the start; after that, carries.
-template <typename index_t>
-struct VectorRow {
-  index_t row;  // n*C + c
-  index_t pos;  // NCHW: hw in [0, HW); NHWC: c in [0, C)
-  index_t pix;  // NHWC only: n*HW + hw
-  index_t channels, hw;
-  bool channels_last;
-
-  __device__ __forceinline__ VectorRow(index_t i, index_t channels_, index_t hw_, bool cl)
-      : channels(channels_), hw(hw_), channels_last(cl) {
-    if (!cl) {
-      row = i / hw;  // (n*C + c)
-      pos = i - row * hw;
-      pix = 0;
-    } else {
-      pix = i / channels;
-      pos = i - pix * channels;
-      row = (pix / hw) * channels + pos;
-    }
-  }
-
-  __device__ __forceinline__ void next() {
-    if (!channels_last) {
-      if (++pos == hw) {
-        pos = 0;
-        ++row;
-      }
-    } else if (++pos == channels) {  // next pixel, possibly of the next sample
-      pos = 0;
-      ++pix;
-      row = (pix / hw) * channels;
-    } else {
-      ++row;
-    }
-  }
-};
-
-// out = relu?(x * scale[n, c] + residual?), in the compute dtype, rounded once.
-template <typename scalar_t, typename acc_t, typename index_t>
-struct ScaleForward {
-  const scalar_t* x;
-  const scalar_t* residual;  // nullable
-  const acc_t* scale;
-  scalar_t* out;
-  index_t channels, hw;
-  bool channels_last, post_relu;
-
-  template <int VEC>
-  __device__ __forceinline__ void apply(index_t i) const {
-    VectorRow<index_t> rows(i, channels, hw, channels_last);
-    const Pack<scalar_t, VEC> xv = load_pack<VEC>(x + i);
-    Pack<scalar_t, VEC> rv;
-    if (residual != nullptr) rv = load_pack<VEC>(residual + i);
-    Pack<scalar_t, VEC> ov;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      acc_t y = static_cast<acc_t>(xv.v[k]) * scale[rows.row];
-      if (residual != nullptr) y += static_cast<acc_t>(rv.v[k]);
-      if (post_relu && y < acc_t(0)) y = acc_t(0);  // NaN stays NaN, as in torch.relu
-      ov.v[k] = static_cast<scalar_t>(y);
-      rows.next();
-    }
-    store_pack<VEC>(out + i, ov);
-  }
-};
-
-// gy = grad * (out > 0) behind the ReLU tail, else grad; grad_x = gy * scale + gp, in the
-// compute dtype, rounded once; grad_residual = gy (exact: gy is grad or 0) when requested.
-template <typename scalar_t, typename acc_t, typename index_t>
-struct ScaleBackward {
-  const scalar_t* grad;
-  const scalar_t* out;  // nullable: given iff post_relu
-  const acc_t* scale;
-  const acc_t* gp;
-  scalar_t* grad_x;
-  scalar_t* grad_residual;  // nullable
-  index_t channels, hw;
-  bool channels_last;
-
-  template <int VEC>
-  __device__ __forceinline__ void apply(index_t i) const {
-    VectorRow<index_t> rows(i, channels, hw, channels_last);
-    Pack<scalar_t, VEC> gv = load_pack<VEC>(grad + i);
-    if (out != nullptr) {
-      const Pack<scalar_t, VEC> ov = load_pack<VEC>(out + i);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        if (!(static_cast<acc_t>(ov.v[k]) > acc_t(0))) gv.v[k] = static_cast<scalar_t>(acc_t(0));
-      }
-    }
-    if (grad_residual != nullptr) store_pack<VEC>(grad_residual + i, gv);
-    Pack<scalar_t, VEC> gx;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const index_t r = rows.row;
-      gx.v[k] = static_cast<scalar_t>(static_cast<acc_t>(gv.v[k]) * scale[r] + gp[r]);
-      rows.next();
-    }
-    store_pack<VEC>(grad_x + i, gx);
-  }
-};
-
-// Grid-stride loop over numel elements, VEC at a time (vector loads when VEC > 1; the caller
-// checked 16-byte alignment), then the numel % VEC tail one element at a time.
-template <typename Op, typename index_t, int VEC>
-__global__ void __launch_bounds__(kThreads) elementwise_kernel(Op op, index_t numel) {
-  const index_t tid = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-  const index_t vectors = numel / VEC;
-  for (index_t v = tid; v < vectors; v += stride) op.template apply<VEC>(v * VEC);
-  if constexpr (VEC > 1) {
-    const index_t i = vectors * VEC + tid;  // tail: fewer than VEC elements, first threads
-    if (i < numel) op.template apply<1>(i);
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Host side
+using namespace cuda;
 
 void check_cuda(const at::Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK(t.is_cuda(), "se (CUDA): ", name, " must be a CUDA tensor, got one on ", t.device());
   TORCH_CHECK(t.device() == device, "se (CUDA): ", name, " is on ", t.device(),
               " but x is on ", device);
 }
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
 
 // Calls fn(TypeTag<w_t>{}) with w_t the parameters' dtype: scalar_t or float.
 template <typename scalar_t, typename Fn>
@@ -468,75 +102,46 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
-// Per-channel sums over HW of term(i) into sums [N, C] (divided by `divisor`).
+// Multiprocessors of a device, asked once per device.
+int64_t num_sms(int device) {
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device >= static_cast<int>(counts.size())) counts.resize(device + 1, 0);
+  if (counts[device] == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
+  }
+  return counts[device];
+}
+
+// Channel sums of term into a fresh partials [n, splits, channels] tensor.
 template <typename scalar_t, typename acc_t, int MODE>
-void launch_channel_sums(const SumTerm<scalar_t, acc_t, MODE>& term, acc_t* sums, int64_t n,
-                         int64_t channels, int64_t hw, bool channels_last, acc_t divisor,
-                         cudaStream_t stream) {
-  if (n == 0 || channels == 0) return;
-  if (channels_last) {
-    const int64_t channel_blocks = (channels + kNhwcChannels - 1) / kNhwcChannels;
-    TORCH_CHECK(n <= std::numeric_limits<int32_t>::max() && channel_blocks <= 65535,
-                "se (CUDA): too many samples or channels for one launch");
-    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(channel_blocks));
-    channel_sum_nhwc_kernel<scalar_t, acc_t, MODE>
-        <<<grid, dim3(kNhwcChannels, kNhwcSplit), 0, stream>>>(term, sums, channels, hw, divisor);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  } else {
-    const int64_t rows = n * channels;
-    if (hw >= kBlockPerRowMinHW) {
-      TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(),
-                  "se (CUDA): too many (n, c) rows for one launch");
-      channel_sum_nchw_kernel<scalar_t, acc_t, MODE, kThreads>
-          <<<static_cast<unsigned>(rows), dim3(kThreads, 1), 0, stream>>>(term, sums, rows, hw,
-                                                                          divisor);
-    } else {
-      constexpr int rows_per_block = kThreads / kWarp;
-      const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-      TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
-                  "se (CUDA): too many (n, c) rows for one launch");
-      channel_sum_nchw_kernel<scalar_t, acc_t, MODE, kWarp>
-          <<<static_cast<unsigned>(blocks), dim3(kWarp, rows_per_block), 0, stream>>>(
-              term, sums, rows, hw, divisor);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+std::pair<at::Tensor, int64_t> channel_sums(const SumTerm<scalar_t, acc_t, MODE>& term,
+                                            const at::TensorOptions& acc_options, int64_t n,
+                                            int64_t channels, int64_t hw, bool cl, int64_t sms,
+                                            cudaStream_t stream) {
+  const int vec = channel_sum_vec(term, channels);
+  const int64_t splits = channel_sum_splits(n, channels, hw, cl, vec, sms);
+  at::Tensor partials = at::empty({n, splits, channels}, acc_options);
+  launch_channel_sums(term, partials.data_ptr<acc_t>(), n, channels, hw, cl, vec, splits, stream);
+  return {partials, splits};
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-template <typename Op, typename index_t, int VEC>
-void launch_elementwise_vec(const Op& op, int64_t numel, cudaStream_t stream) {
-  const int64_t work = std::max<int64_t>(numel / VEC, 1);
-  const int64_t blocks = std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxElementwiseBlocks);
-  elementwise_kernel<Op, index_t, VEC><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      op, static_cast<index_t>(numel));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// make_op(TypeTag<index_t>) builds the functor with index_t fields: 32-bit indexing when every
-// flat index (and index + grid stride) fits, 64-bit otherwise. Vector loads when all the
-// pointers are 16-byte aligned.
-template <typename scalar_t, typename MakeOp>
-void launch_elementwise(const MakeOp& make_op, int64_t numel, bool aligned, cudaStream_t stream) {
-  if (numel == 0) return;
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  auto launch = [&](auto index_tag) {
-    using index_t = typename decltype(index_tag)::type;
-    const auto op = make_op(index_tag);
-    using Op = std::decay_t<decltype(op)>;
-    if (aligned) {
-      launch_elementwise_vec<Op, index_t, kVec>(op, numel, stream);
-    } else {
-      launch_elementwise_vec<Op, index_t, 1>(op, numel, stream);
-    }
-  };
-  // uint32_t: index + stride < 2^31 + 2^23 never wraps.
-  if (numel <= std::numeric_limits<int32_t>::max()) {
-    launch(TypeTag<uint32_t>{});
-  } else {
-    launch(TypeTag<int64_t>{});
-  }
+// grad_w2 = gz^T act(hidden), grad_b2 = sum_n gz, grad_w1 = gh^T pooled, grad_b1 = sum_n gh.
+template <typename acc_t, typename w_t>
+void weight_grads(const at::Tensor& gz, const at::Tensor& hidden, const at::Tensor& gh,
+                  const at::Tensor& pooled, int act, BackwardOutputs& grads, cudaStream_t stream) {
+  const int64_t n = gz.size(0), channels = gz.size(1), reduced = gh.size(1);
+  launch_gemm<acc_t>(TransposedLoader<acc_t>{gz.data_ptr<acc_t>(), channels},
+                     RowsLoader<acc_t>{hidden.data_ptr<acc_t>(), reduced, act},
+                     WeightGradStore<acc_t, w_t>{std::get<3>(grads).data_ptr<w_t>(),
+                                                 std::get<4>(grads).data_ptr<w_t>(), reduced},
+                     channels, reduced, n, no_k_split(n), stream);
+  launch_gemm<acc_t>(TransposedLoader<acc_t>{gh.data_ptr<acc_t>(), reduced},
+                     RowsLoader<acc_t>{pooled.data_ptr<acc_t>(), channels, -1},
+                     WeightGradStore<acc_t, w_t>{std::get<1>(grads).data_ptr<w_t>(),
+                                                 std::get<2>(grads).data_ptr<w_t>(), channels},
+                     reduced, channels, n, no_k_split(n), stream);
 }
 
 }  // namespace
@@ -585,28 +190,54 @@ ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   TORCH_INTERNAL_ASSERT(out.is_contiguous(cl ? at::MemoryFormat::ChannelsLast
                                              : at::MemoryFormat::Contiguous));
   if (n == 0) return outputs;  // nothing to launch; all outputs are empty
-  // Only a temporary: the backward recomputes act(hidden) from hidden.
-  at::Tensor act_hidden = at::empty({n, reduced}, pooled.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t sms = num_sms(device.index());
+  const bool batched = use_batched_excitation(n, channels, reduced, hw, x.element_size(),
+                                              w1.element_size());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_INTERNAL_ASSERT(pooled.scalar_type() == c10::CppTypeToScalarType<acc_t>::value);
+    const acc_t hw_acc = static_cast<acc_t>(hw);
 
-    // (1) squeeze: pooled = mean over HW
+    // (1) squeeze: partial sums of x over splits of HW
     const SumTerm<scalar_t, acc_t, kSumX> term{xd.data_ptr<scalar_t>(), nullptr, nullptr};
-    launch_channel_sums(term, pooled.data_ptr<acc_t>(), n, channels, hw, cl,
-                        static_cast<acc_t>(hw), stream);
+    at::Tensor partials;
+    int64_t splits = 1;
+    std::tie(partials, splits) = channel_sums(term, pooled.options(), n, channels, hw, cl, sms,
+                                              stream);
 
-    // (2) excitation: hidden, scale, one block per sample
+    // (2) excitation: pooled, hidden, scale
     dispatch_param_type<scalar_t>(w1.scalar_type(), [&](auto w_tag) {
       using w_t = typename decltype(w_tag)::type;
-      excite_forward_kernel<acc_t, w_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-          pooled.data_ptr<acc_t>(), w1c.data_ptr<w_t>(), optional_ptr<w_t>(b1c),
-          w2c.data_ptr<w_t>(), optional_ptr<w_t>(b2c), hidden.data_ptr<acc_t>(),
-          act_hidden.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), channels, reduced, act,
-          gate_code);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const w_t* b1_ptr = optional_ptr<w_t>(b1c);
+      const w_t* b2_ptr = optional_ptr<w_t>(b2c);
+      if (!batched) {
+        // act(hidden) is only a temporary of the per-sample kernel here
+        at::Tensor act_hidden = at::empty({n, reduced}, pooled.options());
+        excite_forward_kernel<acc_t, w_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
+            partials.data_ptr<acc_t>(), splits, pooled.data_ptr<acc_t>(), w1c.data_ptr<w_t>(),
+            b1_ptr, w2c.data_ptr<w_t>(), b2_ptr, hidden.data_ptr<acc_t>(),
+            act_hidden.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), channels, reduced, hw_acc,
+            act, gate_code);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+      // hidden = pooled W1^T + b1 over the batch, split over C; then scale
+      const KSplit k_split = gemm_k_split(n, reduced, channels, sms);
+      at::Tensor k_partials = at::empty({k_split.splits, n, reduced}, pooled.options());
+      launch_gemm<acc_t>(
+          PooledLoader<acc_t>{partials.data_ptr<acc_t>(), splits, channels, hw_acc,
+                              pooled.data_ptr<acc_t>()},
+          WeightLoader<acc_t, w_t, true>{w1c.data_ptr<w_t>(), 1, channels},  // W1^T
+          SplitPartialStore<acc_t>{k_partials.data_ptr<acc_t>(), n, reduced}, n, reduced,
+          channels, k_split, stream);
+      launch_gemm<acc_t>(
+          HiddenLoader<acc_t, w_t, false>{k_partials.data_ptr<acc_t>(), k_split.splits, n,
+                                          reduced, b1_ptr, nullptr, hidden.data_ptr<acc_t>(), act},
+          WeightLoader<acc_t, w_t, true>{w2c.data_ptr<w_t>(), 1, reduced},  // W2^T
+          ScaleStore<acc_t, w_t>{scale.data_ptr<acc_t>(), b2_ptr, channels, gate_code}, n,
+          channels, reduced, no_k_split(reduced), stream);
     });
 
     // (3) scale (+ residual) (+ ReLU)
@@ -675,60 +306,93 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
                                                 : at::MemoryFormat::Contiguous));
 
   const auto vec_options = x.options().dtype(acc);
-  const at::Tensor gs = at::empty({n, channels}, vec_options);
   const at::Tensor gz = at::empty({n, channels}, vec_options);
   const at::Tensor gp = at::empty({n, channels}, vec_options);
   const at::Tensor gh = at::empty({n, reduced}, vec_options);
-  const at::Tensor act_hidden = at::empty({n, reduced}, vec_options);
-
-  if (n > 0) {
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      TORCH_INTERNAL_ASSERT(acc == c10::CppTypeToScalarType<acc_t>::value);
-      const scalar_t* x_ptr = xd.data_ptr<scalar_t>();
-      const scalar_t* g_ptr = gd.data_ptr<scalar_t>();
-      const scalar_t* out_ptr = od.has_value() ? od->data_ptr<scalar_t>() : nullptr;
-
-      // (1) gs = sum_hw gy * x
-      if (post_relu) {
-        const SumTerm<scalar_t, acc_t, kSumMaskedGradX> term{x_ptr, g_ptr, out_ptr};
-        launch_channel_sums(term, gs.data_ptr<acc_t>(), n, channels, hw, cl, acc_t(1), stream);
-      } else {
-        const SumTerm<scalar_t, acc_t, kSumGradX> term{x_ptr, g_ptr, nullptr};
-        launch_channel_sums(term, gs.data_ptr<acc_t>(), n, channels, hw, cl, acc_t(1), stream);
-      }
-
-      // (2) excitation backward, one block per sample
-      dispatch_param_type<scalar_t>(w1.scalar_type(), [&](auto w_tag) {
-        using w_t = typename decltype(w_tag)::type;
-        excite_backward_kernel<acc_t, w_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-            gs.data_ptr<acc_t>(), scale_c.data_ptr<acc_t>(), hidden_c.data_ptr<acc_t>(),
-            w1c.data_ptr<w_t>(), w2c.data_ptr<w_t>(), gz.data_ptr<acc_t>(),
-            act_hidden.data_ptr<acc_t>(), gh.data_ptr<acc_t>(), gp.data_ptr<acc_t>(), channels,
-            reduced, static_cast<acc_t>(hw), act, gate_code);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-
-      // (3) grad_x = gy * s + gp (+ grad_residual = gy)
-      scalar_t* gx_ptr = grad_x.data_ptr<scalar_t>();
-      scalar_t* gres_ptr = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
-      const bool aligned = aligned16(g_ptr) && aligned16(gx_ptr) &&
-                           (out_ptr == nullptr || aligned16(out_ptr)) &&
-                           (gres_ptr == nullptr || aligned16(gres_ptr));
-      launch_elementwise<scalar_t>(
-          [&](auto index_tag) {
-            using index_t = typename decltype(index_tag)::type;
-            return ScaleBackward<scalar_t, acc_t, index_t>{
-                g_ptr, out_ptr, scale_c.data_ptr<acc_t>(), gp.data_ptr<acc_t>(), gx_ptr,
-                gres_ptr, static_cast<index_t>(channels), static_cast<index_t>(hw), cl};
-          },
-          xd.numel(), aligned, stream);
-    });
+  if (n == 0) {  // empty batch: zero weight and bias gradients, nothing to launch
+    for (at::Tensor* g : {&std::get<1>(grads), &std::get<2>(grads), &std::get<3>(grads),
+                          &std::get<4>(grads)}) {
+      g->zero_();
+    }
+    return grads;
   }
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t sms = num_sms(device.index());
+  const bool batched = use_batched_excitation(n, channels, reduced, hw, x.element_size(),
+                                              w1.element_size());
 
-  // Weight and bias gradients: small GEMMs over the batch (zeros for N == 0).
-  write_weight_grads(gz, act_hidden, gh, pooled_c, grads);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    TORCH_INTERNAL_ASSERT(acc == c10::CppTypeToScalarType<acc_t>::value);
+    const acc_t hw_acc = static_cast<acc_t>(hw);
+    const scalar_t* x_ptr = xd.data_ptr<scalar_t>();
+    const scalar_t* g_ptr = gd.data_ptr<scalar_t>();
+    const scalar_t* out_ptr = od.has_value() ? od->data_ptr<scalar_t>() : nullptr;
+
+    // (1) gs = sum_hw gy * x, as partial sums over splits of HW
+    at::Tensor partials;
+    int64_t splits = 1;
+    if (post_relu) {
+      const SumTerm<scalar_t, acc_t, kSumMaskedGradX> term{x_ptr, g_ptr, out_ptr};
+      std::tie(partials, splits) = channel_sums(term, vec_options, n, channels, hw, cl, sms, stream);
+    } else {
+      const SumTerm<scalar_t, acc_t, kSumGradX> term{x_ptr, g_ptr, nullptr};
+      std::tie(partials, splits) = channel_sums(term, vec_options, n, channels, hw, cl, sms, stream);
+    }
+
+    dispatch_param_type<scalar_t>(w1.scalar_type(), [&](auto w_tag) {
+      using w_t = typename decltype(w_tag)::type;
+      // (2) excitation backward: gz, gh, gp
+      if (!batched) {
+        const at::Tensor act_hidden = at::empty({n, reduced}, vec_options);
+        excite_backward_kernel<acc_t, w_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
+            partials.data_ptr<acc_t>(), splits, scale_c.data_ptr<acc_t>(),
+            hidden_c.data_ptr<acc_t>(), w1c.data_ptr<w_t>(), w2c.data_ptr<w_t>(),
+            gz.data_ptr<acc_t>(), act_hidden.data_ptr<acc_t>(), gh.data_ptr<acc_t>(),
+            gp.data_ptr<acc_t>(), channels, reduced, hw_acc, act, gate_code);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        // ga = gz W2 over the batch, split over C; then gh = ga * act'(hidden), gp = gh W1 / HW
+        const KSplit k_split = gemm_k_split(n, reduced, channels, sms);
+        at::Tensor k_partials = at::empty({k_split.splits, n, reduced}, vec_options);
+        launch_gemm<acc_t>(
+            GradGateLoader<acc_t>{partials.data_ptr<acc_t>(), splits, channels,
+                                  scale_c.data_ptr<acc_t>(), gate_code, gz.data_ptr<acc_t>()},
+            WeightLoader<acc_t, w_t, false>{w2c.data_ptr<w_t>(), reduced, 1},  // W2
+            SplitPartialStore<acc_t>{k_partials.data_ptr<acc_t>(), n, reduced}, n, reduced,
+            channels, k_split, stream);
+        launch_gemm<acc_t>(
+            HiddenLoader<acc_t, w_t, true>{k_partials.data_ptr<acc_t>(), k_split.splits, n,
+                                           reduced, nullptr, hidden_c.data_ptr<acc_t>(),
+                                           gh.data_ptr<acc_t>(), act},
+            WeightLoader<acc_t, w_t, false>{w1c.data_ptr<w_t>(), channels, 1},  // W1
+            GradPooledStore<acc_t>{gp.data_ptr<acc_t>(), channels, hw_acc}, n, channels,
+            reduced, no_k_split(reduced), stream);
+      }
+      // (4) weight and bias gradients (below, after the grad_x pass is queued, same stream)
+    });
+
+    // (3) grad_x = gy * s + gp (+ grad_residual = gy)
+    scalar_t* gx_ptr = grad_x.data_ptr<scalar_t>();
+    scalar_t* gres_ptr = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
+    const bool aligned = aligned16(g_ptr) && aligned16(gx_ptr) &&
+                         (out_ptr == nullptr || aligned16(out_ptr)) &&
+                         (gres_ptr == nullptr || aligned16(gres_ptr));
+    launch_elementwise<scalar_t>(
+        [&](auto index_tag) {
+          using index_t = typename decltype(index_tag)::type;
+          return ScaleBackward<scalar_t, acc_t, index_t>{
+              g_ptr, out_ptr, scale_c.data_ptr<acc_t>(), gp.data_ptr<acc_t>(), gx_ptr,
+              gres_ptr, static_cast<index_t>(channels), static_cast<index_t>(hw), cl};
+        },
+        xd.numel(), aligned, stream);
+
+    // (4) weight and bias gradients: GEMMs over the batch, float32 (never TF32)
+    dispatch_param_type<scalar_t>(w1.scalar_type(), [&](auto w_tag) {
+      using w_t = typename decltype(w_tag)::type;
+      weight_grads<acc_t, w_t>(gz, hidden_c, gh, pooled_c, act, grads, stream);
+    });
+  });
   return grads;
 }
 
