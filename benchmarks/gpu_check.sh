@@ -3,16 +3,17 @@
 #
 #   bash benchmarks/gpu_check.sh            # results in benchmarks/results/<date>-<gpu>/ and $OUT
 #
-# Made for the lent machines: torch 2.11, triton 3.6, nvcc 13.0, no internet (nothing is
-# installed from the network; tests that need timm/torchvision are skipped when those are
-# missing). Not yet run on a GPU: the time is an estimate, 7-10 minutes on an H100 (most of it
-# Triton and inductor compilation), so give it a 10-minute limit. Steps, each timed, each allowed to
-# fail without stopping the later ones (the exit status is 1 if any failed):
-#   1. build the extension for this GPU only (TORCH_CUDA_ARCH_LIST = its capability)
-#   2. the kernel tests on the GPU (Triton, CUDA and C++ CPU backends vs the float64 reference)
-#   3. python -m senet_kernels bench --sizes gpu, bf16 and fp32, NCHW and channels_last
-#   4. benchmarks/model_bench.py: ResNet-50 vs SE-ResNet-50, batch 128, bf16, channels_last
-#   5. a markdown summary; the short table is printed last
+# Made for the lent machines: torch 2.11, triton 3.6, nvcc 13.0, timm, 16 cores, no internet
+# (nothing is installed from the network). About 5 minutes on an H200; each step has its own
+# time limit, so a hung step cannot eat the lease, and may fail without stopping the later
+# ones (the exit status is 1 if any failed). Steps:
+#   1. build the extension for this GPU only, in the background while the Triton tests run
+#   2. the GPU tests (pytest -n 8): Triton first, then the CUDA extension once it is built
+#   3. the main job: python -m senet_kernels bench --sizes gpu (its wall time is recorded)
+#   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
+#   5. benchmarks/host_overhead.py and benchmarks/excitation_paths.py
+#   6. summary.md; the short summary is printed last
+# At most 8 files are written to the results folder (and copied to $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -20,47 +21,89 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Z
 results="benchmarks/results/$(date +%Y-%m-%d)-${gpu}"
 mkdir -p "$results"
 log="$results/gpu_check.log"
+: > "$log"
 status=0
-step() {  # step NAME COMMAND...: run, time and log one step
-  local name=$1; shift
+declare -A took
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and log it
+  local name=$1 limit=$2; shift 2
   local start=$SECONDS
-  echo "== $name" | tee -a "$log"
-  if "$@" 2>&1 | tee -a "$log"; then
+  echo "== $name (limit ${limit}s)" | tee -a "$log"
+  if timeout "$limit" "$@" 2>&1 | tee -a "$log"; then
     echo "== $name: ok ($((SECONDS - start)) s)" | tee -a "$log"
   else
     echo "== $name: FAILED ($((SECONDS - start)) s)" | tee -a "$log"
     status=1
   fi
+  took[$name]=$((SECONDS - start))
+  if [ -n "${OUT:-}" ]; then cp "$results"/* "$OUT"/ 2>/dev/null || true; fi  # each step's files, at once
 }
 
 cap=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-step "versions" python -c "import torch, triton, platform; print('torch', torch.__version__, 'triton', triton.__version__, 'python', platform.python_version(), 'gpu', torch.cuda.get_device_name())"
-step "build (sm ${cap})" env TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 \
-  pip install --no-build-isolation --no-deps -e .
-step "tests on the GPU" python -m pytest -q -p no:cacheprovider \
-  tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_validation.py \
-  tests/test_extension.py tests/test_triton_dispatch.py tests/test_compile.py \
-  -k "not aot_compile"  # the GPU compiles every kernel it runs; no need to compile ahead too
-step "kernel bench" python -m senet_kernels bench --sizes gpu --dtype bfloat16 float32 \
-  --layout nchw channels_last --min-run-time 0.1 --no-progress \
-  --json "$results/kernels.json" --plot "$results/kernels.png"
-step "model bench" python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
-  --min-run-time 0.3 --json "$results/models.json"
-step "summary" python - "$results" <<'PY'
+step "versions" 30 python -c "import torch, triton, platform; print('torch', torch.__version__, 'triton', triton.__version__, 'python', platform.python_version(), 'gpu', torch.cuda.get_device_name())"
+
+build_log=$(mktemp)
+build_start=$SECONDS
+( TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 timeout 240 \
+    pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1; echo $? > "$build_log.rc" ) &
+build_pid=$!
+
+tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py"
+step "tests: triton (while the extension builds)" 150 python -m pytest -q -n 8 -p no:cacheprovider \
+  $tests -k "triton and not aot"
+wait "$build_pid"
+echo "== build (sm ${cap}): rc $(cat "$build_log.rc") after $((SECONDS - build_start)) s" | tee -a "$log"
+tail -n 3 "$build_log" | tee -a "$log"
+[ "$(cat "$build_log.rc")" = 0 ] || status=1
+step "tests: cuda extension and the rest" 120 python -m pytest -q -n 8 -p no:cacheprovider \
+  $tests tests/test_extension.py tests/test_modules.py -k "not triton and not aot"
+
+bench_start=$SECONDS
+step "main job: bench --sizes gpu" 180 python -m senet_kernels bench --sizes gpu --dtype bfloat16 \
+  --layout channels_last nchw --no-progress --json "$results/kernels.json" --plot "$results/kernels.png"
+echo "== main job wall time: $((SECONDS - bench_start)) s" | tee -a "$log"
+step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
+  --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
+step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
+step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --rep-ms 5 \
+  --json "$results/excitation_paths.json"
+
+step "summary" 30 python - "$results" <<'PY'
 import json, os, sys
+sys.path.insert(0, ".")
 from senet_kernels.bench import format_table, summary
 results = sys.argv[1]
-result = json.load(open(f"{results}/kernels.json"))
-models = []
-if os.path.exists(f"{results}/models.json"):
-    models = [f"{r['mode']:>10} {r['impl']:>14}: SE overhead {r['se_overhead']:+.1%}, "
-              f"SE-ResNet-50 {r['images_per_s']:.0f} img/s" for r in json.load(open(f"{results}/models.json"))["rows"]]
-with open(f"{results}/summary.md", "w") as f:
-    f.write(f"# GPU check, {result['device']}, {result['date']}\n\n")
-    f.write("```\n" + summary(result) + "\n" + "\n".join(models) + "\n```\n\n" + format_table(result) + "\n")
-print(summary(result))
-print("\n".join(models))
+parts = []
+def load(name):
+    path = os.path.join(results, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+kernels = load("kernels.json")
+if kernels:
+    parts.append("kernel bench (wall-time speedups, GPU-time floor fractions):\n" + summary(kernels))
+models = load("models.json")
+if models:
+    parts.append("\n".join(f"{r['network']:>28} {r['variant']:>10} {r['mode']:>10}: {r['ms']:8.2f} ms "
+                           f"{r['images_per_s']:7.0f} img/s"
+                           + (f"  SE overhead {r['se_overhead']:+.1%}" if r.get("se_overhead") is not None else "")
+                           for r in models["rows"]))
+host = load("host_overhead.json")
+if host:
+    parts.append("\n".join(f"host time {r['impl']:>7} {r['pass_name']:>8}: {r['host_us']:7.1f} us "
+                           f"({r['host_vs_eager']:.2f}x eager), GPU {r.get('gpu_us', 0):.1f} us"
+                           for r in host["rows"]))
+paths = load("excitation_paths.json")
+if paths:
+    worst = max(paths["rows"], key=lambda r: r["pick_vs_best"])
+    parts.append(f"traffic model: worst pick {worst['pick_vs_best']:.2f}x the best path "
+                 f"({worst['family']} {worst['shape']} {worst['layout']} {worst['pass_name']})")
+text = "\n\n".join(parts)
+with open(os.path.join(results, "summary.md"), "w") as f:
+    f.write(f"# GPU check, {kernels['device'] if kernels else '?'}, {kernels['date'] if kernels else ''}\n\n")
+    f.write("```\n" + text + "\n```\n\n")
+    if kernels:
+        f.write(format_table(kernels) + "\n")
+print(text)
 PY
+for name in "${!took[@]}"; do echo "step time: $name ${took[$name]} s"; done | tee -a "$log"
 if [ -n "${OUT:-}" ]; then
   cp "$results"/* "$OUT"/ 2>/dev/null || true
 fi

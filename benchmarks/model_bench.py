@@ -1,18 +1,24 @@
-"""Model benchmark: what SE costs in a whole network, per implementation, in one run.
+"""Model benchmark: what SE costs in a whole network, against the networks users run.
 
     python benchmarks/model_bench.py [--batch 8] [--image 224] [--dtype float32|bfloat16]
-                                     [--channels-last] [--json PATH]
+                                     [--channels-last] [--compile] [--cuda-graphs]
+                                     [--min-run-time S] [--json PATH]
 
-Times ResNet-50 (torchvision, no SE) and SE-ResNet-50 (senet_kernels.models.se_resnet50, the
-same bottleneck network with an SE block in each residual block) for inference and for a
-training step (forward, backward, SGD step), eager and under torch.compile:
+Networks, each for inference (no_grad, eval) and a training step (forward, cross-entropy,
+backward, SGD step), timed in one run:
 
-    eager     SE-ResNet-50 with backend="reference" (plain PyTorch SE) vs eager ResNet-50
-    fused     SE-ResNet-50 with our fused kernels (triton on a GPU, C++ on the CPU) vs eager ResNet-50
-    compile   torch.compile(SE-ResNet-50, reference SE) vs torch.compile(ResNet-50)
+    resnet50                 torchvision ResNet-50: the network without SE
+    timm seresnet50          timm's SE-ResNet-50 as is (its eager SE modules)
+    timm seresnet50 [b]      the same after convert_se_modules(model, backend=b), each fused backend
+    se_resnet50 [b]          senet_kernels.models.se_resnet50 (SE + residual + ReLU fused), torchvision's layout
+    timm efficientnet_b0     as is, and converted [b]: SE beside depthwise convolutions
 
-and reports the SE overhead = time(SE-ResNet-50) / time(ResNet-50) - 1 for each, plus peak
-GPU memory of the training step (CUDA only). Medians of repeated runs (torch.utils.benchmark).
+"SE overhead" is time / time(resnet50) - 1 for the SE-ResNet-50 rows. ``--compile`` adds each
+network under torch.compile (minutes of compilation per network on a GPU), ``--cuda-graphs``
+adds inference replayed from a CUDA graph (torch.cuda.graph, no compilation; GPU only). Times
+are medians (torch.utils.benchmark, synchronized); peak memory is the GPU's for the training
+step. timm rows need timm (optional); the package's own ``reference`` backend is the tests'
+oracle and not timed here (it is slower than what users run).
 """
 
 import argparse
@@ -27,7 +33,7 @@ import torch.utils.benchmark as benchmark
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from senet_kernels import available_backends  # noqa: E402
+from senet_kernels import available_backends, convert_se_modules  # noqa: E402
 from senet_kernels.models import se_resnet50  # noqa: E402
 
 
@@ -36,14 +42,46 @@ def median_seconds(fn, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def fused_backend(device):
+def fused_backends(device):
     status = available_backends()
-    order = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
-    return next((b for b in order if status[b].available), None)
+    names = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
+    return [b for b in names if status[b].available]
 
 
-def make_steps(model, x, train):
-    """(step callable) for inference or a training step of model on x."""
+def networks(device):
+    """[(name, builder)]: every network of the run; builders return a fresh model."""
+    import torchvision
+    nets = [("resnet50", lambda: torchvision.models.resnet50())]
+    try:
+        import timm
+    except ImportError:
+        timm = None
+        print("timm is not installed: its rows are skipped", flush=True)
+    backends = fused_backends(device)
+    if timm is not None:
+        nets.append(("timm seresnet50", lambda: timm.create_model("seresnet50")))
+        for b in backends:
+            nets.append((f"timm seresnet50 [{b}]", lambda b=b: _converted(timm.create_model("seresnet50"), b)))
+    for b in backends:
+        # torchvision's ResNet-50 layout (stride in the 3x3, padded max-pool): it differs from
+        # resnet50 by the SE blocks only
+        nets.append((f"se_resnet50 [{b}]", lambda b=b: se_resnet50(
+            backend=b, stride_in_1x1=False, maxpool_ceil_mode=False)))
+    if timm is not None:
+        nets.append(("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0")))
+        for b in backends:
+            nets.append((f"timm efficientnet_b0 [{b}]",
+                         lambda b=b: _converted(timm.create_model("efficientnet_b0"), b)))
+    return nets
+
+
+def _converted(model, backend):
+    replaced = convert_se_modules(model, backend=backend)
+    assert replaced > 0, "convert_se_modules replaced nothing"
+    return model
+
+
+def make_step(model, x, train):
     if not train:
         model.eval()
 
@@ -63,8 +101,24 @@ def make_steps(model, x, train):
     return train_step
 
 
+def graphed_inference(model, x):
+    """Inference replayed from a CUDA graph captured once (static input x)."""
+    model.eval()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        model(x)
+    return graph.replay
+
+
 def measure(step, device, min_run_time):
-    step()  # warm-up (and compilation)
+    step()  # warm-up (compilation, cudnn.benchmark's search, plans)
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -73,64 +127,89 @@ def measure(step, device, min_run_time):
     return seconds, peak
 
 
-def main():
-    import torchvision
+def variants(args, device):
+    """[(variant, mode)]: how each network runs."""
+    out = [("eager", "inference"), ("eager", "train_step")]
+    if args.cuda_graphs and device.type == "cuda":
+        out.append(("cuda graph", "inference"))
+    if args.compile:
+        out += [("compile", "inference"), ("compile", "train_step")]
+    return out
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+
+def run(args):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dtype = getattr(torch, args.dtype)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.image, args.image, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=fmt)
+    rows = []
+    for name, build in networks(device):
+        for variant, mode in variants(args, device):
+            torch.manual_seed(0)
+            model = build().to(device=device, dtype=dtype, memory_format=fmt)
+            if variant == "compile":
+                model = torch.compile(model)
+            try:
+                step = (graphed_inference(model, x) if variant == "cuda graph"
+                        else make_step(model, x, mode == "train_step"))
+                seconds, peak = measure(step, device, args.min_run_time)
+            except Exception as e:  # noqa: BLE001 - report and go on with the other rows
+                print(f"{name:>28} {variant:>10} {mode:>10}: FAILED {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+                continue
+            rows.append(dict(network=name, variant=variant, mode=mode, ms=seconds * 1e3,
+                             images_per_s=args.batch / seconds,
+                             peak_mib=peak if mode == "train_step" else None))
+            print(format_row(rows[-1], rows), flush=True)
+            del model, step
+    return {"device": torch.cuda.get_device_name() if device.type == "cuda"
+            else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
+            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "batch": args.batch,
+            "image": args.image, "dtype": args.dtype, "channels_last": args.channels_last,
+            "rows": rows}
+
+
+def se_overhead(row, rows):
+    """time / time(ResNet-50, same variant and mode) - 1, for SE-ResNet-50 rows; else None."""
+    if "resnet50" not in row["network"] or row["network"] == "resnet50":
+        return None
+    base = next((r for r in rows if r["network"] == "resnet50" and r["variant"] == row["variant"]
+                 and r["mode"] == row["mode"]), None)
+    return None if base is None else row["ms"] / base["ms"] - 1
+
+
+def format_row(row, rows):
+    overhead = se_overhead(row, rows)
+    return (f"{row['network']:>28} {row['variant']:>10} {row['mode']:>10}: {row['ms']:8.2f} ms "
+            f"{row['images_per_s']:8.0f} img/s"
+            + ("" if overhead is None else f"  SE overhead {overhead:+6.1%}")
+            + ("" if row["peak_mib"] is None else f"  peak {row['peak_mib']:.0f} MiB"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="add CUDA-graph inference rows")
     parser.add_argument("--min-run-time", type=float, default=1.0)
     parser.add_argument("--json")
     args = parser.parse_args()
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    fused = fused_backend(device)
-    x = torch.randn(args.batch, 3, args.image, args.image, device=device, dtype=dtype).contiguous(memory_format=fmt)
-
-    def build(kind):
-        torch.manual_seed(0)
-        # SE-ResNet-50 in torchvision's ResNet-50 layout (stride in the 3x3, padded max-pool),
-        # so that the two networks differ by the SE blocks only.
-        model = (torchvision.models.resnet50() if kind == "resnet50" else
-                 se_resnet50(backend=kind, stride_in_1x1=False, maxpool_ceil_mode=False))
-        return model.to(device=device, dtype=dtype, memory_format=fmt)
-
-    impls = {  # name: (backend of the SE blocks, torch.compile both networks?)
-        "eager": ("reference", False),
-        "compile": ("reference", True),
-    }
-    if fused:
-        impls[f"fused ({fused})"] = (fused, False)
-    rows = []
-    for mode in ("inference", "train_step"):
-        for name, (se_backend, compiled) in impls.items():
-            times = {}
-            for net in ("resnet50", "se_resnet50"):
-                model = build("resnet50" if net == "resnet50" else se_backend)
-                if compiled:
-                    model = torch.compile(model)
-                seconds, peak = measure(make_steps(model, x, mode == "train_step"), device,
-                                        args.min_run_time)
-                times[net] = (seconds, peak)
-            overhead = times["se_resnet50"][0] / times["resnet50"][0] - 1
-            rows.append(dict(mode=mode, impl=name, resnet50_ms=times["resnet50"][0] * 1e3,
-                             se_resnet50_ms=times["se_resnet50"][0] * 1e3, se_overhead=overhead,
-                             images_per_s=args.batch / times["se_resnet50"][0],
-                             peak_mib=times["se_resnet50"][1]))
-            print(f"{mode:>10} {name:>14}: ResNet-50 {rows[-1]['resnet50_ms']:8.2f} ms, "
-                  f"SE-ResNet-50 {rows[-1]['se_resnet50_ms']:8.2f} ms, SE overhead {overhead:+.1%}"
-                  + (f", peak {rows[-1]['peak_mib']:.0f} MiB" if rows[-1]["peak_mib"] else ""), flush=True)
+    result = run(args)
+    print("\nSE overhead over ResNet-50 (same variant and mode):")
+    for row in result["rows"]:
+        overhead = se_overhead(row, result["rows"])
+        if overhead is not None:
+            row["se_overhead"] = overhead
+            print(f"  {row['network']:>28} {row['variant']:>10} {row['mode']:>10}: {overhead:+.1%}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda"
-                       else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
-                       "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-                       "batch": args.batch, "image": args.image, "dtype": args.dtype,
-                       "channels_last": args.channels_last, "rows": rows}, f, indent=1)
+            json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
 
 

@@ -3,14 +3,16 @@
     python -m pytest benchmarks -q --benchmark-only [--benchmark-json out.json]
 
 One benchmark per (implementation, SE-ResNet-50 stage, pass): every kernel backend that
-serves the device here (C++ "cpu" on the CPU; "triton" and "cuda" on a GPU), eager PyTorch
-and torch.compile. Batch 8 on the CPU, 64 on a GPU; fp32 on the CPU, bf16 channels_last on a GPU.
+serves the device here (C++ "cpu" on the CPU; "triton" and "cuda" on a GPU), eager PyTorch (the
+SE block as timm runs it) and torch.compile of it. Batch 8 on the CPU, 64 on a GPU; fp32 on the CPU, bf16 channels_last on a GPU.
 """
 
 import pytest
 import torch
 
-from senet_kernels.bench import allow_recompiles, backend_fn, make_step, timed_backends
+from senet_kernels.baselines import eager_se
+from senet_kernels.bench import (allow_recompiles, backend_fn, compiled_baseline, make_step,
+                                 timed_backends)
 from senet_kernels.testing import make_inputs
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -18,12 +20,12 @@ ON_GPU = DEVICE.type == "cuda"
 STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 IMPLS = timed_backends(DEVICE) + ["eager", "compile"]
 allow_recompiles()  # one compiled function serves every case
-_compiled = torch.compile(backend_fn("reference"))
+_compiled = compiled_baseline(DEVICE)
 
 
 def _impl(name):
     if name == "eager":
-        return backend_fn("reference")
+        return eager_se
     if name == "compile":
         return _compiled
     return backend_fn(name)

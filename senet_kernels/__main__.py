@@ -62,10 +62,16 @@ def _check_backend(backend, device):
                     leaves64 = list(args64.values())
                     expected_grads = torch.autograd.grad(expected, [leaves64[i] for i in used],
                                                          grad.double())
+                    names = ["out"] + ["grad " + list(args)[i] for i in used]
                     pairs = [(out, expected)] + list(zip(grads, expected_grads))
-                    worst = max(errors(a, e)[0] for a, e in pairs)
+                    errs = [errors(a, e) for a, e in pairs]
+                    worst_i = max(range(len(errs)), key=lambda i: errs[i][0])
+                    worst = errs[worst_i][0]
                     ok = all(within_tolerance(a, e, dtype) for a, e in pairs)
-                    rows.append((shape, activation, gate, tail, dtype, channels_last, worst, ok))
+                    failing = [f"{n}: rel {e[0]:.2e}, max {e[1]:.2e}" for n, e, (a, x) in
+                               zip(names, errs, pairs) if not within_tolerance(a, x, dtype)]
+                    rows.append((shape, activation, gate, tail, dtype, channels_last, worst, ok,
+                                 "; ".join(failing)))
     return rows
 
 
@@ -79,8 +85,11 @@ def bench(args):
     from . import bench as bench_module
 
     failures = 0 if args.skip_check else run_checks()
+    min_run_time = args.min_run_time
+    if min_run_time is None:
+        min_run_time = 0.05 if args.sizes == "gpu" else 0.2
     result = bench_module.run(sizes=args.sizes, dtypes=args.dtype, layouts=args.layout,
-                              min_run_time=args.min_run_time, progress=not args.no_progress)
+                              min_run_time=min_run_time, progress=not args.no_progress)
     print()
     print(bench_module.format_table(result))
     print()
@@ -114,13 +123,13 @@ def run_checks():
     failures = 0
     for backend in kernel_backends + ["reference"]:
         rows = _check_backend(backend, backend_device[backend])
-        bad = [r for r in rows if not r[-1]]
+        bad = [r for r in rows if not r[7]]
         failures += len(bad)
-        worst = max(r[-2] for r in rows)
+        worst = max(r[6] for r in rows)
         print(f"check {backend:10} on {backend_device[backend].type}: {len(rows) - len(bad)}/{len(rows)} cases within "
               f"tolerance (forward + all gradients vs float64; worst relative error {worst:.2e})")
-        for shape, act, gate, tail, dtype, cl, err, _ in bad:
-            print(f"  FAILED {shape} {act}/{gate} tail={tail} {dtype} channels_last={cl}: {err:.2e}")
+        for shape, act, gate, tail, dtype, cl, err, _, failing in bad:
+            print(f"  FAILED {shape} {act}/{gate} tail={tail} {dtype} channels_last={cl}: {failing}")
     return failures
 
 
@@ -137,7 +146,8 @@ def main(argv=None):
                    choices=("float32", "float16", "bfloat16"))
     b.add_argument("--layout", nargs="+", default=["nchw", "channels_last"],
                    choices=("nchw", "channels_last"))
-    b.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    b.add_argument("--min-run-time", type=float, default=None,
+                   help="seconds per measurement (default 0.2 on the CPU, 0.05 with --sizes gpu)")
     b.add_argument("--json", help="write the results (device, versions, rows) here")
     b.add_argument("--plot", help="write a PNG of the floor fraction per shape and backend here")
     b.add_argument("--skip-check", action="store_true", help="skip the correctness check")

@@ -5,6 +5,12 @@
 own dtype: mean over H, W (keepdim), 1x1 conv, activation, 1x1 conv, gate, multiply, then
 ``+ residual`` and an in-place ReLU. It is not the package's ``reference`` backend, which
 computes in float32 with extra casts (the tests' oracle, slower than what users run).
+
+``linear_se`` is the same block with the FC layers as ``F.linear`` on the pooled [N, C]
+vector: the form the torch.compile baseline compiles. Dynamo specializes a conv's channel
+count, so every shape of ``eager_se`` would compile anew; the linear form compiles once per
+layout with dynamic shapes (a GPU run of the main job checks that it is as fast as a static
+compile of ``eager_se``).
 """
 
 import torch.nn.functional as F
@@ -37,3 +43,20 @@ def eager_se(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate="sigmo
     if post_relu:
         y = F.relu(y, inplace=True)
     return y
+
+
+def linear_se(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate="sigmoid",
+              post_relu=False):
+    """``eager_se`` with ``F.linear`` for the FC layers (weights [Cr, C] / [C, Cr])."""
+    s = _activate(F.linear(x.mean((2, 3)), _linear_weight(w1), b1), activation)
+    s = _gate(F.linear(s, _linear_weight(w2), b2), gate)
+    y = x * s[:, :, None, None]
+    if residual is not None:
+        y += residual
+    if post_relu:
+        y = F.relu(y, inplace=True)
+    return y
+
+
+def _linear_weight(w):
+    return w if w.dim() == 2 else w.reshape(w.shape[0], w.shape[1])

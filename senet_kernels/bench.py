@@ -1,15 +1,21 @@
 """``python -m senet_kernels bench``: time the SE op beside eager PyTorch and torch.compile.
 
-Every available kernel backend (on the device it serves), eager PyTorch (the reference backend)
-and ``torch.compile`` of the same eager code run the same passes on the same tensors in one
-process, so the ratios are measured under the same conditions:
+Every available kernel backend (on the device it serves), eager PyTorch (the SE block as
+timm runs it, ``baselines.eager_se``) and ``torch.compile`` of that same eager code run the
+same passes on the same tensors in one process, so the ratios are measured under the same
+conditions:
 
     fwd           the SE block forward (SE-ResNet: relu/sigmoid; EfficientNet: silu/sigmoid)
     res_relu_fwd  SE + residual + ReLU forward (SE-ResNet blocks only)
     fwd_bwd       forward + backward (input, residual and weight gradients); SE-ResNet rows
                   include the residual + ReLU tail
 
-Times are medians (torch.utils.benchmark, which synchronizes CUDA). GB/s counts the compulsory
+Times: on the CPU, medians of torch.utils.benchmark. On a GPU, two per row: ``median_ms`` the
+wall time per call in a synchronized loop (what a caller waits, host overhead included) and
+``gpu_ms`` the GPU time per call, from replaying calls captured in a CUDA graph (no host
+overhead); speedups compare wall times, the floor fraction uses the GPU time. torch.compile
+compiles with dynamic shapes on a GPU (one compile per pass and layout instead of one per
+shape: the difference between a 1-minute and a several-minute run). GB/s counts the compulsory
 traffic of a pass, in units of one activation tensor: fwd 2 (read x, write out),
 res_relu_fwd 3 (+ read residual), fwd_bwd 5 without the tail (forward 2; backward reads grad
 and x, writes grad_x) or 8 with it (forward 3; backward reads grad, x, out, writes grad_x and
@@ -28,6 +34,7 @@ import torch
 import torch.utils.benchmark as benchmark
 
 from . import available_backends, squeeze_excite
+from .baselines import eager_se, linear_se
 from .testing import make_inputs
 
 
@@ -77,11 +84,66 @@ def median_seconds(fn, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def cuda_wall_seconds(fn, min_run_time, rounds=5):
+    """Median over rounds of the time per call of back-to-back calls, synchronized."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    once = max(time.perf_counter() - start, 1e-6)
+    calls = max(1, min(200, int(min_run_time / rounds / once)))
+    samples = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples)
+
+
+def cuda_graph_seconds(fn, approx_seconds, replay_seconds=0.01):
+    """GPU time per call: ``fn`` captured in a CUDA graph (as many calls as fill about
+    replay_seconds), replayed; None if the call cannot be captured."""
+    calls = max(1, min(50, int(replay_seconds / max(approx_seconds, 1e-6))))
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except Exception:  # noqa: BLE001 - an uncapturable call reports no GPU time
+        torch.cuda.synchronize()
+        return None
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(3):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e-3 / calls)
+    return statistics.median(samples)
+
+
 def copy_bandwidth(numel, dtype, device, min_run_time):
-    """Bytes read + written per second by a copy of numel elements."""
+    """Bytes read + written per second by a copy of numel elements (GPU time on a GPU)."""
     src = torch.randn(numel, device=device).to(dtype)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * src.element_size() / median_seconds(lambda: dst.copy_(src), min_run_time)
+
+    def copy():
+        dst.copy_(src)
+    if device.type == "cuda":
+        seconds = cuda_graph_seconds(copy, cuda_wall_seconds(copy, min_run_time))
+    else:
+        seconds = median_seconds(copy, min_run_time)
+    return 2 * src.numel() * src.element_size() / seconds
 
 
 def make_step(fn, tensors, activation, with_residual, backward):
@@ -108,6 +170,21 @@ def backend_fn(name):
     return fn
 
 
+def compiled_baseline(device):
+    """torch.compile of the SE block: on a GPU its linear form with dynamic shapes (one compile
+    per pass and layout, see baselines.linear_se); on the CPU eager_se itself, static."""
+    if device.type == "cuda":
+        return torch.compile(linear_se, dynamic=True)
+    return torch.compile(eager_se, dynamic=False)
+
+
+#: (family, C, H*W, pass, layout) rows where a GPU run also times a static compile of eager_se,
+#: to check that the dynamic-shape baseline is as fast (see the summary).
+STATIC_COMPILE_CHECKS = {("se_resnet50", 256, 56, "res_relu_fwd", "channels_last"),
+                         ("se_resnet50", 2048, 7, "res_relu_fwd", "channels_last"),
+                         ("se_resnet50", 2048, 7, "fwd_bwd", "channels_last")}
+
+
 def timed_backends(device):
     """Kernel backends that serve tensors on ``device`` and are worth timing there."""
     status = available_backends()
@@ -132,9 +209,8 @@ def run(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), min
     allow_recompiles()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backends = timed_backends(device)
-    eager = backend_fn("reference")
-    compiled = torch.compile(eager)
-    impls = [(b, backend_fn(b)) for b in backends] + [("eager", eager), ("compile", compiled)]
+    impls = [(b, backend_fn(b)) for b in backends] + [("eager", eager_se),
+                                                      ("compile", compiled_baseline(device))]
     cases = [(s, p, d, l) for s in shapes(sizes) for p in passes_for(s) for d in dtypes for l in layouts]
     bar = _progress(len(cases), progress)
     rows, bandwidth = [], {}
@@ -149,20 +225,30 @@ def run(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), min
         backward = pass_name == "fwd_bwd"
         if backward:
             tensors = [t.requires_grad_() for t in tensors]
-        times = {}
-        for name, fn in impls:
+        times, gpu_times = {}, {}
+        row_impls = impls
+        if device.type == "cuda" and (shape.family, shape.c, shape.hw, pass_name, layout) in STATIC_COMPILE_CHECKS:
+            row_impls = impls + [("compile_static", torch.compile(eager_se, dynamic=False))]
+        for name, fn in row_impls:
+            bar.set_postfix_str(f"{shape.label} {pass_name} {layout}: {name}")
             step = make_step(fn, tensors, activation, with_residual, backward)
             step()  # warm-up (and compilation)
-            times[name] = median_seconds(step, min_run_time)
+            if device.type == "cuda":
+                times[name] = cuda_wall_seconds(step, min_run_time)
+                gpu_times[name] = cuda_graph_seconds(step, times[name])
+            else:
+                times[name] = median_seconds(step, min_run_time)
         key = (inputs["x"].numel(), dtype)
         if key not in bandwidth:
             bandwidth[key] = copy_bandwidth(*key, device, min_run_time)
         nbytes = traffic_tensors(pass_name, with_residual) * inputs["x"].numel() * inputs["x"].element_size()
         for name, seconds in times.items():
-            gbps = nbytes / seconds / 1e9
+            floor_seconds = gpu_times.get(name) or seconds
+            gbps = nbytes / floor_seconds / 1e9
             rows.append(dict(backend=name, shape=[shape.n, shape.c, shape.hw, shape.hw],
                              rd_channels=shape.cr, family=shape.family, dtype=dtype_name,
                              layout=layout, **{"pass": pass_name}, median_ms=seconds * 1e3,
+                             gpu_ms=None if gpu_times.get(name) is None else gpu_times[name] * 1e3,
                              speedup_vs_eager=times["eager"] / seconds,
                              speedup_vs_compile=times["compile"] / seconds, gbps=gbps,
                              floor_fraction=gbps * 1e9 / bandwidth[key]))
@@ -199,6 +285,9 @@ def _progress(total, enabled):
             def update(self, n):
                 pass
 
+            def set_postfix_str(self, text):
+                pass
+
             def close(self):
                 pass
         return NoBar()
@@ -209,12 +298,13 @@ def format_table(result):
     lines = [f"device: {result['device']}; {', '.join(f'{k} {v}' for k, v in result['versions'].items())}; "
              f"{result['date']}",
              "",
-             "| shape | pass | dtype | layout | impl | median ms | vs eager | vs compile | GB/s | of copy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| shape | pass | dtype | layout | impl | median ms | GPU ms | vs eager | vs compile | GB/s | of copy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         n, c, h, _ = r["shape"]
+        gpu = "-" if r.get("gpu_ms") is None else f"{r['gpu_ms']:.3f}"
         lines.append(f"| {r['family']} {n}x{c}x{h}x{h} | {r['pass']} | {r['dtype']} | {r['layout']} | "
-                     f"{r['backend']} | {r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
+                     f"{r['backend']} | {r['median_ms']:.3f} | {gpu} | {r['speedup_vs_eager']:.2f}x | "
                      f"{r['speedup_vs_compile']:.2f}x | {r['gbps']:.1f} | {r['floor_fraction']:.0%} |")
     return "\n".join(lines)
 
@@ -222,6 +312,13 @@ def format_table(result):
 def summary(result):
     """Per kernel backend and pass: min / median speedup vs eager and vs torch.compile."""
     lines = []
+    static = [r for r in result["rows"] if r["backend"] == "compile_static"]
+    for r in static:
+        dynamic = next(d for d in result["rows"] if d["backend"] == "compile" and all(
+            d[k] == r[k] for k in ("shape", "pass", "dtype", "layout")))
+        ratio = (r["gpu_ms"] or r["median_ms"]) / (dynamic["gpu_ms"] or dynamic["median_ms"])
+        lines.append(f"torch.compile baseline, {r['family']} {r['shape']} {r['pass']} {r['layout']}: "
+                     f"static compile of eager_se takes {ratio:.2f}x the time of the dynamic one")
     for backend in result["backends"]:
         for pass_name in PASSES:
             sel = [r for r in result["rows"] if r["backend"] == backend and r["pass"] == pass_name]
