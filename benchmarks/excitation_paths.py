@@ -12,7 +12,6 @@ much slower its pick is than the faster path. Needs a CUDA GPU.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from senet_kernels import squeeze_excite  # noqa: E402
 from senet_kernels.baselines import eager_se  # noqa: E402
-from senet_kernels.bench import RESNET_STAGES, EFFICIENTNET_SE  # noqa: E402
+from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json  # noqa: E402
 from senet_kernels.testing import make_inputs  # noqa: E402
 from senet_kernels.triton import configs  # noqa: E402
 
@@ -119,9 +118,7 @@ def main():
     print(f"worst pick of the traffic model: {worst['pick_vs_best']:.2f}x the best path at "
           f"{format_row(worst)}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ calls, implementations interleaved):
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ if not torch.cuda.is_available():
 
 from senet_kernels import available_backends, squeeze_excite  # noqa: E402
 from senet_kernels.baselines import eager_se  # noqa: E402
+from senet_kernels.bench import write_json  # noqa: E402
 from senet_kernels.testing import make_inputs  # noqa: E402
 
 GPU_SHAPE = (8, 256, 56, 56, 16)   # N, C, H, W, Cr: SE-ResNet-50 stage 1 at batch 8
@@ -160,9 +160,7 @@ def main():
     result = run(args.calls, args.repeats)
     print(format_rows(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ oracle and not timed here (it is slower than what users run).
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ import torch.utils.benchmark as benchmark
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from senet_kernels import available_backends, convert_se_modules  # noqa: E402
+from senet_kernels.bench import write_json  # noqa: E402
 from senet_kernels.models import se_resnet50  # noqa: E402
 
 
@@ -208,9 +208,7 @@ def main():
             row["se_overhead"] = overhead
             print(f"  {row['network']:>28} {row['variant']:>10} {row['mode']:>10}: {overhead:+.1%}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,6 @@ def bench(args):
     print(bench_module.summary(result))
     if args.json:
         bench_module.write_json(result, args.json)
-        print(f"wrote {args.json}")
     if args.plot:
         bench_module.plot(result, args.plot)
         print(f"wrote {args.plot}")

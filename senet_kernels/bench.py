@@ -362,5 +362,7 @@ def plot(result, path):
 
 
 def write_json(result, path):
+    """Write a benchmark's result dict to path (used by every benchmark script)."""
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
+    print(f"wrote {path}")

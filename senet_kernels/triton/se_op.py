@@ -235,8 +235,10 @@ def _is_dense(t, channels_last):
                            else torch.contiguous_format)
 
 
-def _forward_scratch(shape, splits, device):
-    """Forward scratch: partials, counters, and pooled / hidden / scale for inference calls."""
+def _scratch_buffers(shape, splits, device):
+    """A plan's scratch: partial sums [N, S, C], arrival counters (per-sample path), and three
+    vectors [N, C], [N, Cr], [N, C]: in the forward pooled / hidden / scale of inference calls,
+    in the backward gz / gh / gp."""
     acc = torch.float64 if shape.acc == tl.float64 else torch.float32
     n, c = shape.n, shape.c
     return (torch.empty((n, splits, c), dtype=acc, device=device),
@@ -280,7 +282,7 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
         b1 = None if b1 is None else b1.contiguous()
         b2 = None if b2 is None else b2.contiguous()
     partials, counters, pooled, hidden, scale = _scratch(
-        plan, device, lambda: _forward_scratch(shape, plan.splits, device))
+        plan, device, lambda: _scratch_buffers(shape, plan.splits, device))
     if keep_vectors:
         out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
     else:
@@ -349,16 +351,6 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     return _Plan(s, splits, passes + (weight_grads,), dense)
 
 
-def _backward_scratch(shape, splits, acc, device):
-    """Backward scratch: partials, counters, gz [N, C], gh [N, Cr], gp [N, C]."""
-    n, c = shape.n, shape.c
-    return (torch.empty((n, splits, c), dtype=acc, device=device),
-            None if shape.batched else torch.zeros(n, dtype=torch.int32, device=device),
-            torch.empty((n, c), dtype=acc, device=device),
-            torch.empty((n, shape.cr), dtype=acc, device=device),
-            torch.empty((n, c), dtype=acc, device=device))
-
-
 def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
     """The backward op: (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual), see ops.py."""
     check_device(x)
@@ -390,8 +382,8 @@ def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, a
         w1, w2 = w1.contiguous(), w2.contiguous()
         pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
     device = x.device
-    partials, counters, gz, gh, gp = _scratch(plan, device, lambda: _backward_scratch(
-        shape, plan.splits, pooled.dtype, device))
+    partials, counters, gz, gh, gp = _scratch(
+        plan, device, lambda: _scratch_buffers(shape, plan.splits, device))
     out_arg = out if post_relu else x
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
     if shape.batched:
