@@ -143,3 +143,18 @@ def test_torch_compile_reduce_overhead():
     for _ in range(3):  # the first calls record, later ones replay the graph
         out = compiled(*args.values())
         assert_close(out.clone(), expected, torch.bfloat16, "reduce-overhead output")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_torch_func_transforms_see_the_op(backend, device):
+    """torch.func wraps tensors: the call goes through the custom op (vmap's fallback runs it
+    per sample), not the eager fast path, which would need raw data pointers."""
+    args = make_inputs(3, 8, 3, 3, 2, device=device, seed=15)
+    x, w1, b1, w2, b2 = (args[k] for k in ("x", "w1", "b1", "w2", "b2"))
+
+    def one(sample):
+        return squeeze_excite(sample[None], w1, b1, w2, b2, backend=backend)[0]
+
+    batched = torch.func.vmap(one)(x)
+    expected, _ = reference64(args)
+    assert_close(batched, expected, torch.float32, "vmap output")
