@@ -51,7 +51,13 @@ _extension = {}
 
 
 def load_extension():
-    """(module or None, why not): senet_kernels._C, imported once."""
+    """(module or None, why not): senet_kernels._C, imported once.
+
+    SENET_KERNELS_DISABLE_EXTENSION=1 leaves it unloaded (the "cpu" and "cuda" backends then
+    report unavailable): for runs that must not depend on it, e.g. while it is being built."""
+    if not _extension and os.environ.get("SENET_KERNELS_DISABLE_EXTENSION", "0") not in ("", "0"):
+        _extension["module"] = None
+        _extension["error"] = "the C++ extension is disabled (SENET_KERNELS_DISABLE_EXTENSION=1)"
     if not _extension:
         try:
             module = importlib.import_module("senet_kernels._C")

@@ -101,3 +101,14 @@ def test_extension_uses_the_traffic_model_of_configs():
             (1, 8, 256), (16, 512, 2048), (1, 6, 32, 128), (1, 49, 196, 3136), (2, 4), (2, 4)):
         assert module.use_batched_excitation(n, c, cr, hw, x_size, w_size) == \
             configs.use_batched_excitation(n, c, cr, hw, x_size, w_size), (n, c, cr, hw, x_size, w_size)
+
+
+def test_extension_can_be_disabled():
+    """SENET_KERNELS_DISABLE_EXTENSION=1: the package runs without it, saying why."""
+    code = ("from senet_kernels import available_backends as a; s = a(); "
+            "assert not s['cpu'].available and not s['cuda'].available, s; "
+            "assert 'SENET_KERNELS_DISABLE_EXTENSION' in s['cpu'].reason, s; print('ok')")
+    env = dict(os.environ, SENET_KERNELS_DISABLE_EXTENSION="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
