@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .common import (FLAGS, activate, activate_grad, arrive_last, dot_acc, gate_grad_from_scale,
-                     grad_elements, reduce_slab_share, sum_partials)
+                     reduce_slab_share, sum_partials)
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -92,8 +92,14 @@ def se_scale_bwd(
     base = n.to(tl.int64) * SAMPLE_NUMEL
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
-    grad_elements(grad_ptr + base, out_ptr + base, grad_x_ptr + base, grad_res_ptr + base, offs,
-                  s, gp, mask, POST_RELU, WRITE_GRAD_RESIDUAL)
+    gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
+    if POST_RELU:
+        o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
+        gy = tl.where(o > 0, gy, 0.0).to(gy.dtype)
+    if WRITE_GRAD_RESIDUAL:
+        tl.store(grad_res_ptr + base + offs, gy, mask=mask)
+    gx = gy.to(s.dtype) * s + gp
+    tl.store(grad_x_ptr + base + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=FLAGS)

@@ -66,35 +66,6 @@ def dot_acc(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def scale_elements(x_ptr, res_ptr, out_ptr, offs, s, mask,
-                   HAS_RESIDUAL: tl.constexpr, POST_RELU: tl.constexpr):
-    """out[offs] = relu?(x[offs] * s + res[offs]?), computed in s's dtype, rounded once.
-
-    ``s`` holds each element's gate (already gathered); any shape of offsets works."""
-    y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(s.dtype) * s
-    if HAS_RESIDUAL:
-        y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(s.dtype)
-    if POST_RELU:
-        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def grad_elements(grad_ptr, out_ptr, grad_x_ptr, grad_res_ptr, offs, s, gp, mask,
-                  POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr):
-    """grad_x = gy * s + gp with gy = grad * (out > 0) behind the ReLU tail, else grad;
-    grad_residual = gy where asked. ``s`` and ``gp`` are each element's gate and pooled grad."""
-    gy = tl.load(grad_ptr + offs, mask=mask, other=0.0)
-    if POST_RELU:
-        o = tl.load(out_ptr + offs, mask=mask, other=0.0)
-        gy = tl.where(o > 0, gy, 0.0).to(gy.dtype)
-    if WRITE_GRAD_RESIDUAL:
-        tl.store(grad_res_ptr + offs, gy, mask=mask)
-    gx = gy.to(s.dtype) * s + gp
-    tl.store(grad_x_ptr + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
                       MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):

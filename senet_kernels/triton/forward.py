@@ -14,8 +14,7 @@ out = relu?(x * scale[n, c] + residual?), computed in the compute dtype, rounded
 import triton
 import triton.language as tl
 
-from .common import (FLAGS, activate, apply_gate, arrive_last, reduce_slab_share, scale_elements,
-                     sum_partials)
+from .common import FLAGS, activate, apply_gate, arrive_last, reduce_slab_share, sum_partials
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -88,5 +87,9 @@ def se_scale_fwd(
         c = offs // HW
     base = n.to(tl.int64) * SAMPLE_NUMEL
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
-    scale_elements(x_ptr + base, res_ptr + base, out_ptr + base, offs, s, mask, HAS_RESIDUAL,
-                   POST_RELU)
+    y = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(s.dtype) * s
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + base + offs, mask=mask, other=0.0).to(s.dtype)
+    if POST_RELU:
+        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(out_ptr + base + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
