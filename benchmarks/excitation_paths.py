@@ -80,7 +80,7 @@ def run(batches, rep_ms, layouts=("channels_last", "nchw")):
                                  channels_last=layout == "channels_last", residual=True,
                                  device="cuda", seed=c)
             tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
-            batched = configs.use_batched_excitation(n, c, cr, hw, 2, 2)
+            batched = configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2)  # hw is H = W
             for backward in (False, True):
                 times = {name: gpu_ms(step(fn, tensors, tail, backward, path), rep_ms)
                          for name, fn, path in impls}

@@ -53,8 +53,13 @@ step "tests: triton (while the extension builds)" 150 env SENET_KERNELS_DISABLE_
   python -m pytest -q -n 8 -p no:cacheprovider $tests -k "triton and not aot"
 wait "$build_pid"
 echo "== build (sm ${cap}): rc $(cat "$build_log.rc") after $((SECONDS - build_start)) s" | tee -a "$log"
-tail -n 3 "$build_log" | tee -a "$log"
-[ "$(cat "$build_log.rc")" = 0 ] || status=1
+if [ "$(cat "$build_log.rc")" = 0 ]; then
+  tail -n 3 "$build_log" | tee -a "$log"
+else  # the whole story of a failed build: its error lines with context, and the end
+  status=1
+  grep -n -B 3 -A 12 -E "error|Error|FAILED" "$build_log" | head -n 150 | tee -a "$log"
+  tail -n 20 "$build_log" | tee -a "$log"
+fi
 step "tests: cuda extension and the rest" 120 python -m pytest -q -n 8 -p no:cacheprovider \
   $tests tests/test_extension.py tests/test_modules.py -k "not triton and not aot"
 

@@ -14,8 +14,10 @@ partial sums, the backward's [N, C] vectors, the per-sample path's arrival count
 inference the saved-for-backward vectors nobody will read) belong to the plan, one set per
 CUDA stream, reused call after call: stream order keeps calls on one stream apart. The
 arrival counters start zeroed and every kernel that uses them leaves them zeroed. While a CUDA
-graph is being captured, buffers are fresh allocations kept alive for the graph's lifetime:
-two graphs captured on one stream may be replayed concurrently.
+graph is being captured, buffers are fresh allocations from the graph's memory pool, freed when
+the call returns like any temporary of the capture (two graphs captured on one stream may be
+replayed concurrently, so they must not share the plan's buffers; and cudagraph trees, under
+torch.compile(mode="reduce-overhead"), refuse pool memory that outlives the call untracked).
 
 Host time: everything that depends only on the arguments' metadata (shapes, strides, dtypes,
 flags, 16-byte alignment, device) is worked out once per signature into a plan: the path,
@@ -44,8 +46,6 @@ MAX_BATCH = 65535
 _RECORDING_SMS = 132
 #: Plans kept per direction before the cache is cleared (each distinct signature adds one).
 MAX_PLANS = 4096
-#: Scratch buffers handed to captured CUDA graphs: the graphs keep pointing at them.
-_graph_buffers = []
 _forward_plans = {}
 _backward_plans = {}
 
@@ -75,9 +75,7 @@ def _scratch(plan, device, make):
     """The plan's scratch buffers for the current stream: ``make()`` once per stream, or a fresh
     ``make()`` per call while a CUDA graph is captured (see the module docstring)."""
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        buffers = make()
-        _graph_buffers.append(buffers)
-        return buffers
+        return make()
     stream = _stream(device)
     buffers = plan.scratch.get(stream)
     if buffers is None:
