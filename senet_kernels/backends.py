@@ -229,12 +229,10 @@ _kernel_backends = {
 def backend_kernels(name):
     """The ``BackendKernels`` of a kernel backend."""
     if name not in _kernel_backends:
-        raise ValueError(f"backend {name!r} has no kernels")
+        raise ValueError(f"backend {name!r} has no kernels (no custom ops)")
     return _kernel_backends[name]
 
 
 def backend_ops(name):
     """The custom ops (``ops.BackendOps``) of a kernel backend."""
-    if name not in _kernel_backends:
-        raise ValueError(f"backend {name!r} has no custom ops")
-    return _kernel_backends[name].ops
+    return backend_kernels(name).ops

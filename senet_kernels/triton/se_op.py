@@ -33,6 +33,7 @@ import triton.language as tl
 from ..backends import interpreting
 from ..layout import is_channels_last, to_layout
 from ..ops import allocate_backward_outputs, allocate_forward_outputs
+from ..reference import compute_dtype
 from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
 from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
@@ -129,7 +130,7 @@ class _Shape:
     cr: int
     hw: int
     channels_last: bool
-    acc: object          # tl.float32 / tl.float64
+    acc_dtype: object    # torch.float32 / torch.float64 (reference.compute_dtype)
     batched: bool
     num_sms: int
 
@@ -138,10 +139,15 @@ class _Shape:
         n, c, h, w = x.shape
         cr, hw = w1.shape[0], h * w
         return _Shape(n, c, cr, hw, is_channels_last(x),
-                      _acc_constexpr(torch.float64 if x.dtype == torch.float64 else torch.float32),
+                      compute_dtype(x.dtype),
                       configs.use_batched_excitation(n, c, cr, hw, x.element_size(),
                                                      w1.element_size()),
                       _num_sms(x.device))
+
+    @property
+    def acc(self):
+        """The compute dtype as the kernels' ACC constexpr."""
+        return _acc_constexpr(self.acc_dtype)
 
     def reduce_grid(self):
         """(tile, hw_per_split, splits, grid) of kernels A / A'."""
@@ -237,8 +243,7 @@ def _scratch_buffers(shape, splits, device):
     """A plan's scratch: partial sums [N, S, C], arrival counters (per-sample path), and three
     vectors [N, C], [N, Cr], [N, C]: in the forward pooled / hidden / scale of inference calls,
     in the backward gz / gh / gp."""
-    acc = torch.float64 if shape.acc == tl.float64 else torch.float32
-    n, c = shape.n, shape.c
+    acc, n, c = shape.acc_dtype, shape.n, shape.c
     return (torch.empty((n, splits, c), dtype=acc, device=device),
             None if shape.batched else torch.zeros(n, dtype=torch.int32, device=device),
             torch.empty((n, c), dtype=acc, device=device),
