@@ -1,14 +1,28 @@
 """senet-kernels: fused Squeeze-and-Excitation for PyTorch.
 
 Public API: ``squeeze_excite``, ``FusedSEBlock``, ``convert_se_modules``,
-``available_backends``; the SENet models are in the subpackage ``senet_kernels.models``.
+``register_se_class``, ``available_backends``; the SENet models are in the subpackage
+``senet_kernels.models`` (imported on first use: ``senet_kernels.models.se_resnet50()``).
 """
+
+import importlib
 
 from .backends import BackendStatus, available_backends
 from .convert import convert_se_modules
 from .functional import squeeze_excite
 from .modules import FusedSEBlock
+from .recognize import register_se_class
 from .reference import squeeze_excite_reference
 
 __all__ = ["BackendStatus", "FusedSEBlock", "available_backends", "convert_se_modules",
-           "squeeze_excite", "squeeze_excite_reference"]
+           "register_se_class", "squeeze_excite", "squeeze_excite_reference"]
+
+#: Subpackages imported when first used as attributes (``senet_kernels.models``), as
+#: torchvision's are, without paying for them at ``import senet_kernels``.
+_LAZY_SUBMODULES = ("models",)
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

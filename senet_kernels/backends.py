@@ -9,6 +9,16 @@ import torch
 from .ops import BackendOps, define_backend_ops, eager_function
 
 BACKENDS = ("triton", "cuda", "cpu", "reference")
+#: The values of every ``backend`` argument.
+BACKEND_NAMES = ("auto",) + BACKENDS
+
+
+def check_backend_name(backend):
+    """A valid ``backend`` argument: "auto" or a backend's name (whether it can run here is
+    another question, answered per input by ``resolve_backend``)."""
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,8 @@ def resolve_backend(backend, x):
     Successful answers are remembered per (backend, device type, interpreting): availability
     is probed once per process anyway, and this sits on every call's path.
     """
+    if not isinstance(backend, str):  # unhashable (a list) must not reach the cache
+        check_backend_name(backend)
     key = (backend, x.device.type, interpreting())
     name = _resolved.get(key)
     if name is None:
@@ -134,8 +146,7 @@ def resolve_backend(backend, x):
 
 
 def _resolve_backend(backend, x):
-    if backend not in BACKENDS and backend != "auto":
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    check_backend_name(backend)
     if backend == "auto":
         if x.is_cuda:
             order = ("triton", "cuda", "reference")

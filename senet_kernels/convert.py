@@ -1,8 +1,9 @@
 """``convert_se_modules``: swap the SE modules of any model for fused ``FusedSEBlock``s, in place.
 
-An SE module is recognized the way ``FusedSEBlock.from_module`` recognizes it (by attribute
-names and submodule types), so this works on timm, torchvision and senet.pytorch models
-without importing either library. The converted blocks have no residual or ReLU tail
+Only modules of a known SE class are converted (``recognize.py``: torchvision, timm,
+pretrainedmodels, senet.pytorch, and classes given to ``register_se_class``), matched by
+exact class so that neither library is imported and no subclass or look-alike, whose forward
+may differ, is replaced. The converted blocks have no residual or ReLU tail
 (``post_relu=False``): these models add their shortcut outside the SE module, so only the
 SE itself is fused here (our own ``senet_kernels.models`` fuse the tail as well).
 """
@@ -11,11 +12,9 @@ import warnings
 
 from torch import nn
 
+from .backends import check_backend_name
 from .modules import FusedSEBlock
-
-# from_module raises TypeError with this text when a module is not an SE module at all (as
-# opposed to an SE module it cannot compute, which is worth a warning).
-_NOT_SE = "does not recognize"
+from .recognize import is_known_se_class, look_alike_reason
 
 
 def convert_se_modules(model, backend="auto"):
@@ -32,40 +31,44 @@ def convert_se_modules(model, backend="auto"):
         once, counted once, and stays shared.
 
     Warns:
-        UserWarning, once, listing by name every SE-like module left as it was because the
-        fused op does not compute it (e.g. a GELU activation), with from_module's reason.
+        UserWarning, once, naming every module left as it was: SE modules of a known class
+        in a configuration the fused op does not compute (e.g. a GELU activation), with
+        the reason, and look-alikes (a subclass of an SE class, a home-made module with the
+        layout of one), which are never converted. Other modules are passed over silently.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or is itself an SE module (it cannot
             be replaced in place: use ``FusedSEBlock.from_module(model)``).
+        ValueError: ``backend`` is not a backend name.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_se_modules needs an nn.Module, got {type(model).__name__}")
-    converted, skipped = {}, {}
-    root = _convert(model, backend)
-    if isinstance(root, FusedSEBlock):
+    check_backend_name(backend)
+    if is_known_se_class(model):
         raise TypeError(f"the model itself is an SE module ({type(model).__name__}); it cannot "
                         "be replaced in place, use FusedSEBlock.from_module(model)")
-    if isinstance(root, Exception):
-        skipped[id(model)] = ("(the model itself)", str(root))
+    converted, skipped = {}, {}
+    reason = look_alike_reason(model)
+    if reason is not None:
+        skipped[id(model)] = ("(the model itself)", reason)
     _convert_children(model, "", backend, converted, skipped)
     skipped = list(skipped.values())
     if skipped:
         lines = "\n".join(f"  {name}: {reason}" for name, reason in skipped)
-        warnings.warn(f"convert_se_modules left {len(skipped)} SE-like module(s) unconverted "
-                      f"(unsupported by FusedSEBlock):\n{lines}", UserWarning, stacklevel=2)
+        warnings.warn(f"convert_se_modules left {len(skipped)} SE-like module(s) unconverted:"
+                      f"\n{lines}", UserWarning, stacklevel=2)
     return len(converted)
 
 
 def _convert(module, backend):
-    """The fused block for ``module``, None when it is not an SE module, or the exception
-    saying why an SE-like module cannot be converted."""
+    """The fused block for ``module``, None when it is not an SE module of a known class, or
+    the exception / message saying why an SE-like module is left alone."""
+    if not is_known_se_class(module):
+        return look_alike_reason(module)
     try:
         return FusedSEBlock.from_module(module, backend=backend)
-    except Exception as e:  # noqa: BLE001 - any reason to refuse is reported, not raised
-        if isinstance(e, TypeError) and _NOT_SE in str(e):
-            return None
-        return e
+    except (TypeError, ValueError) as e:  # a configuration the fused op does not compute
+        return str(e)
 
 
 def _convert_children(parent, prefix, backend, converted, skipped):
@@ -85,8 +88,7 @@ def _convert_children(parent, prefix, backend, converted, skipped):
             converted[id(child)] = (child, result)
             setattr(parent, name, result)
             continue
-        if isinstance(result, Exception):
-            skipped.setdefault(id(child), (path, str(result)))
-        # Look inside everything not converted, SE-like modules included: a module that only
-        # looks SE-like by its attribute names could hold real SE modules.
+        if result is not None:
+            skipped.setdefault(id(child), (path, result))
+        # Look inside everything not converted: a module left alone may hold SE modules.
         _convert_children(child, f"{path}.", backend, converted, skipped)

@@ -47,7 +47,8 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
     dispatch mode the call goes through the backend's custom op
     (``torch.ops.senet_kernels.se_forward_<backend>``). Both run the same kernels.
     """
-    w1, w2 = check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate)
+    w1, w2 = check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate,
+                                       post_relu)
     name = resolve_backend(backend, x)
     if name == "reference":
         return squeeze_excite_reference(x, w1, b1, w2, b2, residual, activation=activation,

@@ -5,24 +5,20 @@ so that its parameters are ``fc1.weight [Cr, C]``, ``fc1.bias [Cr]``, ``fc2.weig
 and ``fc2.bias [C]``, the names most SE implementations use. State dicts of 1x1-conv SE
 modules (weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``) load as they are.
 
-``FusedSEBlock.from_module`` converts torchvision's and timm's SE modules (and the
-senet.pytorch ``SELayer`` form). It recognizes them by their attribute names and submodule
-types, never by importing torchvision or timm: both are optional and this package does not
-depend on them.
+``FusedSEBlock.from_module`` converts the SE modules of torchvision, timm, pretrainedmodels
+and senet.pytorch, recognized by their exact class (``recognize.py``), never by importing
+those libraries: they are optional and this package does not depend on them.
 """
 
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .backends import BACKENDS
+from .backends import check_backend_name
 from .functional import squeeze_excite
-from .spec import check_activation, check_gate
-
-#: The values of the ``backend`` argument (availability is checked per call, on the input).
-BACKEND_NAMES = ("auto",) + BACKENDS
+from .recognize import as_linear_weight, read_se_module
+from .spec import check_activation, check_gate, check_post_relu
 
 
 def _positive_int(name, value):
@@ -35,20 +31,6 @@ def _positive_int(name, value):
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
-
-
-def check_backend_name(backend):
-    """A valid ``backend`` argument (availability is checked per call, on the input)."""
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
-    return backend
-
-
-def _as_linear_weight(w):
-    """A 1x1-conv weight [out, in, 1, 1] as a linear weight [out, in]; anything else unchanged."""
-    if isinstance(w, torch.Tensor) and w.dim() == 4 and w.shape[2:] == (1, 1):
-        return w.reshape(w.shape[0], w.shape[1])
-    return w
 
 
 class FusedSEBlock(nn.Module):
@@ -89,7 +71,7 @@ class FusedSEBlock(nn.Module):
         self.rd_channels = rd_channels
         self.activation = check_activation(activation)
         self.gate = check_gate(gate)
-        self.post_relu = bool(post_relu)
+        self.post_relu = check_post_relu(post_relu)
         self.backend = check_backend_name(backend)
         factory = {"device": device, "dtype": dtype}
         self.fc1 = nn.Linear(channels, rd_channels, bias=bias, **factory)
@@ -113,7 +95,7 @@ class FusedSEBlock(nn.Module):
         for name in ("fc1.weight", "fc2.weight"):
             key = prefix + name
             if key in state_dict:
-                state_dict[key] = _as_linear_weight(state_dict[key])
+                state_dict[key] = as_linear_weight(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -121,17 +103,23 @@ class FusedSEBlock(nn.Module):
     def from_module(cls, module, *, backend="auto", post_relu=False):
         """A ``FusedSEBlock`` computing what ``module`` computes, with a copy of its weights.
 
-        Recognized modules (by attribute names and submodule types):
+        Recognized modules, by their exact class (``recognize.KNOWN_SE_CLASSES``; subclasses
+        and look-alikes are refused, since their forward may compute something else):
 
         * torchvision ``ops.SqueezeExcitation``: ``avgpool``, ``fc1``, ``activation``, ``fc2``,
           ``scale_activation``;
         * timm ``layers.SEModule``: ``fc1``, ``bn`` (must be ``nn.Identity``), ``act``,
           ``fc2``, ``gate``, and ``add_maxpool`` False;
-        * timm ``models.senet.SEModule`` (legacy): ``fc1``, ``relu``, ``fc2``, ``sigmoid``;
+        * timm ``models.senet.SEModule`` (legacy) and pretrainedmodels' ``SEModule``: ``fc1``,
+          ``relu``, ``fc2``, ``sigmoid`` (and the latter's ``avg_pool``);
         * timm EfficientNet / MobileNetV3 ``SqueezeExcite``: ``conv_reduce``, ``act1``,
           ``conv_expand``, ``gate``;
-        * senet.pytorch ``SELayer``: ``avg_pool`` and ``fc = Sequential(Linear, act, Linear,
-          gate)``.
+        * senet.pytorch ``SELayer`` (module ``senet.se_module``): ``avg_pool`` and
+          ``fc = Sequential(Linear, act, Linear, gate)``;
+        * any class given to ``senet_kernels.register_se_class`` (e.g. a vendored copy of
+          SELayer), read by the attribute layout of the above it has.
+
+        An instance whose ``forward`` was replaced, or that has forward hooks, is refused.
 
         The fully connected layers must be 1x1 ``nn.Conv2d`` (``nn.Linear`` for SELayer)
         without stride, dilation, padding or groups; the activation ``nn.ReLU`` or ``nn.SiLU``
@@ -141,28 +129,17 @@ class FusedSEBlock(nn.Module):
         have no residual or ReLU tail).
 
         Raises:
-            TypeError: ``module`` is not one of the recognized SE modules, or a layer of it
+            TypeError: ``module``'s class is not a recognized SE class, or a layer of it
                 has an unsupported type.
             ValueError: a recognized module in a configuration the fused op does not compute
                 (e.g. a GELU activation, a max-pool squeeze, a norm layer, a 3x3 conv).
         """
-        parts = _se_parts(module)
-        w1, b1 = _fc_params(parts.fc1, parts.fc_type, module, parts.fc1_name)
-        w2, b2 = _fc_params(parts.fc2, parts.fc_type, module, parts.fc2_name)
-        owner = type(module).__name__
+        spec = read_se_module(module)
+        w1, b1, w2, b2 = spec.w1, spec.b1, spec.w2, spec.b2
         c, cr = w1.shape[1], w1.shape[0]
-        if w2.shape != (c, cr):
-            raise ValueError(f"{owner}: {parts.fc1_name} maps {c} -> {cr} channels but "
-                             f"{parts.fc2_name} maps {w2.shape[1]} -> {w2.shape[0]}")
-        if (b1 is None) != (b2 is None):
-            raise ValueError(f"{owner}: only one of {parts.fc1_name} and {parts.fc2_name} has a "
-                             "bias; FusedSEBlock has biases on both or neither")
-        activation = _activation_name(parts.act, module, parts.act_name)
-        gate = _gate_name(parts.gate, module, parts.gate_name)
-        _check_no_other_state(module, [w1, w2, b1, b2, parts.fc1.weight, parts.fc2.weight])
-
-        block = cls(c, rd_channels=cr, bias=b1 is not None, activation=activation, gate=gate,
-                    post_relu=post_relu, backend=backend, device=w1.device, dtype=w1.dtype)
+        block = cls(c, rd_channels=cr, bias=b1 is not None, activation=spec.activation,
+                    gate=spec.gate, post_relu=post_relu, backend=backend, device=w1.device,
+                    dtype=w1.dtype)
         with torch.no_grad():
             block.fc1.weight.copy_(w1)
             block.fc2.weight.copy_(w2)
@@ -170,160 +147,3 @@ class FusedSEBlock(nn.Module):
                 block.fc1.bias.copy_(b1)
                 block.fc2.bias.copy_(b2)
         return block.train(module.training)
-
-
-# --- Recognizing SE modules ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _SEParts:
-    """The layers of a recognized SE module, with their attribute names for error messages."""
-    fc1: object
-    fc1_name: str
-    act: object
-    act_name: str
-    fc2: object
-    fc2_name: str
-    gate: object
-    gate_name: str
-    fc_type: type  # what fc1 / fc2 must be: nn.Conv2d (1x1) or nn.Linear
-
-
-def _parts(module, fc1, act, fc2, gate, fc_type=nn.Conv2d):
-    return _SEParts(getattr(module, fc1), fc1, getattr(module, act), act,
-                    getattr(module, fc2), fc2, getattr(module, gate), gate, fc_type)
-
-
-def _check_global_avg_pool(module, name):
-    """The squeeze of torchvision / senet.pytorch is a pooling submodule: it must be the mean."""
-    pool = getattr(module, name)
-    if type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1)):
-        raise ValueError(f"{type(module).__name__}.{name} must be nn.AdaptiveAvgPool2d(1) "
-                         f"(a global mean), got {pool!r}")
-
-
-def _torchvision_se(module):
-    _check_global_avg_pool(module, "avgpool")
-    return _parts(module, "fc1", "activation", "fc2", "scale_activation")
-
-
-def _timm_se_module(module):
-    owner = type(module).__name__
-    if getattr(module, "add_maxpool", False):
-        raise ValueError(f"{owner} with add_maxpool=True is unsupported: its squeeze mixes the "
-                         "mean with a max-pool, FusedSEBlock squeezes with the mean only")
-    if type(module.bn) is not nn.Identity:
-        raise ValueError(f"{owner}.bn is {type(module.bn).__name__}: a norm layer between fc1 "
-                         "and the activation is unsupported (only nn.Identity)")
-    return _parts(module, "fc1", "act", "fc2", "gate")
-
-
-def _timm_legacy_se(module):
-    return _parts(module, "fc1", "relu", "fc2", "sigmoid")
-
-
-def _timm_efficientnet_se(module):
-    return _parts(module, "conv_reduce", "act1", "conv_expand", "gate")
-
-
-def _senet_pytorch_se(module):
-    owner = type(module).__name__
-    _check_global_avg_pool(module, "avg_pool")
-    fc = module.fc
-    if type(fc) is not nn.Sequential or len(fc) != 4:
-        raise TypeError(f"{owner}.fc must be nn.Sequential(Linear, activation, Linear, gate), "
-                        f"got {fc!r}")
-    return _SEParts(fc[0], "fc.0", fc[1], "fc.1", fc[2], "fc.2", fc[3], "fc.3", nn.Linear)
-
-
-#: (attributes that identify a kind of SE module, its parser), tried in order.
-_KINDS = (
-    (("avgpool", "fc1", "activation", "fc2", "scale_activation"), _torchvision_se),
-    (("fc1", "bn", "act", "fc2", "gate"), _timm_se_module),
-    (("fc1", "relu", "fc2", "sigmoid"), _timm_legacy_se),
-    (("conv_reduce", "act1", "conv_expand", "gate"), _timm_efficientnet_se),
-    (("avg_pool", "fc"), _senet_pytorch_se),
-)
-
-_KNOWN = ("torchvision.ops.SqueezeExcitation, timm SEModule (layers or models.senet), "
-          "timm SqueezeExcite (EfficientNet/MobileNetV3), senet.pytorch SELayer")
-
-
-def _se_parts(module):
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"from_module needs an nn.Module, got {type(module).__name__}")
-    for attrs, parse in _KINDS:
-        if all(isinstance(getattr(module, a, None), nn.Module) for a in attrs):
-            return parse(module)
-    raise TypeError(f"FusedSEBlock.from_module does not recognize {type(module).__name__} as an "
-                    f"SE module; supported: {_KNOWN}")
-
-
-def _fc_params(layer, fc_type, module, name):
-    """(weight [out, in], bias or None) of a fully connected layer of an SE module."""
-    owner = type(module).__name__
-    # Exact types: a subclass may override forward, and we could not tell what it computes.
-    if type(layer) is not fc_type:
-        raise TypeError(f"{owner}.{name} must be nn.{fc_type.__name__}, "
-                        f"got {type(layer).__name__}")
-    if fc_type is nn.Conv2d:
-        if layer.kernel_size != (1, 1):
-            raise ValueError(f"{owner}.{name} must be a 1x1 conv, got kernel_size "
-                             f"{layer.kernel_size}")
-        # On the pooled 1x1 map, only a plain conv is a linear layer; 1x1 'same'/'valid'
-        # padding is no padding.
-        if (layer.stride != (1, 1) or layer.dilation != (1, 1) or layer.groups != 1
-                or layer.padding not in ((0, 0), "valid", "same")):
-            raise ValueError(f"{owner}.{name} must have stride 1, dilation 1, groups 1 and no "
-                             f"padding, got stride={layer.stride}, dilation={layer.dilation}, "
-                             f"groups={layer.groups}, padding={layer.padding}")
-    return _as_linear_weight(layer.weight), layer.bias
-
-
-#: Activation / gate modules by exact type (subclasses might compute something else).
-_ACTIVATION_TYPES = {nn.ReLU: "relu", nn.SiLU: "silu"}
-_GATE_TYPES = {nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid"}
-# timm's own layers, matched by class name within timm (importing timm is not an option).
-# HardSigmoid / HardSigmoidMe compute relu6(x + 3) / 6, which is F.hardsigmoid.
-_TIMM_ACTIVATIONS = {"Swish": "silu", "SwishMe": "silu"}
-_TIMM_GATES = {"Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid",
-               "HardSigmoidMe": "hardsigmoid"}
-
-
-def _map_layer(layer, torch_types, timm_names):
-    cls = type(layer)
-    if cls in torch_types:
-        return torch_types[cls]
-    if cls.__module__.startswith("timm.") and cls.__name__ in timm_names:
-        return timm_names[cls.__name__]
-    return None
-
-
-def _activation_name(layer, module, name):
-    activation = _map_layer(layer, _ACTIVATION_TYPES, _TIMM_ACTIVATIONS)
-    if activation is None:
-        raise ValueError(f"{type(module).__name__}.{name} is {type(layer).__name__}: unsupported "
-                         "activation (FusedSEBlock supports nn.ReLU and nn.SiLU / timm Swish)")
-    return activation
-
-
-def _gate_name(layer, module, name):
-    gate = _map_layer(layer, _GATE_TYPES, _TIMM_GATES)
-    if gate is None:
-        raise ValueError(f"{type(module).__name__}.{name} is {type(layer).__name__}: unsupported "
-                         "gate (FusedSEBlock supports nn.Sigmoid and nn.Hardsigmoid, or timm's "
-                         "Sigmoid / HardSigmoid)")
-    return gate
-
-
-def _check_no_other_state(module, used):
-    """Every parameter and buffer of the source must be one the block copies.
-
-    A recognized module with more state (an added submodule, a norm layer somewhere) computes
-    something the fused op does not, and converting it would silently drop that state.
-    """
-    used = {id(t) for t in used if t is not None}
-    extra = [n for n, p in module.named_parameters() if id(p) not in used]
-    extra += [n for n, _ in module.named_buffers()]
-    if extra:
-        raise ValueError(f"{type(module).__name__} has state the SE op does not use: "
-                         f"{', '.join(extra)}")

@@ -5,7 +5,7 @@ Backends may assume what these checks establish; they never see a bad argument.
 
 import torch
 
-from .spec import check_activation, check_gate
+from .spec import check_activation, check_gate, check_post_relu
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -18,15 +18,16 @@ def _check_tensor(name, t):
 
 
 def _as_matrix(name, w, rows, cols):
-    """Accept an nn.Linear weight [rows, cols] or a 1x1-conv weight [rows, cols, 1, 1]."""
+    """Accept an nn.Linear weight [rows, cols] or a 1x1-conv weight [rows, cols, 1, 1]
+    (rows None: any number of rows, called Cr)."""
+    rows_name = "Cr" if rows is None else rows
     if w.dim() == 4 and w.shape[2:] == (1, 1):
         w = w.reshape(w.shape[0], w.shape[1])
     if w.dim() != 2:
-        raise ValueError(f"{name} must have shape [{rows}, {cols}] (or [{rows}, {cols}, 1, 1]), "
-                         f"got {tuple(w.shape)}")
+        raise ValueError(f"{name} must have shape [{rows_name}, {cols}] (or "
+                         f"[{rows_name}, {cols}, 1, 1]), got {tuple(w.shape)}")
     if (rows is not None and w.shape[0] != rows) or w.shape[1] != cols:
-        raise ValueError(f"{name} must have shape [{rows if rows is not None else 'Cr'}, {cols}], "
-                         f"got {tuple(w.shape)}")
+        raise ValueError(f"{name} must have shape [{rows_name}, {cols}], got {tuple(w.shape)}")
     return w
 
 
@@ -49,7 +50,7 @@ def _signature(t):
     return None if t is None else (type(t), t.shape, t.dtype, t.device)
 
 
-def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
+def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     """Validate the arguments of ``squeeze_excite``; return ``(w1, w2)`` as 2-D matrices.
 
     The full checks run once per signature (types, shapes, dtypes, devices and the option
@@ -58,13 +59,14 @@ def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
     try:
         key = (type(x), x.shape, x.dtype, x.device, type(w1), w1.shape, w1.dtype, w1.device,
                type(w2), w2.shape, w2.dtype, w2.device, _signature(b1), _signature(b2),
-               _signature(residual), activation, gate)
+               _signature(residual), activation, gate, type(post_relu))
         known = key in _valid_signatures
     except (AttributeError, TypeError):  # not tensors, or unhashable options: full checks
         key, known = None, False
     if known:
         return _as_matrix_view(w1), _as_matrix_view(w2)
-    w1, w2 = _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate)
+    w1, w2 = _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate,
+                                        post_relu)
     if key is not None:
         if len(_valid_signatures) >= MAX_SIGNATURES:
             _valid_signatures.clear()
@@ -76,7 +78,7 @@ def _as_matrix_view(w):
     return w.reshape(w.shape[0], w.shape[1]) if w.dim() == 4 else w
 
 
-def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
+def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     """The checks themselves (see check_squeeze_excite_args).
 
     Rules: x is [N, C, H, W] with C, H, W >= 1; w1 is [Cr, C] and w2 [C, Cr] (1x1-conv shaped
@@ -86,6 +88,7 @@ def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate):
     """
     check_activation(activation)
     check_gate(gate)
+    check_post_relu(post_relu)
     _check_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D [N, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}")

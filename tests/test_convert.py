@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from senet_kernels import FusedSEBlock, available_backends, convert_se_modules
+from senet_kernels import FusedSEBlock, available_backends, convert_se_modules, register_se_class
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -226,10 +226,10 @@ def test_shared_se_module_stays_shared():
     assert type(model[0]) is FusedSEBlock and model[0] is model[2]
 
 
-def test_looks_inside_modules_that_only_look_se_like():
+def test_modules_with_avg_pool_and_fc_are_not_se_like():
+    """avg_pool + fc, like senet.pytorch's SELayer, but fc is a plain Linear head: neither
+    converted nor warned about, and the SE inside it is converted."""
     class Net(nn.Module):
-        """avg_pool + fc, like senet.pytorch's SELayer, but fc is a plain Linear head."""
-
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(nn.Conv2d(3, 16, 1), tv_se())
@@ -237,9 +237,93 @@ def test_looks_inside_modules_that_only_look_se_like():
             self.fc = nn.Linear(16, 4)
 
     model = Net()
-    with pytest.warns(UserWarning, match=r"\(the model itself\): Net.fc must be nn.Sequential"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert convert_se_modules(model) == 1
     assert type(model.body[1]) is FusedSEBlock
+
+
+class DoubledSE(SqueezeExcitation):
+    """A subclass of a known SE class whose forward computes something else."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class MaxPoolSE(nn.Module):
+    """timm-legacy attribute names, but the squeeze is a max-pool."""
+
+    def __init__(self, channels=16, reduced=4):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x):
+        s = self.sigmoid(self.fc2(self.relu(self.fc1(x.amax((2, 3), keepdim=True)))))
+        return x * s
+
+
+def _replaced_forward():
+    se = tv_se()
+    se.forward = lambda x: 2 * x
+    return se
+
+
+def _hooked():
+    se = tv_se()
+    se.register_forward_hook(lambda module, args, out: out * 3)
+    return se
+
+
+LOOK_ALIKES = {
+    "subclass-with-own-forward": (lambda: DoubledSE(16, 4), "DoubledSE"),
+    "max-pool-with-timm-names": (MaxPoolSE, "MaxPoolSE"),
+    "forward-replaced-on-instance": (_replaced_forward, "forward is replaced on the instance"),
+    "forward-hook": (_hooked, "forward hooks"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOOK_ALIKES))
+def test_look_alikes_are_left_alone_with_a_warning_naming_them(kind):
+    factory, named = LOOK_ALIKES[kind]
+    model = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 16, 1), se=factory()))
+    randomize_(model).eval()
+    x = make_x(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    source = model.se
+    with pytest.warns(UserWarning, match=f"1 SE-like module.*\\n  se: .*{named}"):
+        assert convert_se_modules(model, backend="reference") == 0
+    assert model.se is source
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+def test_from_module_refuses_look_alikes():
+    with pytest.raises(TypeError, match="does not recognize DoubledSE.*register_se_class"):
+        FusedSEBlock.from_module(DoubledSE(16, 4))
+    with pytest.raises(ValueError, match="forward is replaced on the instance"):
+        FusedSEBlock.from_module(_replaced_forward())
+
+
+def test_registered_class_converts():
+    class VendoredSE(MaxPoolSE):
+        def forward(self, x):  # the standard SE, with the legacy layout's names
+            return x * self.sigmoid(self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+    model = randomize_(nn.Sequential(nn.Conv2d(3, 16, 1), VendoredSE())).eval()
+    x = make_x(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    register_se_class(VendoredSE)
+    assert convert_se_modules(model, backend="reference") == 1
+    assert type(model[1]) is FusedSEBlock
+    with torch.no_grad():
+        assert rel_err(model(x), expected) < TOLS["reference"]
+    with pytest.raises(TypeError, match="needs an nn.Module subclass"):
+        register_se_class(int)
 
 
 def test_modules_in_containers_and_training_mode():
@@ -257,3 +341,5 @@ def test_bad_arguments():
         convert_se_modules("model")
     with pytest.raises(TypeError, match="model itself is an SE module"):
         convert_se_modules(tv_se())
+    with pytest.raises(ValueError, match="backend must be one of .*'bogus'"):
+        convert_se_modules(nn.Sequential(tv_se()), backend="bogus")

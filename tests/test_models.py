@@ -430,3 +430,17 @@ def test_example_script_runs():
     assert any(line.startswith("fused (") for line in lines), out.stdout
     assert any(line.startswith("reference ") for line in lines), out.stdout
     assert "images/s" in out.stdout and "speed-up" in out.stdout
+
+
+def test_models_subpackage_is_an_attribute_of_the_package():
+    """``import senet_kernels as sk; sk.models.se_resnet50()`` works, as torchvision's
+    ``torchvision.models`` does (in a fresh interpreter: here the subpackage is imported)."""
+    code = ("import senet_kernels as sk; m = sk.models.se_resnet18(num_classes=3); "
+            "print(type(m).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SENet"
+    with pytest.raises(AttributeError, match="has no attribute 'modelz'"):
+        import senet_kernels
+        senet_kernels.modelz

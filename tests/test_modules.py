@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from senet_kernels import FusedSEBlock
+from senet_kernels import FusedSEBlock, register_se_class
 
 N, C, CR, H, W = 2, 24, 6, 5, 5
 TOL = 1e-5  # float32, relative to the largest reference magnitude
@@ -75,6 +75,7 @@ def timm_act(name):
     return getattr(pytest.importorskip(f"timm.layers.{module}"), name)
 
 
+@register_se_class  # a vendored copy: its forward is the standard SE
 class SELayer(nn.Module):
     """The senet.pytorch SE layer (written out here: that project is not a package)."""
 
@@ -175,8 +176,9 @@ def _replace(module, **children):
     return module
 
 
+@register_se_class
 class SELayerWithScale(SELayer):
-    """A recognized layout carrying extra state that a conversion would drop."""
+    """A registered SE class carrying extra state that a conversion would drop."""
 
     def __init__(self):
         super().__init__()

@@ -26,7 +26,8 @@ BAD_CASES = [
     ("x not a tensor", lambda: with_(x=[[1.0]]), TypeError, "x must be a torch.Tensor"),
     ("x zero channels", lambda: with_(x=torch.randn(2, 0, 3, 3), residual=None), ValueError, "C, H, W >= 1"),
     ("w1 wrong C", lambda: with_(w1=torch.randn(2, 7)), ValueError, "w1 must have shape"),
-    ("w1 3-D", lambda: with_(w1=torch.randn(2, 8, 1)), ValueError, "w1 must have shape"),
+    ("w1 3-D", lambda: with_(w1=torch.randn(2, 8, 1)), ValueError,
+     r"w1 must have shape \[Cr, 8\] \(or \[Cr, 8, 1, 1\]\), got \(2, 8, 1\)"),
     ("w2 inconsistent Cr", lambda: with_(w2=torch.randn(8, 3)), ValueError, "w2 must have shape"),
     ("w2 wrong C", lambda: with_(w2=torch.randn(7, 2)), ValueError, "w2 must have shape"),
     ("b1 wrong length", lambda: with_(b1=torch.randn(3)), ValueError, "b1 must have shape"),
@@ -53,11 +54,26 @@ def test_bad_arguments(backend, name, make, error, message):
 @pytest.mark.parametrize("option,value,message", [
     ("activation", "gelu", "activation must be one of"),
     ("gate", "tanh", "gate must be one of"),
-    ("backend", "cudnn", "backend must be 'auto' or one of"),
+    ("backend", "cudnn", "backend must be one of .*'cudnn'"),
+    ("backend", ["cpu"], "backend must be one of"),
 ])
 def test_unknown_names(option, value, message):
     with pytest.raises(ValueError, match=message):
         squeeze_excite(*good().values(), **{option: value})
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("option,value,message", [
+    ("activation", ["relu"], "activation must be a str, got list"),
+    ("gate", None, "gate must be a str, got NoneType"),
+    ("post_relu", "no", "post_relu must be a bool, got str"),
+    ("post_relu", 1, "post_relu must be a bool, got int"),
+])
+def test_options_of_the_wrong_type(backend, option, value, message):
+    """Options of the wrong type get a TypeError naming them on every backend (a truthy
+    string for post_relu was silently True on the reference)."""
+    with pytest.raises(TypeError, match=message):
+        squeeze_excite(*good().values(), backend=backend, **{option: value})
 
 
 @pytest.mark.parametrize("backend", [b for b, s in available_backends().items() if not s.available])

@@ -19,7 +19,8 @@ add and the ReLU; ``backend`` selects its kernels ("reference" is plain PyTorch)
 import torch
 from torch import nn
 
-from ..modules import FusedSEBlock, check_backend_name
+from ..backends import check_backend_name
+from ..modules import FusedSEBlock
 from .blocks import SEBasicBlock, SEBottleneck, conv_bn, make_downsample, se_width
 
 BLOCKS = {"basic": SEBasicBlock, "bottleneck": SEBottleneck}
