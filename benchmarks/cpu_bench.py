@@ -7,12 +7,9 @@ shapes (and EfficientNet-B0 SE shapes) at batch 8, fp32, NCHW and channels_last;
 forward, SE + residual + ReLU forward, forward + backward. See senet_kernels/bench.py.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from senet_kernels.__main__ import main  # noqa: E402
+from senet_kernels.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "--sizes", "cpu", "--skip-check", *sys.argv[1:]]))

@@ -12,19 +12,16 @@ much slower its pick is than the faster path. Needs a CUDA GPU.
 """
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from senet_kernels import squeeze_excite  # noqa: E402
-from senet_kernels.baselines import eager_se  # noqa: E402
-from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json  # noqa: E402
-from senet_kernels.testing import make_inputs  # noqa: E402
-from senet_kernels.triton import configs  # noqa: E402
+from senet_kernels import squeeze_excite
+from senet_kernels.baselines import eager_se
+from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json
+from senet_kernels.testing import make_inputs
+from senet_kernels.triton import configs
 
 
 def shapes(batches):

@@ -17,6 +17,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+# The benchmark scripts import the package; from the source tree, so that they still run when
+# the editable install (it builds the extension) failed.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-')
 results="benchmarks/results/$(date +%Y-%m-%d)-${gpu}"
 mkdir -p "$results"

@@ -25,20 +25,17 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-from senet_kernels import available_backends, squeeze_excite  # noqa: E402
-from senet_kernels.baselines import eager_se  # noqa: E402
-from senet_kernels.bench import write_json  # noqa: E402
-from senet_kernels.testing import make_inputs  # noqa: E402
+from senet_kernels import available_backends, squeeze_excite
+from senet_kernels.baselines import eager_se
+from senet_kernels.bench import write_json
+from senet_kernels.testing import make_inputs
 
 GPU_SHAPE = (8, 256, 56, 56, 16)   # N, C, H, W, Cr: SE-ResNet-50 stage 1 at batch 8
 CPU_SHAPE = (1, 8, 1, 1, 2)

@@ -9,12 +9,10 @@ GEMM load [N, C]-sized vectors and may use narrower accesses.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from senet_kernels.triton.aot import (  # noqa: E402
+from senet_kernels.interpreter import env_asks_for_interpreter
+from senet_kernels.triton.aot import (
     compile_config, dispatcher_configs, global_access_widths, resource_usage)
 
 
@@ -35,7 +33,7 @@ def main():
                         help="x dtypes to report (with weights of the same dtype)")
     parser.add_argument("--all", action="store_true", help="every configuration the dispatcher picks")
     args = parser.parse_args()
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if env_asks_for_interpreter():
         sys.exit("unset TRITON_INTERPRET: the report compiles real @triton.jit kernels")
 
     rows = []

@@ -22,24 +22,14 @@ oracle and not timed here (it is slower than what users run).
 """
 
 import argparse
-import os
 import platform
-import sys
 import time
 
 import torch
-import torch.utils.benchmark as benchmark
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from senet_kernels import available_backends, convert_se_modules  # noqa: E402
-from senet_kernels.bench import write_json  # noqa: E402
-from senet_kernels.models import se_resnet50  # noqa: E402
-
-
-def median_seconds(fn, min_run_time):
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+from senet_kernels import available_backends, convert_se_modules
+from senet_kernels.bench import median_seconds, write_json
+from senet_kernels.models import se_resnet50
 
 
 def fused_backends(device):

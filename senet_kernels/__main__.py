@@ -12,6 +12,7 @@ it times batch-256 shapes in bfloat16 by default, on the CPU batch 8 in float32.
 
 import argparse
 import os
+import functools
 import platform
 import sys
 
@@ -21,8 +22,9 @@ import torch
 def _ensure_triton_interpreter_without_gpu(argv):
     """Without a GPU, re-run this command with TRITON_INTERPRET=1.
 
-    Triton reads the variable when kernels are defined, and importing senet_kernels (torch's
-    custom-op machinery) already imports triton, so setting it now would be too late.
+    Triton reads the variable when kernels are defined, and ``import torch`` followed by any
+    use of torch._dynamo (``import senet_kernels`` uses torch.compiler and torch.library, which
+    do) imports triton when it is installed: set after that, it would come too late.
     """
     if torch.cuda.is_available() or "TRITON_INTERPRET" in os.environ:
         return
@@ -44,7 +46,7 @@ CHECK_VARIANTS = [  # (activation, gate, residual + post_relu)
 
 def _check_backend(backend, device):
     from . import squeeze_excite
-    from .testing import errors, make_inputs, reference64, within_tolerance
+    from .testing import forward_backward_vs_reference, make_inputs
 
     rows = []
     for shape in CHECK_SHAPES:
@@ -53,24 +55,14 @@ def _check_backend(backend, device):
                 for channels_last in (False, True):
                     args = make_inputs(*shape, dtype=dtype, channels_last=channels_last,
                                        residual=tail, device=device, seed=len(rows))
-                    options = dict(activation=activation, gate=gate, post_relu=tail)
-                    leaves = [None if v is None else v.clone().requires_grad_() for v in args.values()]
-                    out = squeeze_excite(*leaves, backend=backend, **options)
-                    expected, args64 = reference64(args, **options)
-                    grad = torch.randn_like(out)
-                    used = [i for i, v in enumerate(leaves) if v is not None]
-                    grads = torch.autograd.grad(out, [leaves[i] for i in used], grad)
-                    leaves64 = list(args64.values())
-                    expected_grads = torch.autograd.grad(expected, [leaves64[i] for i in used],
-                                                         grad.double())
-                    names = ["out"] + ["grad " + list(args)[i] for i in used]
-                    pairs = [(out, expected)] + list(zip(grads, expected_grads))
-                    errs = [errors(a, e) for a, e in pairs]
-                    worst_i = max(range(len(errs)), key=lambda i: errs[i][0])
-                    worst = errs[worst_i][0]
-                    ok = all(within_tolerance(a, e, dtype) for a, e in pairs)
-                    failing = [f"{n}: rel {e[0]:.2e}, max {e[1]:.2e}" for n, e, (a, x) in
-                               zip(names, errs, pairs) if not within_tolerance(a, x, dtype)]
+                    results = forward_backward_vs_reference(
+                        functools.partial(squeeze_excite, backend=backend), args,
+                        seed=len(rows), activation=activation, gate=gate, post_relu=tail)
+                    errs = [r.errors() for r in results]
+                    worst = max(e[0] for e in errs)
+                    failing = [f"{r.name}: rel {e[0]:.2e}, max {e[1]:.2e}"
+                               for r, e in zip(results, errs) if not r.within_tolerance(dtype)]
+                    ok = not failing
                     rows.append((shape, activation, gate, tail, dtype, channels_last, worst, ok,
                                  "; ".join(failing)))
     return rows

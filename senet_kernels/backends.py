@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .interpreter import interpreting
 from .ops import BackendOps, define_backend_ops, eager_function
 
 BACKENDS = ("triton", "cuda", "cpu", "reference")
@@ -28,18 +29,6 @@ class BackendStatus:
 
 
 _status = {}
-
-
-_interpreting = []
-
-
-@torch.compiler.assume_constant_result
-def interpreting():
-    """True when TRITON_INTERPRET asks for the Triton interpreter. Read once: Triton itself
-    reads it when its kernels are defined, so a later change would not take effect anyway."""
-    if not _interpreting:
-        _interpreting.append(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
-    return _interpreting[0]
 
 
 def _triton_status():

@@ -80,6 +80,7 @@ def traffic_tensors(pass_name, tail):
 
 
 def median_seconds(fn, min_run_time):
+    """Median seconds per call of ``fn`` (torch.utils.benchmark, at least min_run_time)."""
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from .layout import is_channels_last
-from .reference import compute_dtype
+from .double_backward import differentiable_input_grads
+from .dtypes import compute_dtype
 
 NAMESPACE = "senet_kernels"
 
@@ -105,11 +106,13 @@ def _fake_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
 # The autograd formula, shared by the ops' registered autograd (the dispatcher path, traced by
 # torch.compile) and the eager autograd.Function of ``eager_function`` (the fast path of
 # functional.squeeze_excite): both save the same tensors and call the same backward kernel.
+# A backward asked for a graph of its own (create_graph=True, double backward) computes the
+# same gradients in differentiable ops instead (double_backward.py); b1 and b2 are saved for it.
 
 def _save_for_backward(ctx, inputs, output):
     x, w1, b1, w2, b2, residual, activation, gate, post_relu = inputs
     out, pooled, hidden, scale = output
-    ctx.save_for_backward(x, w1, w2, pooled, hidden, scale, out if post_relu else None)
+    ctx.save_for_backward(x, w1, w2, pooled, hidden, scale, out if post_relu else None, b1, b2)
     ctx.has_bias = (b1 is not None, b2 is not None)
     ctx.has_residual = residual is not None
     ctx.post_relu = post_relu
@@ -118,7 +121,11 @@ def _save_for_backward(ctx, inputs, output):
 
 def _input_grads(ctx, grad_out, backward_fn):
     """Gradients of (x, w1, b1, w2, b2, residual, activation, gate, post_relu)."""
-    x, w1, w2, pooled, hidden, scale, out = ctx.saved_tensors
+    x, w1, w2, pooled, hidden, scale, out, b1, b2 = ctx.saved_tensors
+    if torch.is_grad_enabled():  # the engine runs backward in grad mode iff create_graph=True
+        grads = differentiable_input_grads(grad_out, x, w1, b1, w2, b2, out, ctx.has_residual,
+                                           ctx.activation, ctx.gate)
+        return (*grads, None, None, None)
     grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = backward_fn(
         grad_out, x, out, w1, w2, pooled, hidden, scale, ctx.has_residual,
         ctx.activation, ctx.gate)

@@ -20,8 +20,19 @@ def activate(h, activation):
     return F.relu(h) if activation == "relu" else F.silu(h)
 
 
+def hardsigmoid(z):
+    """F.hardsigmoid with a derivative of its own derivative (0), for double backward.
+
+    PyTorch has no derivative of hardsigmoid_backward. Inside (-3, 3) this is (z + 3) / 6
+    (slope 1/6); elsewhere F.hardsigmoid's value with no gradient, as F.hardsigmoid's
+    backward gives (NaN included: it is outside the open interval).
+    """
+    inside = (z > -3) & (z < 3)
+    return torch.where(inside, (z + 3) / 6, F.hardsigmoid(z.detach()))
+
+
 def apply_gate(z, gate):
-    return torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
+    return torch.sigmoid(z) if gate == "sigmoid" else hardsigmoid(z)
 
 
 def excite(pooled, w1, b1, w2, b2, activation, gate):

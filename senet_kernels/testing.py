@@ -2,8 +2,12 @@
 
 Inputs are fresh random draws (never zeros or ones), scaled so that the pooled features,
 hidden activations and gate logits are O(1): the gates are neither saturated nor trivial.
-Results are compared with the float64 reference (ARCHITECTURE.md section 5).
+Results are compared with the float64 reference (the verification ladder of docs/design.md):
+``forward_backward_vs_reference`` runs a forward and a backward and pairs every result with
+the reference's.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -85,3 +89,41 @@ def assert_close(actual, expected, dtype, what):
     assert max_rel <= max_tol, f"{what}: max abs error / max |ref| = {max_rel:.3e} > {max_tol}"
 
 
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One result of a run beside the float64 reference's: ``name`` is "out" or "grad <arg>"."""
+    name: str
+    actual: torch.Tensor
+    expected: torch.Tensor
+
+    def errors(self):
+        return errors(self.actual, self.expected)
+
+    def within_tolerance(self, dtype):
+        return within_tolerance(self.actual, self.expected, dtype)
+
+
+def forward_backward_vs_reference(run, args, *, grad_layout=None, seed=0, **options):
+    """Forward and backward of ``run`` beside the float64 reference's, on the same inputs.
+
+    ``run(x, w1, b1, w2, b2, residual, **options)`` is the op under test (e.g.
+    ``squeeze_excite`` with a backend). It gets fresh leaves requiring grad; its output is
+    back-propagated with a random upstream gradient (``grad_layout`` may restride it), the
+    reference's with the same gradient in float64. Returns ``[Comparison]``: the output, then
+    the gradient of every argument that is not None, in ``args`` order.
+    """
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in args.items()}
+    out = run(*leaves.values(), **options)
+    expected, args64 = reference64(args, **options)
+    gen = torch.Generator().manual_seed(seed)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grad = grad.to(device=out.device, dtype=out.dtype)
+    if grad_layout is not None:
+        grad = grad_layout(grad)
+    names = [k for k, v in args.items() if v is not None]
+    grads = torch.autograd.grad(out, [leaves[k] for k in names], grad)
+    expected_grads = torch.autograd.grad(expected, [args64[k] for k in names], grad.double())
+    return [Comparison("out", out, expected)] + [
+        Comparison(f"grad {k}", g, e) for k, g, e in zip(names, grads, expected_grads)]

@@ -8,7 +8,8 @@ import itertools
 import pytest
 import torch
 
-from senet_kernels.backends import backend_status, interpreting
+from senet_kernels.backends import backend_status
+from senet_kernels.interpreter import interpreting
 from senet_kernels.testing import (TOLERANCES, assert_close, errors, make_inputs,  # noqa: F401
                                    reference64)
 
@@ -55,6 +56,3 @@ def backend_device_params(paths=False):
     assert params, "no kernel backend runs here: every kernel test would be skipped"
     return params
 
-
-def grad_names(args):
-    return [k for k, v in args.items() if v is not None]

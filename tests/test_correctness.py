@@ -5,13 +5,16 @@ fp32 / fp16 / bf16, then odd sizes, non-contiguous inputs and mixed parameter pr
 All outputs are poisoned (NaN) before the kernels write them.
 """
 
+import functools
+
 import pytest
 import torch
 
 from senet_kernels import squeeze_excite
+from senet_kernels.testing import forward_backward_vs_reference
 
-from cases import (DTYPES, VARIANTS, assert_close, backend_device_params, grad_names,
-                   make_inputs, reference64)
+from cases import (DTYPES, VARIANTS, assert_close, backend_device_params, make_inputs,
+                   reference64)
 
 BACKENDS = backend_device_params()
 BACKEND_PATHS = backend_device_params(paths=True)
@@ -20,24 +23,14 @@ BACKEND_PATHS = backend_device_params(paths=True)
 def check_forward_backward(backend, args, dtype, *, activation="relu", gate="sigmoid",
                            post_relu=False, grad_layout=None):
     """Run forward + backward of ``backend`` on args and compare with the float64 reference."""
-    options = dict(activation=activation, gate=gate, post_relu=post_relu)
-    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in args.items()}
-    out = squeeze_excite(leaves["x"], leaves["w1"], leaves["b1"], leaves["w2"], leaves["b2"],
-                         leaves["residual"], backend=backend, **options)
-    expected, args64 = reference64(args, **options)
-    assert out.dtype == args["x"].dtype
-    assert_close(out, expected, dtype, "out")
-
-    grad = torch.randn(out.shape, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
-    if grad_layout is not None:
-        grad = grad_layout(grad)
-    names = grad_names(args)
-    grads = torch.autograd.grad(out, [leaves[k] for k in names], grad)
-    expected_grads = torch.autograd.grad(expected, [args64[k] for k in names], grad.double())
-    for name, g, e in zip(names, grads, expected_grads):
-        assert g.dtype == leaves[name].dtype, f"grad of {name} has dtype {g.dtype}"
-        assert_close(g, e, dtype, f"grad {name}")
-    return out
+    results = forward_backward_vs_reference(
+        functools.partial(squeeze_excite, backend=backend), args, grad_layout=grad_layout,
+        activation=activation, gate=gate, post_relu=post_relu)
+    for result in results:
+        source = args["x"] if result.name == "out" else args[result.name.split()[1]]
+        assert result.actual.dtype == source.dtype, f"{result.name} has dtype {result.actual.dtype}"
+        assert_close(result.actual, result.expected, dtype, result.name)
+    return results[0].actual
 
 
 @pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)

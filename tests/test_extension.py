@@ -49,9 +49,20 @@ def test_auto_picks_the_cpu_extension_for_cpu_tensors():
 
 
 def test_cuda_backend_status_explains_itself():
+    """Available exactly when the extension has CUDA kernels and a GPU is visible; the reason
+    says which of the two is missing, or names the GPU."""
     status = backend_status("cuda")
-    if not torch.cuda.is_available():
-        assert not status.available and status.reason
+    module, error = load_extension()
+    assert status.reason
+    if module is None:
+        assert not status.available and status.reason == error
+    elif not module.compiled_with_cuda():
+        assert not status.available and "built without CUDA kernels" in status.reason
+    elif not torch.cuda.is_available():
+        assert not status.available and "no CUDA GPU is visible" in status.reason
+    else:
+        assert status.available, status.reason
+        assert torch.cuda.get_device_name() in status.reason
 
 
 def test_package_works_without_the_extension():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..interpreter import env_asks_for_interpreter
 from .launcher import recording_launches
 
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
@@ -173,7 +174,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="compile in this many processes (default: one per CPU)")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if env_asks_for_interpreter():
         sys.exit("unset TRITON_INTERPRET: ahead-of-time compilation needs real @triton.jit kernels")
     import triton
     print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})", flush=True)

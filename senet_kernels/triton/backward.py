@@ -1,6 +1,6 @@
 """Backward kernels: three launches, weight and bias gradients included.
 
-With gy = g * (out > 0) for the ReLU tail, else g (ARCHITECTURE.md section 1):
+With gy = g * (out > 0) for the ReLU tail, else g (the backward of docs/design.md, "The math"):
 
 Kernel A', ``se_squeeze_excite_bwd``: grid (channel blocks * HW splits, N). Reduces
 gs = sum_hw gy * x into ``partials``; with EXCITE, the last program of a sample then runs the

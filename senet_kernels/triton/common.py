@@ -134,7 +134,8 @@ def arrive_last(counter_ptr, arrivals):
     """Count this program's arrival at its sample; True for the sample's last program.
 
     The barrier orders every thread's partial-sum stores before the (gpu-scope acq_rel)
-    atomic; the last program then sees all partials. It resets the counter for the next call.
+    atomic; the last program then sees all partials. It does not reset the counter: the caller's
+    last program stores 0 after its work, so the counters are zero again for the next launch.
     """
     tl.debug_barrier()
     count = tl.atomic_add(counter_ptr, 1, sem="acq_rel")

@@ -1,7 +1,7 @@
 """Block sizes and work splits of the Triton kernels: the only tuning knobs, in one table.
 
 Everything the dispatcher can pick is listed here, so the ahead-of-time compile test can
-check that every configuration compiles for real GPU targets (tests/test_triton_aot.py).
+check that every configuration compiles for real GPU targets (tests/test_triton_dispatch.py, the ahead-of-time compile test).
 """
 
 from contextlib import contextmanager

@@ -25,15 +25,17 @@ grids, scalar arguments, constexprs and the launch sites (``launcher.KernelLaunc
 compiled kernels. A call looks its plan up, allocates its outputs and launches.
 """
 
+import functools
+import threading
 from dataclasses import dataclass, field
 
 import torch
 import triton.language as tl
 
-from ..backends import interpreting
+from ..interpreter import interpreting
 from ..layout import is_channels_last, to_layout
 from ..ops import allocate_backward_outputs, allocate_forward_outputs
-from ..reference import compute_dtype
+from ..dtypes import compute_dtype
 from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
 from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
@@ -251,11 +253,34 @@ def _scratch_buffers(shape, splits, device):
             torch.empty((n, c), dtype=acc, device=device))
 
 
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def _serialized_when_interpreting(op):
+    """Under the Triton interpreter, one call at a time, whatever the thread.
+
+    On a GPU, stream order keeps the calls on one stream apart, and each stream has its own
+    scratch buffers. The interpreter runs the kernels in the calling thread, on CPU tensors,
+    all calls on the same "stream": two threads would share the plans' scratch buffers and
+    arrival counters (and the interpreter's own state), and race.
+    """
+    if not interpreting():
+        return op
+
+    @functools.wraps(op)
+    def serialized(*args):
+        with _INTERPRETER_LOCK:
+            return op(*args)
+    return serialized
+
+
+@_serialized_when_interpreting
 def se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     """The forward op: (out, pooled, hidden, scale), see ops.py."""
     return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, True)
 
 
+@_serialized_when_interpreting
 def se_inference(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     """``out`` alone, for calls no backward will follow: pooled, hidden and scale go to the
     plan's scratch buffers instead of fresh allocations."""
@@ -354,8 +379,14 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     return _Plan(s, splits, passes + (weight_grads,), dense)
 
 
+@_serialized_when_interpreting
 def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
     """The backward op: (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual), see ops.py."""
+    return _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,
+                     gate)
+
+
+def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
     check_device(x)
     post_relu = out is not None
     if x.shape[0] == 0:
@@ -365,8 +396,8 @@ def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, a
         return grads
     if not _on_current_device(x.device):
         with torch.cuda.device(x.device):
-            return se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
-                               activation, gate)
+            return _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
+                             activation, gate)
     key = _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
                         activation, gate)
     plan = _backward_plans.get(key)
