@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import is_channels_last
 from .double_backward import differentiable_input_grads
 from .dtypes import compute_dtype
+from .layout import is_channels_last
 
 NAMESPACE = "senet_kernels"
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 import torch
 import triton.language as tl
 
+from ..dtypes import compute_dtype
 from ..interpreter import interpreting
 from ..layout import is_channels_last, to_layout
 from ..ops import allocate_backward_outputs, allocate_forward_outputs
-from ..dtypes import compute_dtype
 from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
 from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
