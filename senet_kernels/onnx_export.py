@@ -9,7 +9,8 @@ runs. Both of ``torch.onnx.export``'s exporters are taught this at package impor
 * ``dynamo=True`` (the default since torch 2.9): the exporter captures the model with
   ``torch.export`` (our custom op appears as one node) and then decomposes every op it has
   no ONNX translation for with PyTorch's decomposition tables, which include
-  ``torch._decomp.decomposition_table`` (torch 2.11 to 2.14 build the table that way). We add
+  ``torch._decomp.decomposition_table`` (the exporter's sources do so from torch 2.5 through
+  2.14, the newest; tested here on 2.14). We add
   ``se_forward_decomposition`` there for each kernel backend's forward op; its ATen ops are
   then translated by the exporter's own library. A translation of the op itself would
   instead need every user to pass ``custom_translation_table=``: the exporter has no global
@@ -131,12 +132,15 @@ def register():
     imported, so users never call it)."""
     if _registered:
         return
+    import torch.onnx
     from torch._decomp import register_decomposition
-    from torch.onnx import register_custom_op_symbolic
 
-    symbolic = _legacy_symbolic()
+    # The TorchScript exporter is deprecated: a torch without it gets the decomposition only.
+    legacy = getattr(torch.onnx, "register_custom_op_symbolic", None)
+    symbolic = _legacy_symbolic() if legacy is not None else None
     for backend in KERNEL_BACKENDS:
         op = backend_ops(backend).forward
         register_decomposition(op)(se_forward_decomposition)
-        register_custom_op_symbolic(op.name(), symbolic, LEGACY_MIN_OPSET)
+        if legacy is not None:
+            legacy(op.name(), symbolic, LEGACY_MIN_OPSET)
     _registered.append(True)

@@ -15,12 +15,14 @@ import onnxruntime
 import pytest
 import torch
 
-import senet_kernels.models as models
-from senet_kernels import FusedSEBlock, convert_se_modules
+from senet_kernels import FusedSEBlock, convert_se_modules, models
 from senet_kernels.backends import backend_ops
 from senet_kernels.onnx_export import se_forward_decomposition
 
 from cases import assert_close, kernel_backends, make_inputs, reference64
+
+# torch.onnx notes that x's and the residual's batch dimensions share one name, as they should.
+pytestmark = pytest.mark.filterwarnings("ignore:# The axis name:UserWarning")
 
 CPU = torch.device("cpu")
 #: Backends of the blocks exported here: every kernel backend that runs on this CPU (Triton
@@ -127,9 +129,10 @@ def check_block_export(proto, block, dtype=torch.float32, residual=False):
     print(f"ONNX Runtime vs PyTorch: {err:.2e}")
     if dtype == torch.float32:
         assert err < FP32_TOL
-    w = dict(x=args[0], w1=block.fc1.weight, b1=block.fc1.bias, w2=block.fc2.weight,
-             b2=block.fc2.bias, residual=args[1] if residual else None)
-    ref, _ = reference64(w, activation=block.activation, gate=block.gate,
+    weights = {"x": args[0], "w1": block.fc1.weight, "b1": block.fc1.bias,
+               "w2": block.fc2.weight, "b2": block.fc2.bias,
+               "residual": args[1] if residual else None}
+    ref, _ = reference64(weights, activation=block.activation, gate=block.gate,
                          post_relu=block.post_relu)
     assert_close(actual, ref, dtype, "ONNX Runtime vs float64 reference")
     return ops
@@ -218,10 +221,13 @@ def test_torch_export_keeps_fused_op():
 
 # --- The TorchScript exporter (dynamo=False) -----------------------------------------------
 
+#: Every variant on "auto"'s backend, one on each other backend.
+TORCHSCRIPT_CASES = [("auto", v) for v in VARIANTS] + [(b, VARIANTS[1]) for b in OTHER_BACKENDS]
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("backend,variant",
-                         [("auto", v) for v in VARIANTS] + [(b, VARIANTS[1]) for b in OTHER_BACKENDS],
+@pytest.mark.parametrize("backend,variant", TORCHSCRIPT_CASES,
                          ids=lambda p: p if isinstance(p, str) else variant_id(p))
 def test_torchscript_exporter(backend, variant):
     """The symbolic registered for the TorchScript exporter. Triton: the eager fast path
