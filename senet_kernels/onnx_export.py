@@ -10,14 +10,17 @@ runs. Both of ``torch.onnx.export``'s exporters are taught this at package impor
   ``torch.export`` (our custom op appears as one node) and then decomposes every op it has
   no ONNX translation for with PyTorch's decomposition tables, which include
   ``torch._decomp.decomposition_table`` (the exporter's sources do so from torch 2.5 through
-  2.14, the newest; tested here on 2.14). We add
-  ``se_forward_decomposition`` there for each kernel backend's forward op; its ATen ops are
-  then translated by the exporter's own library. A translation of the op itself would
-  instead need every user to pass ``custom_translation_table=``: the exporter has no global
-  registry to add one to. Nor can the op have a ``CompositeImplicitAutograd`` kernel (the
-  exporter's other decomposition source), because it has device kernels and its own
-  autograd. A ``custom_translation_table`` entry a user does pass for our op takes
-  precedence (the exporter skips decomposing ops it has a translation for).
+  2.14, the newest; tested here on 2.14). We add ``se_forward_decomposition`` there for each
+  kernel backend's forward op, with ``torch._decomp.register_decomposition`` (PyTorch's own
+  way to fill that table, though not a documented API: tests/test_onnx.py would catch a
+  torch that stops reading it); its ATen ops are then translated by the exporter's own
+  library. A translation of the op itself would instead need every user to pass
+  ``custom_translation_table=``: the exporter builds its translation registry afresh for
+  each export, from its own libraries only. Nor can the op have a
+  ``CompositeImplicitAutograd`` kernel (the exporter's other decomposition source), because
+  it has device kernels and its own autograd. A ``custom_translation_table`` entry a user
+  does pass for our op takes precedence (the exporter skips decomposing ops it has a
+  translation for).
 * ``dynamo=False`` (the TorchScript exporter): a symbolic function registered with
   ``torch.onnx.register_custom_op_symbolic`` for opset 11 and later.
 
