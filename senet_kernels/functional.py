@@ -11,10 +11,12 @@ _PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
 
 
 def _eager(x):
-    """True when nothing needs to see the op itself: not compiling or exporting, no torch
-    function or dispatch mode active, x a plain tensor (no subclass with its own dispatch, no
-    torch.func transform's wrapper)."""
+    """True when nothing needs to see the op itself: not compiling or exporting, not traced by
+    torch.jit.trace (the TorchScript ONNX exporter; the tracer records dispatcher calls only),
+    no torch function or dispatch mode active, x a plain tensor (no subclass with its own
+    dispatch, no torch.func transform's wrapper)."""
     return (type(x) in _PLAIN_TENSORS and not torch.compiler.is_compiling()
+            and not torch._C._is_tracing()
             and not torch._C._is_torch_function_mode_enabled()
             and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._functorch.is_functorch_wrapped_tensor(x))

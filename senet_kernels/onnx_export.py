@@ -1,0 +1,149 @@
+"""ONNX export of the SE op: what the exporters turn ``se_forward_<backend>`` into.
+
+The fused kernels have no ONNX form, so an exported graph computes the SE block from
+standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul, Relu or Sigmoid * x,
+Sigmoid or HardSigmoid, Mul, Add, Relu, Cast around half-precision inputs) that any engine
+runs. Both of ``torch.onnx.export``'s exporters are taught this at package import
+(``register()``), so users export models with ``FusedSEBlock``s as they are:
+
+* ``dynamo=True`` (the default since torch 2.9): the exporter captures the model with
+  ``torch.export`` (our custom op appears as one node) and then decomposes every op it has
+  no ONNX translation for with PyTorch's decomposition tables, which include
+  ``torch._decomp.decomposition_table`` (the exporter's sources do so from torch 2.5 through
+  2.14, the newest; tested here on 2.14). We add ``se_forward_decomposition`` there for each
+  kernel backend's forward op, with ``torch._decomp.register_decomposition`` (PyTorch's own
+  way to fill that table, though not a documented API: tests/test_onnx.py would catch a
+  torch that stops reading it); its ATen ops are then translated by the exporter's own
+  library. A translation of the op itself would instead need every user to pass
+  ``custom_translation_table=``: the exporter builds its translation registry afresh for
+  each export, from its own libraries only. Nor can the op have a
+  ``CompositeImplicitAutograd`` kernel (the exporter's other decomposition source), because
+  it has device kernels and its own autograd. A ``custom_translation_table`` entry a user
+  does pass for our op takes precedence (the exporter skips decomposing ops it has a
+  translation for).
+* ``dynamo=False`` (the TorchScript exporter): a symbolic function registered with
+  ``torch.onnx.register_custom_op_symbolic`` for opset 11 and later.
+
+``torch.export.export`` itself is unaffected: its default decompositions leave the custom
+op in the graph, so it still runs the fused kernels.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .backends import backend_ops
+from .reference import activate, apply_gate, compute_dtype
+
+#: Kernel backends whose forward op gets the decomposition ("cpu" and "cuda" share "ext").
+KERNEL_BACKENDS = ("triton", "cpu")
+
+#: The oldest opset the TorchScript-exporter symbolic is registered for (Gemm's bias input
+#: is optional from opset 11 on).
+LEGACY_MIN_OPSET = 11
+
+
+def _to(t, dtype):
+    return None if t is None else t.to(dtype)
+
+
+def se_forward_decomposition(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    """``se_forward_<backend>`` in ATen ops: ``(out, pooled, hidden, scale)`` as the op returns.
+
+    Computed in the op's compute dtype (float32; float64 for float64 inputs) and ``out``
+    rounded once to x's dtype, as the kernels do; the three vectors stay in the compute
+    dtype, like the op's (so a graph using them stays valid, though exported models use
+    ``out`` only).
+    """
+    acc = compute_dtype(x.dtype)
+    xa = x.to(acc)
+    pooled = xa.mean(dim=(2, 3))
+    hidden = F.linear(pooled, w1.to(acc), _to(b1, acc))
+    scale = apply_gate(F.linear(activate(hidden, activation), w2.to(acc), _to(b2, acc)), gate)
+    out = xa * scale[:, :, None, None]
+    if residual is not None:
+        out = out + residual.to(acc)
+    if post_relu:
+        out = F.relu(out)
+    return out.to(x.dtype), pooled, hidden, scale
+
+
+# --- TorchScript exporter (dynamo=False) ----------------------------------------------------
+
+#: ONNX TensorProto element types of the scalar types the op accepts.
+_ONNX_TYPE = {"Half": 10, "BFloat16": 16, "Float": 1, "Double": 11}
+
+
+def _is_none(value):
+    return value.node().mustBeNone()
+
+
+def _linear(g, inp, weight, bias):
+    """inp @ weight.T (+ bias): Gemm with the bias, MatMul on the transposed weight without."""
+    if _is_none(bias):
+        return g.op("MatMul", inp, g.op("Transpose", weight, perm_i=[1, 0]))
+    return g.op("Gemm", inp, weight, bias, transB_i=1)
+
+
+def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    """The TorchScript exporter's translation of ``se_forward_<backend>``: its four outputs."""
+    x_type = x.type().scalarType()
+    if x_type not in _ONNX_TYPE:
+        raise ValueError(f"ONNX export of the SE op needs x's dtype to be known and one of "
+                         f"float16/bfloat16/float32/float64, got {x_type}")
+    acc = _ONNX_TYPE["Double" if x_type == "Double" else "Float"]
+    low_precision = x_type in ("Half", "BFloat16")
+
+    def to_acc(value):
+        # Parameters may be float32 beside half inputs: a Cast to their own type is a no-op.
+        return value if not low_precision or _is_none(value) else g.op("Cast", value, to_i=acc)
+
+    xa = to_acc(x)
+    pooled = g.op("Flatten", g.op("GlobalAveragePool", xa), axis_i=1)
+    hidden = _linear(g, pooled, to_acc(w1), to_acc(b1))
+    if activation == "relu":
+        act = g.op("Relu", hidden)
+    else:
+        act = g.op("Mul", hidden, g.op("Sigmoid", hidden))
+    logits = _linear(g, act, to_acc(w2), to_acc(b2))
+    if gate == "sigmoid":
+        scale = g.op("Sigmoid", logits)
+    else:  # F.hardsigmoid = clamp(z / 6 + 1 / 2, 0, 1)
+        scale = g.op("HardSigmoid", logits, alpha_f=1.0 / 6.0, beta_f=0.5)
+    # [N, C] -> [N, C, 1, 1]: Reshape keeps N (0) and infers C (-1), whatever the batch.
+    out = g.op("Mul", xa, g.op("Reshape", scale,
+                               g.op("Constant", value_t=torch.tensor([0, -1, 1, 1]))))
+    if not _is_none(residual):
+        out = g.op("Add", out, to_acc(residual))
+    if post_relu:
+        out = g.op("Relu", out)
+    if low_precision:
+        out = g.op("Cast", out, to_i=_ONNX_TYPE[x_type])
+    return out, pooled, hidden, scale
+
+
+def _legacy_symbolic():
+    from torch.onnx import symbolic_helper
+    return symbolic_helper.parse_args("v", "v", "v", "v", "v", "v", "s", "s", "b")(
+        _se_forward_symbolic)
+
+
+_registered = []
+
+
+def register():
+    """Teach both ONNX exporters the SE op (idempotent; done when ``senet_kernels`` is
+    imported, so users never call it)."""
+    if _registered:
+        return
+    import torch.onnx
+    from torch._decomp import register_decomposition
+
+    # The TorchScript exporter is deprecated: a torch without it gets the decomposition only.
+    legacy = getattr(torch.onnx, "register_custom_op_symbolic", None)
+    symbolic = _legacy_symbolic() if legacy is not None else None
+    for backend in KERNEL_BACKENDS:
+        op = backend_ops(backend).forward
+        register_decomposition(op)(se_forward_decomposition)
+        if legacy is not None:
+            legacy(op.name(), symbolic, LEGACY_MIN_OPSET)
+    _registered.append(True)
