@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .backends import backend_ops
-from .reference import activate, apply_gate, compute_dtype
+from .dtypes import compute_dtype
+from .reference import activate, apply_gate
 
 #: Kernel backends whose forward op gets the decomposition ("cpu" and "cuda" share "ext").
 KERNEL_BACKENDS = ("triton", "cpu")

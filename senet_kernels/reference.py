@@ -1,6 +1,6 @@
 """Plain-PyTorch Squeeze-and-Excitation: the oracle of the tests and the ``reference`` backend.
 
-It follows ARCHITECTURE.md section 1 literally and differentiates through PyTorch autograd.
+It follows the math of docs/design.md literally and differentiates through PyTorch autograd.
 Half-precision inputs are computed in float32 and rounded once at the end, the contract every
 fused backend keeps; float32 and float64 inputs are computed in their own precision.
 """
@@ -8,12 +8,8 @@ fused backend keeps; float32 and float64 inputs are computed in their own precis
 import torch
 import torch.nn.functional as F
 
+from .dtypes import compute_dtype
 from .spec import check_activation, check_gate
-
-
-def compute_dtype(dtype):
-    """The precision an SE op on ``dtype`` accumulates in: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def activate(h, activation):
@@ -27,6 +23,11 @@ def hardsigmoid(z):
     (slope 1/6); elsewhere F.hardsigmoid's value with no gradient, as F.hardsigmoid's
     backward gives (NaN included: it is outside the open interval).
     """
+    if (not (z.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
+        # The same values (bitwise) and first derivative: where no gradient of a gradient can
+        # be asked for, and in compiled, exported or traced graphs (one ONNX HardSigmoid).
+        return F.hardsigmoid(z)
     inside = (z > -3) & (z < 3)
     return torch.where(inside, (z + 3) / 6, F.hardsigmoid(z.detach()))
 
