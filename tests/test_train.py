@@ -1,0 +1,215 @@
+"""``python -m senet_kernels train`` on the CPU: DDP over gloo (torchrun, 2 processes) against
+one process, exact resume, errors before training, a failing rank.
+
+The runs are tiny (timm's 100k-parameter ``test_efficientnet`` with its SE blocks fused, 32 px
+synthetic images, 4 steps over 2 epochs of 3 steps, warm-up and a step decay inside, so
+the learning rate changes every step and an epoch boundary is crossed).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from senet_kernels.__main__ import main
+from senet_kernels.train import checkpoint as ckpt
+from senet_kernels.train import data
+from senet_kernels.train.loop import FAIL_AT_ENV
+
+RUN = ["--synthetic", "--model", "test_efficientnet", "--image-size", "32", "--num-classes", "5",
+       "--synthetic-size", "24", "--epochs", "2", "--warmup-epochs", "1", "--lr-step-epochs",
+       "1", "--workers", "0", "--no-progress"]
+TIMEOUT = 180
+# run() is wrapped by torchrun's @record, which cannot enable faulthandler on captured stderr.
+pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
+
+
+def torchrun(args, extra_env=None, nproc=2):
+    """Run ``python -m senet_kernels train ARGS`` under torchrun with ``nproc`` gloo ranks."""
+    env = dict(os.environ, TRITON_INTERPRET="1", **(extra_env or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "senet_kernels", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load(path):
+    return ckpt.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """2 gloo ranks x batch 4, 4 uninterrupted steps; its checkpoint and log."""
+    out = tmp_path_factory.mktemp("ddp")
+    result = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(out),
+                             "--save-every", "2", "--keep-checkpoints"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(ddp_run, tmp_path):
+    # One process, batch 4 x 2 accumulation steps = the same micro-batches as 2 ranks x 4
+    # (BatchNorm statistics are per micro-batch in both; torch's SyncBatchNorm has no CPU
+    # path, so this is the reference that matches DDP's per-rank BatchNorm). One thread, as
+    # torchrun gives each rank: with 2 threads oneDNN's convolutions sum in another order
+    # and 4 steps of this tiny BatchNorm network grow that to ~2e-5.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the other tests' random stream
+            assert main(["train", *RUN, "--batch-size", "4", "--accum-steps", "2",
+                         "--max-steps", "4", "--output", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ddp, single = load(ddp_run / "checkpoint-last.pt"), load(tmp_path / "checkpoint-last.pt")
+    assert ddp["step"] == single["step"] == 4
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    params = [name for name, _ in _named_parameters()]
+    worst = max((ddp["model"][n] - single["model"][n]).abs().max().item() for n in params)
+    print(f"\nmax |DDP 2 ranks - 1 process| over the parameters after 4 steps: {worst:.3g}")
+    assert worst <= 1e-6
+    # Training moved the parameters far more than that (the comparison can fail).
+    from senet_kernels.train.models import build_model
+    torch.manual_seed(0)
+    init = build_model("test_efficientnet", 5, "cpu").state_dict()
+    moved = max((ddp["model"][n] - init[n]).abs().max().item() for n in params)
+    assert moved > 1000 * max(worst, 1e-7)
+    # The epoch log is the same too: mean loss and top-1 over the global batch.
+    logs = [[json.loads(line) for line in open(d / "log.jsonl")] for d in (ddp_run, tmp_path)]
+    assert [e["epoch"] for e in logs[0]] == [e["epoch"] for e in logs[1]] == [0, 1]
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["top1"] == b["top1"] and a["lr"] == b["lr"] and a["steps"] == b["steps"]
+
+
+def _named_parameters():
+    from senet_kernels.train.models import build_model
+    return list(build_model("test_efficientnet", 5, "cpu").named_parameters())
+
+
+def test_resume_continues_bit_for_bit(ddp_run, tmp_path):
+    # The uninterrupted run kept its step-2 checkpoint; a new torchrun job resumes from it
+    # to step 4 (across the epoch boundary at step 3).
+    kept = load(ddp_run / "checkpoint-step2.pt")
+    assert kept["step"] == 2
+    second = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(tmp_path),
+                             "--resume", str(ddp_run / "checkpoint-step2.pt")])
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "from step 2" in second.stdout
+    resumed, straight = load(tmp_path / "checkpoint-last.pt"), load(ddp_run / "checkpoint-last.pt")
+    assert resumed["step"] == straight["step"] == 4
+    unequal = [k for k in straight["model"] if not torch.equal(resumed["model"][k], straight["model"][k])]
+    assert not unequal, f"not bit-equal after resume: {unequal}"
+    for a, b in zip(resumed["optimizer"]["state"].values(), straight["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert resumed["scheduler"] == straight["scheduler"]
+    for a, b in zip(resumed["rng"], straight["rng"]):
+        assert torch.equal(a["torch"], b["torch"])
+    # The partial epoch 1 continued its running statistics from the checkpoint.
+    assert torch.equal(resumed["epoch_stats"], straight["epoch_stats"])
+
+
+def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
+    result = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(tmp_path)],
+                      extra_env={FAIL_AT_ENV: "1:1"})
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "rank 1 fails after step 1" in text
+    assert not (tmp_path / "log.jsonl").exists()  # epoch 0 (3 steps) never finished
+
+
+@pytest.fixture
+def no_process_group(monkeypatch):
+    """Fail the test if anything starts a process group or builds a model."""
+    import senet_kernels.train as train_pkg
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("training started despite a bad option")
+    monkeypatch.setattr(torch.distributed, "init_process_group", forbidden)
+    monkeypatch.setattr(train_pkg, "build_model", forbidden)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "/no/such/dir"], "--data '/no/such/dir' does not exist"),
+    (["--synthetic", "--model", "se_resnet5O"], "--model 'se_resnet5O' is unknown"),
+    (["--synthetic", "--model", "seresnet5"], "did you mean"),
+    ([], "give exactly one of --data DIR and --synthetic"),
+    (["--synthetic", "--batch-size", "0"], "--batch-size must be positive"),
+    (["--synthetic", "--synthetic-size", "10", "--batch-size", "8", "--accum-steps", "2"],
+     "fewer than one global batch (16"),
+])
+def test_bad_options_stop_before_training(argv, message, no_process_group, capsys, tmp_path):
+    assert main(["train", *argv, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "python -m senet_kernels train: error:" in err and message in err
+
+
+def test_data_dir_without_images_is_a_clear_error(no_process_group, capsys, tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)  # a class folder with no image
+    assert main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a usable ImageFolder tree" in err and "cat" in err
+
+
+def test_sync_bn_on_cpu_processes_is_refused(no_process_group, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--synthetic", "--sync-bn", "--device", "cpu",
+                 "--output", str(tmp_path)]) == 2
+    assert "SyncBatchNorm raises on CPU tensors" in capsys.readouterr().err
+
+
+def test_image_folder_training_and_validation(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for label in ("a", "b"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (40, 40, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(tmp_path / "data"), "--model", "se_resnet18",
+                 "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--workers", "0",
+                 "--no-progress", "--output", str(out)]) == 0
+    (entry,) = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert entry["epoch"] == 0 and entry["steps"] == 2 and entry["complete"]
+    for key in ("loss", "top1", "lr", "images_per_s", "time_s", "val_loss", "val_top1", "val_top5"):
+        assert key in entry
+    assert entry["val_top5"] == 100.0  # 2 classes: both are in the top 5
+    state = load(out / "checkpoint-last.pt")
+    assert state["model"]["fc.weight"].shape == (2, 512)  # classes from the folders
+
+
+def test_step_batches_split_one_global_batch_among_ranks_and_micro_batches():
+    def batches(world, accum, rank, start=0):
+        sampler = data.StepBatches(40, seed=3, epoch=1, batch_size=2, world_size=world,
+                                   rank=rank, accum_steps=accum, start_step=start)
+        return [[i for i, _ in b] for b in sampler]
+
+    one = batches(1, 4, 0)                                   # 1 process, 4 micro-batches
+    two = [batches(2, 2, r) for r in range(2)]               # 2 ranks, 2 micro-batches each
+    four = [batches(4, 1, r) for r in range(4)]              # 4 ranks
+    assert len(one) == 5 * 4                                 # 40 // 8 steps of 4 micro-batches
+    for step in range(5):
+        micro = one[4 * step:4 * step + 4]
+        assert micro == [two[k % 2][2 * step + k // 2] for k in range(4)]
+        assert micro == [four[k][step] for k in range(4)]
+    assert sorted(i for b in one for i in b) == list(range(40))   # a permutation
+    assert batches(2, 2, 1, start=3) == two[1][6:]                  # resume at step 3
+    assert batches(1, 4, 0) != [[i for i, _ in b] for b in data.StepBatches(
+        40, seed=3, epoch=2, batch_size=2, world_size=1, rank=0, accum_steps=4)]  # new epoch
+
+
+def test_help_documents_the_paper_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("0.6 x batch / 1024", "default: 100", "default: 30", "1e-4", "default: 0.9",
+                   "torchrun"):
+        assert phrase in text, phrase
