@@ -173,7 +173,7 @@ def test_image_folder_training_and_validation(tmp_path):
                 pixels = torch.randint(0, 256, (40, 40, 3), generator=g, dtype=torch.uint8)
                 Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
     out = tmp_path / "out"
-    assert main(["train", "--data", str(tmp_path / "data"), "--model", "se_resnet18",
+    assert main(["train", "--data", str(tmp_path / "data"), "--model", "test_efficientnet",
                  "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--workers", "0",
                  "--no-progress", "--output", str(out)]) == 0
     (entry,) = [json.loads(line) for line in open(out / "log.jsonl")]
@@ -182,7 +182,7 @@ def test_image_folder_training_and_validation(tmp_path):
         assert key in entry
     assert entry["val_top5"] == 100.0  # 2 classes: both are in the top 5
     state = load(out / "checkpoint-last.pt")
-    assert state["model"]["fc.weight"].shape == (2, 512)  # classes from the folders
+    assert state["model"]["classifier.weight"].shape[0] == 2  # classes from the folders
 
 
 def test_step_batches_split_one_global_batch_among_ranks_and_micro_batches():

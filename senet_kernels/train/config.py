@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import models as senet_models
 from ..modules import check_backend_name
 from .models import check_model_name
 
@@ -182,6 +183,9 @@ def check_args(args, env=None):
     if args.image_size < 32:
         raise ValueError(f"--image-size must be at least 32 (five stride-2 stages), got "
                          f"{args.image_size}")
+    if args.pretrained and args.model in senet_models.MODELS:
+        raise ValueError(f"--pretrained is for timm models; {args.model} starts from random "
+                         "weights (senet_kernels.models.from_timm converts timm's)")
     if args.resume not in (None, "auto") and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume!r}: no such checkpoint file")
 

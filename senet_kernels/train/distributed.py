@@ -46,6 +46,13 @@ def gather_objects(obj, world_size):
     return out
 
 
+def broadcast_buffers(module):
+    """Give every rank rank 0's buffers (BatchNorm running statistics) of ``module``."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

@@ -134,7 +134,11 @@ class Trainer:
                  "time_s": seconds}
         if complete and self.val_set is not None:
             loader = data.val_loader(self.val_set, self.args, self.env, self.device.type == "cuda")
-            entry.update(evaluate(self.ddp_model, loader, self.device, self.args))
+            # The plain module: ranks may get one batch more or less of the validation set,
+            # and DDP's forward is a collective (it broadcasts buffers). Rank 0's BatchNorm
+            # statistics (the checkpoint's) on every rank first, as DDP's next forward would.
+            distributed.broadcast_buffers(self.model)
+            entry.update(evaluate(self.model, loader, self.device, self.args))
         if self.main:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")

@@ -43,7 +43,13 @@ def build_model(name, num_classes, backend="auto", pretrained=False):
             raise ValueError(f"--pretrained is for timm models; {name} starts from random "
                              "weights (senet_kernels.models.from_timm converts timm's)")
         return senet_models.MODELS[name](num_classes=num_classes, backend=backend)
-    model = _timm().create_model(name, pretrained=pretrained, num_classes=num_classes)
+    try:
+        model = _timm().create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        # Offline, or weights not in the cache: say which option caused it.
+        raise ValueError(f"--pretrained: timm could not load {name}'s weights: {e}") from None
     if convert_se_modules(model, backend=backend) == 0:
         warnings.warn(f"timm model {name} has no SE module that senet_kernels fuses; it trains "
                       "unchanged", stacklevel=2)
