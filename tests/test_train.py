@@ -106,8 +106,8 @@ def test_resume_continues_bit_for_bit(ddp_run, tmp_path):
     for a, b in zip(resumed["optimizer"]["state"].values(), straight["optimizer"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
     assert resumed["scheduler"] == straight["scheduler"]
-    for a, b in zip(resumed["rng"], straight["rng"]):
-        assert torch.equal(a["torch"], b["torch"])
+    for rank, (a, b) in enumerate(zip(resumed["rng"], straight["rng"])):
+        assert torch.equal(a["torch"], b["torch"]), f"rank {rank}'s torch RNG state differs"
     # The partial epoch 1 continued its running statistics from the checkpoint.
     assert torch.equal(resumed["epoch_stats"], straight["epoch_stats"])
 

@@ -32,10 +32,11 @@ class EpochStats:
         self.values = torch.zeros(3, dtype=torch.float64, device=device) if values is None else values
 
     def add(self, logits, labels, loss):
+        # In-place adds on the device: no host-to-device copy or sync per micro-batch.
         n = labels.numel()
-        correct = (logits.argmax(1) == labels).sum()
-        self.values += torch.stack([loss.detach().double() * n, correct.double(),
-                                    torch.tensor(n, dtype=torch.float64, device=labels.device)])
+        self.values[0] += loss.detach().double() * n
+        self.values[1] += (logits.argmax(1) == labels).sum()
+        self.values[2] += n
 
     def reduced(self):
         """(mean loss, top-1 %) over every rank."""
@@ -71,7 +72,7 @@ def _autocast(device, enabled):
 
 def _to_device(images, labels, device, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
+    images = images.to(device, non_blocking=True, memory_format=fmt)
     return images, labels.to(device, non_blocking=True)
 
 
