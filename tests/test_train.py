@@ -7,6 +7,7 @@ the learning rate changes every step and an epoch boundary is crossed).
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,9 +16,12 @@ import pytest
 import torch
 
 from senet_kernels.__main__ import main
+from senet_kernels.train import parse_args
 from senet_kernels.train import checkpoint as ckpt
 from senet_kernels.train import data
+from senet_kernels.train.config import DistEnv, check_args
 from senet_kernels.train.loop import FAIL_AT_ENV
+from senet_kernels.train.schedule import LRFactor
 
 RUN = ["--synthetic", "--model", "test_efficientnet", "--image-size", "32", "--num-classes", "5",
        "--synthetic-size", "24", "--epochs", "2", "--warmup-epochs", "1", "--lr-step-epochs",
@@ -213,3 +217,46 @@ def test_help_documents_the_paper_defaults(capsys):
     for phrase in ("0.6 x batch / 1024", "default: 100", "default: 30", "1e-4", "default: 0.9",
                    "torchrun"):
         assert phrase in text, phrase
+
+
+def test_resume_with_another_global_batch_is_refused(ddp_run, no_process_group, capsys, tmp_path):
+    assert main(["train", *RUN, "--batch-size", "2", "--output", str(tmp_path),
+                 "--resume", str(ddp_run / "checkpoint-last.pt")]) == 2
+    assert "the checkpoint's global batch is 8, this run's 2" in capsys.readouterr().err
+
+
+def test_adamw_cosine_label_smoothing_in_one_process(tmp_path):
+    with torch.random.fork_rng(devices=[]):
+        assert main(["train", *RUN, "--batch-size", "4", "--max-steps", "3", "--optimizer",
+                     "adamw", "--schedule", "cosine", "--label-smoothing", "0.1",
+                     "--warmup-epochs", "0", "--output", str(tmp_path)]) == 0
+    state = load(tmp_path / "checkpoint-last.pt")
+    assert {"exp_avg", "exp_avg_sq"} <= set(state["optimizer"]["state"][0])
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.05
+    # AdamW's default lr scales with the global batch (4 here): 1e-3 x 4 / 1024; after 3 of
+    # 2 x 6 = 12 cosine steps it is at (1 + cos(pi x 3 / 12)) / 2 of that.
+    peak = 1e-3 * 4 / 1024
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(peak * (1 + math.cos(math.pi / 4)) / 2)
+    (entry,) = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert entry["steps"] == 3 and not entry["complete"] and math.isfinite(entry["loss"])
+
+
+def test_lr_schedule_follows_the_paper_and_the_options():
+    paper = LRFactor("step", steps_per_epoch=10, total_steps=1000)
+    # 100 epochs of 10 steps: / 10 at epochs 30, 60 and 90.
+    assert [paper(s) for s in (0, 299, 300, 599, 600, 899, 900, 999)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    warm = LRFactor("step", steps_per_epoch=10, total_steps=1000, warmup_steps=4)
+    assert [warm(s) for s in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1, 1])
+    cosine = LRFactor("cosine", steps_per_epoch=10, total_steps=104, warmup_steps=4)
+    assert [cosine(s) for s in (3, 4, 54, 104)] == pytest.approx([1, 1, 0.5, 0])
+
+
+def test_default_lr_scales_with_the_global_batch():
+    def lr(argv, world_size):
+        args = parse_args(["--synthetic", *argv])
+        return check_args(args, DistEnv(world_size=world_size, local_world_size=world_size)).lr
+
+    assert lr([], 8) == pytest.approx(0.6)                               # 8 x 128: the paper's
+    assert lr(["--batch-size", "64", "--accum-steps", "2"], 2) == pytest.approx(0.15)  # 256
+    assert lr(["--lr", "0.1"], 8) == 0.1
