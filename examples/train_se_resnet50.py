@@ -61,7 +61,8 @@ def main():
     for name, (warm, timed) in results.items():
         print(f"{name:<20} {timed['images_per_s']:>20.1f}  {warm['loss']:.4f} {timed['loss']:.4f}")
     (_, fused_timed), (_, reference_timed) = results.values()
-    print(f"{'speed-up':<20} {fused_timed['images_per_s'] / reference_timed['images_per_s']:>19.2f}x")
+    speed_up = fused_timed["images_per_s"] / reference_timed["images_per_s"]
+    print(f"{'speed-up':<20} {speed_up:>19.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from senet_kernels.__main__ import main
-from senet_kernels.train import parse_args
 from senet_kernels.train import checkpoint as ckpt
-from senet_kernels.train import data
+from senet_kernels.train import data, parse_args
 from senet_kernels.train.config import DistEnv, check_args
 from senet_kernels.train.loop import FAIL_AT_ENV
 from senet_kernels.train.schedule import LRFactor
@@ -37,11 +36,18 @@ def torchrun(args, extra_env=None, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "senet_kernels", "train", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load(path):
     return ckpt.load(str(path))
+
+
+def read_log(path):
+    """The JSON lines of a log.jsonl."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,7 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
     moved = max((ddp["model"][n] - init[n]).abs().max().item() for n in params)
     assert moved > 1000 * max(worst, 1e-7)
     # The epoch log is the same too: mean loss and top-1 over the global batch.
-    logs = [[json.loads(line) for line in open(d / "log.jsonl")] for d in (ddp_run, tmp_path)]
+    logs = [read_log(d / "log.jsonl") for d in (ddp_run, tmp_path)]
     assert [e["epoch"] for e in logs[0]] == [e["epoch"] for e in logs[1]] == [0, 1]
     for a, b in zip(*logs):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -94,35 +100,51 @@ def _named_parameters():
     return list(build_model("test_efficientnet", 5, "cpu").named_parameters())
 
 
-def test_resume_continues_bit_for_bit(ddp_run, tmp_path):
-    # The uninterrupted run kept its step-2 checkpoint; a new torchrun job resumes from it
-    # to step 4 (across the epoch boundary at step 3).
-    kept = load(ddp_run / "checkpoint-step2.pt")
-    assert kept["step"] == 2
-    second = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(tmp_path),
-                             "--resume", str(ddp_run / "checkpoint-step2.pt")])
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory):
+    """The run of ``ddp_run`` with a checkpoint every 2 steps, rank 1 crashing after step 2."""
+    out = tmp_path_factory.mktemp("crash")
+    result = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(out),
+                             "--save-every", "2"], extra_env={FAIL_AT_ENV: "1:2"})
+    return result, out
+
+
+def test_a_failing_rank_fails_the_job_with_its_error(crashed_run):
+    result, out = crashed_run
+    assert result.returncode != 0
+    assert "rank 1 fails after step 2" in result.stdout + result.stderr
+    assert not (out / "log.jsonl").exists()  # epoch 0 (3 steps) never finished
+    assert load(out / "checkpoint-last.pt")["step"] == 2
+
+
+def test_resume_after_a_crash_continues_bit_for_bit(crashed_run, ddp_run):
+    # The crashed job's step-2 checkpoint is the uninterrupted run's (--keep-checkpoints).
+    _, out = crashed_run
+    crashed, kept = load(out / "checkpoint-last.pt"), load(ddp_run / "checkpoint-step2.pt")
+    assert crashed["step"] == kept["step"] == 2
+    assert all(torch.equal(crashed["model"][k], v) for k, v in kept["model"].items())
+    # A new torchrun job resumes it to step 4, across the epoch boundary at step 3.
+    second = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(out),
+                             "--resume", "auto"])
     assert second.returncode == 0, second.stdout + second.stderr
     assert "from step 2" in second.stdout
-    resumed, straight = load(tmp_path / "checkpoint-last.pt"), load(ddp_run / "checkpoint-last.pt")
+    resumed, straight = load(out / "checkpoint-last.pt"), load(ddp_run / "checkpoint-last.pt")
     assert resumed["step"] == straight["step"] == 4
-    unequal = [k for k in straight["model"] if not torch.equal(resumed["model"][k], straight["model"][k])]
+    unequal = [k for k, v in straight["model"].items() if not torch.equal(resumed["model"][k], v)]
     assert not unequal, f"not bit-equal after resume: {unequal}"
-    for a, b in zip(resumed["optimizer"]["state"].values(), straight["optimizer"]["state"].values()):
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    momentum = [[s["momentum_buffer"] for s in run["optimizer"]["state"].values()]
+                for run in (resumed, straight)]
+    assert len(momentum[0]) == len(momentum[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*momentum))
     assert resumed["scheduler"] == straight["scheduler"]
     for rank, (a, b) in enumerate(zip(resumed["rng"], straight["rng"])):
         assert torch.equal(a["torch"], b["torch"]), f"rank {rank}'s torch RNG state differs"
-    # The partial epoch 1 continued its running statistics from the checkpoint.
+    # The partial epoch 1 continued its running statistics from the checkpoint, and the
+    # resumed job logged epochs 0 and 1 as the uninterrupted one did.
     assert torch.equal(resumed["epoch_stats"], straight["epoch_stats"])
-
-
-def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
-    result = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(tmp_path)],
-                      extra_env={FAIL_AT_ENV: "1:1"})
-    assert result.returncode != 0
-    text = result.stdout + result.stderr
-    assert "rank 1 fails after step 1" in text
-    assert not (tmp_path / "log.jsonl").exists()  # epoch 0 (3 steps) never finished
+    logs = [read_log(d / "log.jsonl") for d in (out, ddp_run)]
+    assert [(e["epoch"], e["loss"], e["top1"]) for e in logs[0]] == \
+        [(e["epoch"], e["loss"], e["top1"]) for e in logs[1]]
 
 
 @pytest.fixture
@@ -180,7 +202,7 @@ def test_image_folder_training_and_validation(tmp_path):
     assert main(["train", "--data", str(tmp_path / "data"), "--model", "test_efficientnet",
                  "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--workers", "0",
                  "--no-progress", "--output", str(out)]) == 0
-    (entry,) = [json.loads(line) for line in open(out / "log.jsonl")]
+    (entry,) = read_log(out / "log.jsonl")
     assert entry["epoch"] == 0 and entry["steps"] == 2 and entry["complete"]
     for key in ("loss", "top1", "lr", "images_per_s", "time_s", "val_loss", "val_top1", "val_top5"):
         assert key in entry
@@ -236,8 +258,9 @@ def test_adamw_cosine_label_smoothing_in_one_process(tmp_path):
     # AdamW's default lr scales with the global batch (4 here): 1e-3 x 4 / 1024; after 3 of
     # 2 x 6 = 12 cosine steps it is at (1 + cos(pi x 3 / 12)) / 2 of that.
     peak = 1e-3 * 4 / 1024
-    assert state["scheduler"]["_last_lr"][0] == pytest.approx(peak * (1 + math.cos(math.pi / 4)) / 2)
-    (entry,) = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    expected = peak * (1 + math.cos(math.pi / 4)) / 2
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(expected)
+    (entry,) = read_log(tmp_path / "log.jsonl")
     assert entry["steps"] == 3 and not entry["complete"] and math.isfinite(entry["loss"])
 
 

@@ -1,7 +1,8 @@
 """``python -m senet_kernels train``: train an SE network, on one process or many (torchrun).
 
     torchrun --nproc_per_node=8 -m senet_kernels train --data /imagenet --model se_resnet50
-    torchrun --nproc_per_node=2 -m senet_kernels train --synthetic --device cpu --max-steps 10
+    torchrun --nproc_per_node=2 -m senet_kernels train --synthetic --model test_efficientnet \\
+        --image-size 32 --num-classes 10 --batch-size 16 --synthetic-size 640 --epochs 3
 
 Started by torchrun it wraps the model in DistributedDataParallel (NCCL on GPUs, gloo on the
 CPU); alone it trains in one process. Modules: ``config`` (options and their checks),

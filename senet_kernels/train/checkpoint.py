@@ -1,9 +1,10 @@
 """Checkpoints that resume exactly: model, optimizer, LR schedule, step, every rank's RNG
-states and the epoch's running statistics. The data position is the step itself (the data
-order is a function of seed, epoch and step, see ``data``).
+states and the epoch's running statistics (summed over ranks). The data position is the step
+itself (the data order is a function of seed, epoch and step, see ``data``).
 
-Collective: ``save`` gathers every rank's RNG states, so every rank must call it; rank 0
-writes the file (to a temporary name, then renamed, so a crash never leaves half a file).
+Collective: ``save`` gathers every rank's RNG states and statistics, so every rank must call
+it; rank 0 writes the file (to a temporary name, then renamed, so a crash never leaves half a
+file).
 """
 
 import os
@@ -40,6 +41,8 @@ def save(path, *, model, optimizer, scheduler, step, epoch_stats, args, env, dev
     """Write a checkpoint of the state after ``step`` optimizer steps (collective); with
     ``keep_as``, also under that name (a hard link where the file system has them)."""
     rngs = distributed.gather_objects(rng_state(device), env.world_size)
+    # The epoch's running sums over every rank (each rank holds its own share).
+    epoch_stats = distributed.all_reduce_sum(epoch_stats.clone())
     if env.rank == 0:
         state = {
             "format": FORMAT, "step": step, "model": model.state_dict(),
@@ -97,4 +100,7 @@ def restore(state, *, model, optimizer, scheduler, env, device):
     elif env.rank == 0:
         print(f"note: the checkpoint ran on {state['world_size']} processes, this run on "
               f"{env.world_size}: random streams (dropout) start afresh; data order is kept")
-    return state["step"], state["epoch_stats"].to(device)
+    # Rank 0 carries the sums of every rank's share so far, the others start from zero: the
+    # all-reduced epoch statistics come out as in the uninterrupted run, on any world size.
+    stats = state["epoch_stats"].to(device)
+    return state["step"], stats if env.rank == 0 else torch.zeros_like(stats)

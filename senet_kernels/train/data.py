@@ -42,7 +42,8 @@ class SyntheticImages(Dataset):
     """
 
     def __init__(self, size, num_classes, image_size, seed=0):
-        self.size, self.num_classes, self.image_size, self.seed = size, num_classes, image_size, seed
+        self.size, self.num_classes = size, num_classes
+        self.image_size, self.seed = image_size, seed
         self.classes = [f"class_{c}" for c in range(num_classes)]
 
     def __len__(self):

@@ -29,7 +29,9 @@ class EpochStats:
     Kept as one device tensor (no host sync per step); in checkpoints for exact resume."""
 
     def __init__(self, device, values=None):
-        self.values = torch.zeros(3, dtype=torch.float64, device=device) if values is None else values
+        if values is None:
+            values = torch.zeros(3, dtype=torch.float64, device=device)
+        self.values = values
 
     def add(self, logits, labels, loss):
         # In-place adds on the device: no host-to-device copy or sync per micro-batch.
@@ -179,11 +181,11 @@ class Trainer:
                 while self.step < epoch_end:
                     self._train_step(batches)
                     bar.update(1)
-                    if self.fail_at == (self.env.rank, self.step):
-                        raise RuntimeError(f"rank {self.env.rank} fails after step {self.step}, "
-                                           f"as {FAIL_AT_ENV} asks (test hook)")
                     if self.step < epoch_end and self._save_due():
                         self.save(keep=args.keep_checkpoints)
+                    if self.fail_at == (self.env.rank, self.step):  # after the save: a crash
+                        raise RuntimeError(f"rank {self.env.rank} fails after step {self.step}, "
+                                           f"as {FAIL_AT_ENV} asks (test hook)")
                     if self.step % args.log_every == 0 and not bar.disable:
                         window = self._show_progress(bar, window)
                 complete = self.step % self.steps_per_epoch == 0

@@ -27,7 +27,8 @@ def check_model_name(name):
     known = ours + (timm.list_models() if timm is not None else [])
     close = difflib.get_close_matches(name, known, n=5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    source = "or a timm model name" if timm is not None else "(timm, for its models, is not installed)"
+    source = ("or a timm model name" if timm is not None
+              else "(timm, for its models, is not installed)")
     raise ValueError(f"--model {name!r} is unknown: use one of {', '.join(ours)} {source}{hint}")
 
 
