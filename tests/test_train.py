@@ -9,6 +9,7 @@ the learning rate changes every step and an epoch boundary is crossed).
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -117,13 +118,16 @@ def test_a_failing_rank_fails_the_job_with_its_error(crashed_run):
     assert load(out / "checkpoint-last.pt")["step"] == 2
 
 
-def test_resume_after_a_crash_continues_bit_for_bit(crashed_run, ddp_run):
+def test_resume_after_a_crash_continues_bit_for_bit(crashed_run, ddp_run, tmp_path):
     # The crashed job's step-2 checkpoint is the uninterrupted run's (--keep-checkpoints).
-    _, out = crashed_run
-    crashed, kept = load(out / "checkpoint-last.pt"), load(ddp_run / "checkpoint-step2.pt")
+    crashed = load(crashed_run[1] / "checkpoint-last.pt")
+    kept = load(ddp_run / "checkpoint-step2.pt")
     assert crashed["step"] == kept["step"] == 2
     assert all(torch.equal(crashed["model"][k], v) for k, v in kept["model"].items())
-    # A new torchrun job resumes it to step 4, across the epoch boundary at step 3.
+    # A new torchrun job resumes it to step 4, across the epoch boundary at step 3 (in a
+    # copy of the crashed job's directory, which the failing-rank test also reads).
+    out = tmp_path / "crash"
+    shutil.copytree(crashed_run[1], out)
     second = torchrun(RUN + ["--batch-size", "4", "--max-steps", "4", "--output", str(out),
                              "--resume", "auto"])
     assert second.returncode == 0, second.stdout + second.stderr
