@@ -151,6 +151,8 @@ def main(argv=None):
     b.add_argument("--skip-check", action="store_true", help="skip the correctness check")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=bench)
+    from .train import add_parser as add_train_parser
+    add_train_parser(sub)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     _ensure_triton_interpreter_without_gpu(argv)
