@@ -1,6 +1,8 @@
 """Plain-PyTorch Squeeze-and-Excitation: the oracle of the tests and the ``reference`` backend.
 
-It follows ARCHITECTURE.md section 1 literally and differentiates through PyTorch autograd.
+It writes the op's formula (README.md, "Use") with PyTorch ops and differentiates through
+PyTorch autograd, so its NaN / Inf behavior, forward and backward, is PyTorch's: the contract
+every kernel backend keeps (tests/test_nan_semantics.py, tests/test_properties.py).
 Half-precision inputs are computed in float32 and rounded once at the end, the contract every
 fused backend keeps; float32 and float64 inputs are computed in their own precision.
 """
@@ -8,7 +10,7 @@ fused backend keeps; float32 and float64 inputs are computed in their own precis
 import torch
 import torch.nn.functional as F
 
-from .spec import check_activation, check_gate
+from .spec import ACTIVATIONS, GATES, check_activation, check_gate
 
 
 def compute_dtype(dtype):
@@ -17,11 +19,21 @@ def compute_dtype(dtype):
 
 
 def activate(h, activation):
-    return F.relu(h) if activation == "relu" else F.silu(h)
+    """act(h) for every name of ``spec.ACTIVATIONS``; ValueError for any other."""
+    if activation == "relu":
+        return F.relu(h)
+    if activation == "silu":
+        return F.silu(h)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def apply_gate(z, gate):
-    return torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
+    """gate(z) for every name of ``spec.GATES``; ValueError for any other."""
+    if gate == "sigmoid":
+        return torch.sigmoid(z)
+    if gate == "hardsigmoid":
+        return F.hardsigmoid(z)
+    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
 def excite(pooled, w1, b1, w2, b2, activation, gate):
