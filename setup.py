@@ -54,7 +54,9 @@ def _cpu_flags():
     SENET_KERNELS_CPU_ISA=avx2|default caps it (e.g. to build for older machines)."""
     # -fopenmp: at::parallel_for is inlined from ATen's headers and runs serially without it.
     # The C++ standard is torch's choice (C++20 from torch 2.13).
-    flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"]
+    # -Werror=switch: a switch over the activation / gate enums (se.h) that misses one fails
+    # the build (they have no default case on purpose).
+    flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", "-Werror=switch"]
     try:
         with open("/proc/cpuinfo") as f:
             cpu = set(f.read().split())
@@ -92,7 +94,8 @@ def extensions():
         ext = cpp_extension.CUDAExtension(
             "senet_kernels._C", sources + cuda_sources,
             extra_compile_args={"cxx": cxx + ["-DSENET_KERNELS_WITH_CUDA"],
-                                "nvcc": ["-O3", "-DSENET_KERNELS_WITH_CUDA"]},
+                                "nvcc": ["-O3", "-DSENET_KERNELS_WITH_CUDA",
+                                         "-Xcompiler=-Werror=switch"]},
             extra_link_args=["-fopenmp"])
     else:
         ext = cpp_extension.CppExtension("senet_kernels._C", sources,

@@ -17,11 +17,35 @@ using ForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 using BackwardOutputs =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// Activation / gate codes, as in senet_kernels/spec.py.
+// Activation / gate codes: the same integers as senet_kernels/spec.py (ACTIVATION_CODE /
+// GATE_CODE; the extension exposes these enums as _C.activation_codes() / gate_codes() and a
+// test checks they agree). Every switch on them names each enumerator and fails on anything
+// else (se_math.h); -Werror=switch (setup.py) turns a forgotten case into a build error. To add
+// one, follow the checklist in spec.py.
 enum Activation : int { kRelu = 0, kSilu = 1 };
 enum Gate : int { kSigmoid = 0, kHardSigmoid = 1 };
+// The code of a name; ValueError (c10::ValueError) for an unknown name.
 Activation parse_activation(c10::string_view name);
 Gate parse_gate(c10::string_view name);
+
+// Checks at the op boundary, the first thing every kernel (CPU and CUDA) does: the schema
+// only says "Tensor", so shapes, dtypes and devices are checked here, with messages naming
+// the argument (RuntimeError / TypeError / ValueError through TORCH_CHECK*). `device_type` is
+// the dispatch key's device (kCPU or kCUDA); every tensor must be on x's device.
+//   forward:  x [N, C, H, W] float16/bfloat16/float32/float64, C, H, W >= 1; w1 [Cr, C] and
+//             w2 [C, Cr] with Cr >= 1; b1 [Cr], b2 [C] or absent; parameters share one dtype,
+//             x's or float32; residual like x (shape and dtype).
+//   backward: the same for x, w1, w2; grad_out and out (when given) like x; pooled [N, C],
+//             hidden [N, Cr], scale [N, C] in the compute dtype.
+void check_forward_args(const at::Tensor& x, const at::Tensor& w1,
+                        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                        const std::optional<at::Tensor>& b2,
+                        const std::optional<at::Tensor>& residual, at::DeviceType device_type);
+void check_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
+                         const std::optional<at::Tensor>& out, const at::Tensor& w1,
+                         const at::Tensor& w2, const at::Tensor& pooled,
+                         const at::Tensor& hidden, const at::Tensor& scale,
+                         at::DeviceType device_type);
 
 // NHWC processing? The rule of senet_kernels/layout.py: dense NCHW -> false, dense
 // channels_last -> true, otherwise whether C is the fastest axis.

@@ -15,13 +15,23 @@ compile of ``eager_se``).
 
 import torch.nn.functional as F
 
+from .spec import ACTIVATIONS, GATES
+
 
 def _activate(h, activation):
-    return F.relu(h, inplace=True) if activation == "relu" else F.silu(h, inplace=True)
+    if activation == "relu":
+        return F.relu(h, inplace=True)
+    if activation == "silu":
+        return F.silu(h, inplace=True)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def _gate(z, gate):
-    return z.sigmoid() if gate == "sigmoid" else F.hardsigmoid(z)
+    if gate == "sigmoid":
+        return z.sigmoid()
+    if gate == "hardsigmoid":
+        return F.hardsigmoid(z)
+    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
 def _conv_weight(w):

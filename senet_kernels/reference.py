@@ -1,6 +1,8 @@
 """Plain-PyTorch Squeeze-and-Excitation: the oracle of the tests and the ``reference`` backend.
 
-It follows the math of docs/design.md literally and differentiates through PyTorch autograd.
+It writes the math of docs/design.md with PyTorch ops and differentiates through PyTorch
+autograd, so its NaN / Inf behavior, forward and backward, is PyTorch's: the contract every
+kernel backend keeps (tests/test_nan_semantics.py, tests/test_properties.py).
 Half-precision inputs are computed in float32 and rounded once at the end, the contract every
 fused backend keeps; float32 and float64 inputs are computed in their own precision.
 """
@@ -9,11 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from .dtypes import compute_dtype
-from .spec import check_activation, check_gate
+from .spec import ACTIVATIONS, GATES, check_activation, check_gate
 
 
 def activate(h, activation):
-    return F.relu(h) if activation == "relu" else F.silu(h)
+    """act(h) for every name of ``spec.ACTIVATIONS``; ValueError for any other."""
+    if activation == "relu":
+        return F.relu(h)
+    if activation == "silu":
+        return F.silu(h)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def hardsigmoid(z):
@@ -21,19 +28,27 @@ def hardsigmoid(z):
 
     PyTorch has no derivative of hardsigmoid_backward. Inside (-3, 3) this is (z + 3) / 6
     (slope 1/6); elsewhere F.hardsigmoid's value with no gradient, as F.hardsigmoid's
-    backward gives (NaN included: it is outside the open interval).
+    backward gives (NaN included: it is outside the open interval). The values are
+    F.hardsigmoid's bitwise; the slope is the exact 1/6 in float64 too, where
+    F.hardsigmoid's backward multiplies by 1/6 rounded to float32 (3e-8 off), as the kernels
+    do not.
     """
     if (not (z.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()
             or torch.jit.is_tracing()):
-        # The same values (bitwise) and first derivative: where no gradient of a gradient can
-        # be asked for, and in compiled, exported or traced graphs (one ONNX HardSigmoid).
+        # The same values: where no gradient of a gradient can be asked for, and in
+        # compiled, exported or traced graphs (one ONNX HardSigmoid).
         return F.hardsigmoid(z)
     inside = (z > -3) & (z < 3)
     return torch.where(inside, (z + 3) / 6, F.hardsigmoid(z.detach()))
 
 
 def apply_gate(z, gate):
-    return torch.sigmoid(z) if gate == "sigmoid" else hardsigmoid(z)
+    """gate(z) for every name of ``spec.GATES``; ValueError for any other."""
+    if gate == "sigmoid":
+        return torch.sigmoid(z)
+    if gate == "hardsigmoid":
+        return hardsigmoid(z)
+    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
 def excite(pooled, w1, b1, w2, b2, activation, gate):

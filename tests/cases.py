@@ -10,13 +10,13 @@ import torch
 
 from senet_kernels.backends import backend_status
 from senet_kernels.interpreter import interpreting
+from senet_kernels.spec import ACTIVATIONS, GATES
 from senet_kernels.testing import (TOLERANCES, assert_close, errors, make_inputs,  # noqa: F401
                                    reference64)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: activation, gate, bias, residual, post_relu: every variant of the op.
-VARIANTS = list(itertools.product(("relu", "silu"), ("sigmoid", "hardsigmoid"), (True, False),
-                                  (True, False), (True, False)))
+VARIANTS = list(itertools.product(ACTIVATIONS, GATES, (True, False), (True, False), (True, False)))
 KERNEL_BACKENDS = ("triton", "cpu", "cuda")
 
 

@@ -88,11 +88,17 @@ void axpy(A alpha, const A* x, A* y, int64_t n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// Where a gradient passes the ReLU tail: g where out > 0, else 0.
+// Where a gradient passes the ReLU tail: threshold_backward on relu's output, i.e. 0 where
+// out <= 0, g elsewhere, NaN outputs included (not "g where out > 0", which drops them).
 template <typename A>
 Vectorized<A> relu_mask(const Vectorized<A>& g, const Vectorized<A>& out) {
   const Vectorized<A> zero(A(0));
-  return Vectorized<A>::blendv(zero, g, out > zero);
+  return Vectorized<A>::blendv(g, zero, out <= zero);
+}
+
+template <typename A>
+A relu_mask(A g, A out) {
+  return out <= A(0) ? A(0) : g;
 }
 
 // One sample's view of the tensors: [C, HW] (NCHW) or [HW, C] (NHWC) slabs.
@@ -129,7 +135,7 @@ struct SumTerm {
       return v;
     } else {
       A gv = static_cast<A>(g[i]);
-      if constexpr (kMask) gv = static_cast<A>(out[i]) > A(0) ? gv : A(0);
+      if constexpr (kMask) gv = relu_mask(gv, static_cast<A>(out[i]));
       if constexpr (kWriteGy) gy_out[i] = static_cast<T>(gv);
       return gv * v;
     }
@@ -259,7 +265,7 @@ struct ScaleBackward {  // grad_x = gy * s + gp, gy = g masked by out > 0 for th
   }
   void scalar(int64_t i, int64_t c) const {
     A gy = static_cast<A>(g[i]);
-    if constexpr (kMask) gy = static_cast<A>(out[i]) > A(0) ? gy : A(0);
+    if constexpr (kMask) gy = relu_mask(gy, static_cast<A>(out[i]));
     grad_x[i] = static_cast<T>(gy * s[c] + gp[c]);
   }
 };
@@ -317,7 +323,7 @@ void with_flag(bool flag, const F& fn) {
 
 template <typename A>
 void excite(const A* pooled, const A* w1, const A* b1, const A* w2, const A* b2, int64_t C,
-            int64_t Cr, int act, int gate, A* hidden, A* act_hidden, A* scale) {
+            int64_t Cr, Activation act, Gate gate, A* hidden, A* act_hidden, A* scale) {
   for (int64_t r = 0; r < Cr; ++r) {
     hidden[r] = dot(w1 + r * C, pooled, C) + (b1 ? b1[r] : A(0));
     act_hidden[r] = activate(hidden[r], act);
@@ -327,20 +333,22 @@ void excite(const A* pooled, const A* w1, const A* b1, const A* w2, const A* b2,
   }
 }
 
-// gz = gs * gate'(s); gh = (gz W2) * act'(hidden); gp = (gh W1) / HW. ga, gp accumulate by
-// rows (axpy) so that W1 [Cr, C] and W2 [C, Cr] are read contiguously.
+// gz = gs * gate'(s); gh = (gz W2) * act'(hidden); gp = (gh W1) / HW (the products by the
+// derivatives as se_math.h's gate_backward / activate_backward, with PyTorch's NaN / Inf
+// behavior). ga, gp accumulate by rows (axpy) so that W1 [Cr, C] and W2 [C, Cr] are read
+// contiguously.
 template <typename A>
 void excite_backward(const A* gs, const A* s, const A* hidden, const A* w1, const A* w2, int64_t C,
-                     int64_t Cr, int64_t HW, int act, int gate, A* gz, A* act_hidden, A* gh,
+                     int64_t Cr, int64_t HW, Activation act, Gate gate, A* gz, A* act_hidden, A* gh,
                      A* gp) {
   std::fill(gh, gh + Cr, A(0));
   for (int64_t c = 0; c < C; ++c) {
-    gz[c] = gs[c] * gate_grad_from_scale(s[c], gate);
+    gz[c] = gate_backward(gs[c], s[c], gate);
     axpy(gz[c], w2 + c * Cr, gh, Cr);  // gh holds ga = gz W2 for now
   }
   for (int64_t r = 0; r < Cr; ++r) {
     act_hidden[r] = activate(hidden[r], act);
-    gh[r] *= activate_grad(hidden[r], act);
+    gh[r] = activate_backward(gh[r], hidden[r], act);
   }
   std::fill(gp, gp + C, A(0));
   for (int64_t r = 0; r < Cr; ++r) axpy(gh[r] / A(HW), w1 + r * C, gp, C);
@@ -353,44 +361,62 @@ bool excite_in_batch(int64_t Cr, int64_t HW, int64_t x_element_size, int64_t acc
   return 2 * Cr * acc_size >= HW * x_element_size;
 }
 
-// hidden = pooled W1^T + b1, act_hidden = act(hidden), scale = gate(act_hidden W2^T + b2):
-// GEMMs and ATen's vectorized pointwise kernels (the same functions as se_math.h).
+// act(h) and gate(z) on whole tensors: ATen's vectorized pointwise kernels, the ops the
+// reference uses (so the same functions as se_math.h, NaN and Inf included). Every code is
+// a case and there is no default: -Werror=switch makes a forgotten one a build error.
+void activate_out(at::Tensor& out, const at::Tensor& h, Activation act) {
+  switch (act) {
+    case kRelu:
+      at::relu_out(out, h);
+      return;
+    case kSilu:
+      at::silu_out(out, h);
+      return;
+  }
+  unknown_code<int>(act);
+}
+
+void apply_gate_(at::Tensor& z, Gate gate) {
+  switch (gate) {
+    case kSigmoid:
+      z.sigmoid_();
+      return;
+    case kHardSigmoid:
+      at::hardsigmoid_(z);
+      return;
+  }
+  unknown_code<int>(gate);
+}
+
+// hidden = pooled W1^T + b1, act_hidden = act(hidden), scale = gate(act_hidden W2^T + b2).
 void excite_batch(const at::Tensor& pooled, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-                  const at::Tensor& w2, const std::optional<at::Tensor>& b2, int act, int gate,
-                  at::Tensor& hidden, at::Tensor& act_hidden, at::Tensor& scale) {
+                  const at::Tensor& w2, const std::optional<at::Tensor>& b2, Activation act,
+                  Gate gate, at::Tensor& hidden, at::Tensor& act_hidden, at::Tensor& scale) {
   at::mm_out(hidden, pooled, w1.t());
   if (b1.has_value()) hidden.add_(*b1);
-  if (act == kRelu) {
-    at::relu_out(act_hidden, hidden);
-  } else {
-    at::silu_out(act_hidden, hidden);
-  }
+  activate_out(act_hidden, hidden, act);
   at::mm_out(scale, act_hidden, w2.t());
   if (b2.has_value()) scale.add_(*b2);
-  if (gate == kSigmoid) {
-    scale.sigmoid_();
-  } else {
-    at::hardsigmoid_(scale);
-  }
+  apply_gate_(scale, gate);
 }
 
 // The batch form of excite_backward: gz = gs * gate'(s); gh = (gz W2) * act'(hidden);
 // gp = (gh W1) / HW; also act_hidden for the weight gradients.
 template <typename A>
 void excite_backward_batch(const at::Tensor& gs, const at::Tensor& scale, const at::Tensor& hidden,
-                           const at::Tensor& w1, const at::Tensor& w2, int64_t HW, int act,
-                           int gate, at::Tensor& gz, at::Tensor& act_hidden, at::Tensor& gh,
+                           const at::Tensor& w1, const at::Tensor& w2, int64_t HW,
+                           Activation act, Gate gate, at::Tensor& gz, at::Tensor& act_hidden, at::Tensor& gh,
                            at::Tensor& gp) {
   const A* gsp = gs.data_ptr<A>();
   const A* sp = scale.data_ptr<A>();
   A* gzp = gz.data_ptr<A>();
-  for (int64_t i = 0; i < gs.numel(); ++i) gzp[i] = gsp[i] * gate_grad_from_scale(sp[i], gate);
+  for (int64_t i = 0; i < gs.numel(); ++i) gzp[i] = gate_backward(gsp[i], sp[i], gate);
   at::mm_out(gh, gz, w2);
   const A* hp = hidden.data_ptr<A>();
   A* ghp = gh.data_ptr<A>();
   A* ap = act_hidden.data_ptr<A>();
   for (int64_t i = 0; i < gh.numel(); ++i) {
-    ghp[i] *= activate_grad(hp[i], act);
+    ghp[i] = activate_backward(ghp[i], hp[i], act);
     ap[i] = activate(hp[i], act);
   }
   at::mm_out(gp, gh, w1);
@@ -407,11 +433,6 @@ const T* data_or_null_t(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "se_forward_ext/se_backward_ext (CPU): ", name,
-              " must be a CPU tensor, got ", t.device());
-}
-
 }  // namespace
 
 ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
@@ -419,8 +440,9 @@ ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, cons
                               const std::optional<at::Tensor>& residual_in,
                               c10::string_view activation, c10::string_view gate_name,
                               bool post_relu) {
-  check_cpu(x_in, "x");
-  const int act = parse_activation(activation), gate = parse_gate(gate_name);
+  const Activation act = parse_activation(activation);
+  const Gate gate = parse_gate(gate_name);
+  check_forward_args(x_in, w1, b1, w2, b2, residual_in, at::kCPU);
   auto outputs = allocate_forward_outputs(x_in, w1);
   // (std::get, not a structured binding: C++17 lambdas cannot capture those)
   at::Tensor& out = std::get<0>(outputs);
@@ -493,8 +515,9 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
                                 const at::Tensor& hidden, const at::Tensor& scale,
                                 bool has_residual, c10::string_view activation,
                                 c10::string_view gate_name) {
-  check_cpu(x_in, "x");
-  const int act = parse_activation(activation), gate = parse_gate(gate_name);
+  const Activation act = parse_activation(activation);
+  const Gate gate = parse_gate(gate_name);
+  check_backward_args(grad_in, x_in, out_in, w1, w2, pooled, hidden, scale, at::kCPU);
   const bool post_relu = out_in.has_value();
   auto grads = allocate_backward_outputs(x_in, w1, w2, post_relu, has_residual);
   const int64_t N = x_in.size(0), C = x_in.size(1), Cr = w1.size(0);

@@ -25,7 +25,7 @@ constexpr int64_t kSumBlocksPerSM = 4;
 // What the channel sums add up at flat element i, all in the compute dtype:
 //   kSumX               x                (forward squeeze)
 //   kSumGradX           g * x            (backward gs, no ReLU tail)
-//   kSumMaskedGradX     g * (out > 0) * x (backward gs behind the ReLU tail)
+//   kSumMaskedGradX     (out <= 0 ? 0 : g) * x (backward gs behind the ReLU tail)
 enum SumMode : int { kSumX = 0, kSumGradX = 1, kSumMaskedGradX = 2 };
 
 template <typename scalar_t, typename acc_t, int MODE>
@@ -54,10 +54,10 @@ struct SumTerm {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         acc_t gy = static_cast<acc_t>(gv.v[k]);
-        // relu'(y) seen from its output: 1 where out > 0, so 0 for out = 0 and for NaN, as
-        // in PyTorch's threshold_backward.
+        // relu's backward seen from its output, PyTorch's threshold_backward: 0 where
+        // out <= 0, g elsewhere, where out is NaN too.
         if constexpr (MODE == kSumMaskedGradX) {
-          if (!(static_cast<acc_t>(ov.v[k]) > acc_t(0))) gy = acc_t(0);
+          if (static_cast<acc_t>(ov.v[k]) <= acc_t(0)) gy = acc_t(0);
         }
         acc[k] += gy * static_cast<acc_t>(xv.v[k]);
       }

@@ -85,7 +85,8 @@ struct ScaleForward {
   }
 };
 
-// gy = grad * (out > 0) behind the ReLU tail, else grad; grad_x = gy * scale + gp, in the
+// gy = (out <= 0 ? 0 : grad) behind the ReLU tail (threshold_backward: NaN outputs pass the
+// gradient, as in PyTorch), else grad; grad_x = gy * scale + gp, in the
 // compute dtype, rounded once; grad_residual = gy (exact: gy is grad or 0) when requested.
 template <typename scalar_t, typename acc_t, typename index_t>
 struct ScaleBackward {
@@ -106,7 +107,7 @@ struct ScaleBackward {
       const Pack<scalar_t, VEC> ov = load_pack<VEC>(out + i);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        if (!(static_cast<acc_t>(ov.v[k]) > acc_t(0))) gv.v[k] = static_cast<scalar_t>(acc_t(0));
+        if (static_cast<acc_t>(ov.v[k]) <= acc_t(0)) gv.v[k] = static_cast<scalar_t>(acc_t(0));
       }
     }
     if (grad_residual != nullptr) store_pack<VEC>(grad_residual + i, gv);

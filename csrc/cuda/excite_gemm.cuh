@@ -124,11 +124,11 @@ struct GradGateLoader {
   const acc_t* partials;
   int64_t splits, channels;
   const acc_t* scale;
-  int gate;
+  Gate gate;
   acc_t* gz;
   __device__ __forceinline__ acc_t operator()(int64_t n, int64_t c) const {
     const int64_t i = n * channels + c;
-    const acc_t g = sum_splits(partials, n, c, channels, splits) * gate_grad_from_scale(scale[i], gate);
+    const acc_t g = gate_backward(sum_splits(partials, n, c, channels, splits), scale[i], gate);
     if (blockIdx.y == 0) gz[i] = g;
     return g;
   }
@@ -145,13 +145,13 @@ struct HiddenLoader {
   const w_t* b1;         // forward, nullable
   const acc_t* hidden;   // backward: the forward's hidden
   acc_t* store;          // forward: hidden; backward: gh
-  int act;
+  Activation act;
   __device__ __forceinline__ acc_t operator()(int64_t n, int64_t r) const {
     acc_t v = acc_t(0);
     for (int64_t z = 0; z < k_splits; ++z) v += k_partials[(z * n_samples + n) * reduced + r];
     const int64_t i = n * reduced + r;
     if constexpr (BACKWARD) {
-      v *= activate_grad(hidden[i], act);
+      v = activate_backward(v, hidden[i], act);
       if (blockIdx.y == 0) store[i] = v;
       return v;
     } else {
@@ -185,16 +185,17 @@ struct WeightLoader {
   }
 };
 
-// Weight gradients: B(n, j) = v[n, j] (or act(v[n, j]) for the forward's hidden).
+// Weight gradients: B(n, j) = v[n, j], or act(v[n, j]) for the forward's hidden.
 template <typename acc_t>
 struct RowsLoader {
   static constexpr bool kContiguousK = false;
   const acc_t* v;
   int64_t cols;
-  int act;  // -1: none
+  bool apply_act;
+  Activation act;  // when apply_act
   __device__ __forceinline__ acc_t operator()(int64_t n, int64_t j) const {
     const acc_t x = v[n * cols + j];
-    return act < 0 ? x : activate(x, act);
+    return apply_act ? activate(x, act) : x;
   }
 };
 
@@ -218,7 +219,7 @@ struct ScaleStore {
   acc_t* scale;
   const w_t* b2;  // nullable
   int64_t channels;
-  int gate;
+  Gate gate;
   __device__ __forceinline__ void operator()(int64_t n, int64_t c, acc_t v) const {
     if (b2 != nullptr) v += static_cast<acc_t>(b2[c]);
     scale[n * channels + c] = apply_gate(v, gate);

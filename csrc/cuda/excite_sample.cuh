@@ -67,7 +67,7 @@ excite_forward_kernel(const acc_t* partials, int64_t splits, acc_t* pooled,
                       const w_t* __restrict__ w1, const w_t* __restrict__ b1,
                       const w_t* __restrict__ w2, const w_t* __restrict__ b2, acc_t* hidden,
                       acc_t* act_hidden, acc_t* scale, int64_t channels, int64_t reduced,
-                      acc_t hw, int act, int gate) {
+                      acc_t hw, Activation act, Gate gate) {
   const int64_t n = blockIdx.x;
   acc_t* p = pooled + n * channels;
   for (int64_t c = threadIdx.x; c < channels; c += kThreads) {
@@ -97,8 +97,8 @@ __global__ void __launch_bounds__(kThreads)
 excite_backward_kernel(const acc_t* gs_partials, int64_t splits, const acc_t* scale,
                        const acc_t* hidden, const w_t* __restrict__ w1,
                        const w_t* __restrict__ w2, acc_t* gz, acc_t* act_hidden, acc_t* gh,
-                       acc_t* gp, int64_t channels, int64_t reduced, acc_t hw, int act,
-                       int gate) {
+                       acc_t* gp, int64_t channels, int64_t reduced, acc_t hw,
+                       Activation act, Gate gate) {
   const int64_t n = blockIdx.x;
   const acc_t* s_n = scale + n * channels;
   const acc_t* h_n = hidden + n * reduced;
@@ -108,13 +108,13 @@ excite_backward_kernel(const acc_t* gs_partials, int64_t splits, const acc_t* sc
   acc_t* gp_n = gp + n * channels;
 
   for (int64_t c = threadIdx.x; c < channels; c += kThreads) {
-    gz_n[c] = sum_splits(gs_partials, n, c, channels, splits) * gate_grad_from_scale(s_n[c], gate);
+    gz_n[c] = gate_backward(sum_splits(gs_partials, n, c, channels, splits), s_n[c], gate);
   }
   for (int64_t r = threadIdx.x; r < reduced; r += kThreads) a_n[r] = activate(h_n[r], act);
   __syncthreads();  // gz complete
   // ga = gz^T W2 (W2 is [C, Cr]), gh = ga * act'(hidden)
   block_column_dots(w2, channels, reduced, static_cast<const acc_t*>(gz_n),
-                    [&](int64_t r, acc_t ga) { gh_n[r] = ga * activate_grad(h_n[r], act); });
+                    [&](int64_t r, acc_t ga) { gh_n[r] = activate_backward(ga, h_n[r], act); });
   __syncthreads();  // gh complete (block_column_dots ends with one too; kept for clarity)
   // gp = gh^T W1 / HW (W1 is [Cr, C]): the gradient reaching each pixel through the mean
   block_column_dots(w1, reduced, channels, static_cast<const acc_t*>(gh_n),

@@ -44,12 +44,6 @@ namespace {
 
 using namespace cuda;
 
-void check_cuda(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.is_cuda(), "se (CUDA): ", name, " must be a CUDA tensor, got one on ", t.device());
-  TORCH_CHECK(t.device() == device, "se (CUDA): ", name, " is on ", t.device(),
-              " but x is on ", device);
-}
-
 // Calls fn(TypeTag<w_t>{}) with w_t the parameters' dtype: scalar_t or float.
 template <typename scalar_t, typename Fn>
 void dispatch_param_type(at::ScalarType param_dtype, const Fn& fn) {
@@ -61,40 +55,6 @@ void dispatch_param_type(at::ScalarType param_dtype, const Fn& fn) {
                 ": parameters must be x's dtype or float32");
     fn(TypeTag<float>{});
   }
-}
-
-void check_params(const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-                  const std::optional<at::Tensor>& b2, int64_t channels) {
-  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == channels, "se (CUDA): w1 must be [Cr, ", channels,
-              "], got ", w1.sizes());
-  const int64_t reduced = w1.size(0);
-  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == channels && w2.size(1) == reduced,
-              "se (CUDA): w2 must be [", channels, ", ", reduced, "], got ", w2.sizes());
-  TORCH_CHECK(w2.scalar_type() == w1.scalar_type(), "se (CUDA): w2 has dtype ",
-              w2.scalar_type(), " but w1 has ", w1.scalar_type());
-  if (b1.has_value()) {
-    TORCH_CHECK(b1->dim() == 1 && b1->size(0) == reduced, "se (CUDA): b1 must be [", reduced,
-                "], got ", b1->sizes());
-    TORCH_CHECK(b1->scalar_type() == w1.scalar_type(), "se (CUDA): b1 has dtype ",
-                b1->scalar_type(), " but w1 has ", w1.scalar_type());
-  }
-  if (b2.has_value()) {
-    TORCH_CHECK(b2->dim() == 1 && b2->size(0) == channels, "se (CUDA): b2 must be [", channels,
-                "], got ", b2->sizes());
-    TORCH_CHECK(b2->scalar_type() == w1.scalar_type(), "se (CUDA): b2 has dtype ",
-                b2->scalar_type(), " but w1 has ", w1.scalar_type());
-  }
-}
-
-// A compute-dtype [N, k] vector from the forward, as a dense tensor.
-at::Tensor saved_vector(const at::Tensor& t, const char* name, int64_t n, int64_t k,
-                        at::ScalarType acc, const at::Device& device) {
-  check_cuda(t, name, device);
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == k, "se (CUDA): ", name,
-              " must be [", n, ", ", k, "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == acc, "se (CUDA): ", name, " must have dtype ", acc, ", got ",
-              t.scalar_type());
-  return t.contiguous();
 }
 
 template <typename T>
@@ -130,15 +90,16 @@ std::pair<at::Tensor, int64_t> channel_sums(const SumTerm<scalar_t, acc_t, MODE>
 // grad_w2 = gz^T act(hidden), grad_b2 = sum_n gz, grad_w1 = gh^T pooled, grad_b1 = sum_n gh.
 template <typename acc_t, typename w_t>
 void weight_grads(const at::Tensor& gz, const at::Tensor& hidden, const at::Tensor& gh,
-                  const at::Tensor& pooled, int act, BackwardOutputs& grads, cudaStream_t stream) {
+                  const at::Tensor& pooled, Activation act, BackwardOutputs& grads,
+                  cudaStream_t stream) {
   const int64_t n = gz.size(0), channels = gz.size(1), reduced = gh.size(1);
   launch_gemm<acc_t>(TransposedLoader<acc_t>{gz.data_ptr<acc_t>(), channels},
-                     RowsLoader<acc_t>{hidden.data_ptr<acc_t>(), reduced, act},
+                     RowsLoader<acc_t>{hidden.data_ptr<acc_t>(), reduced, true, act},
                      WeightGradStore<acc_t, w_t>{std::get<3>(grads).data_ptr<w_t>(),
                                                  std::get<4>(grads).data_ptr<w_t>(), reduced},
                      channels, reduced, n, no_k_split(n), stream);
   launch_gemm<acc_t>(TransposedLoader<acc_t>{gh.data_ptr<acc_t>(), reduced},
-                     RowsLoader<acc_t>{pooled.data_ptr<acc_t>(), channels, -1},
+                     RowsLoader<acc_t>{pooled.data_ptr<acc_t>(), channels, false, act},
                      WeightGradStore<acc_t, w_t>{std::get<1>(grads).data_ptr<w_t>(),
                                                  std::get<2>(grads).data_ptr<w_t>(), channels},
                      reduced, channels, n, no_k_split(n), stream);
@@ -152,25 +113,12 @@ ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
                                const std::optional<at::Tensor>& residual,
                                c10::string_view activation, c10::string_view gate,
                                bool post_relu) {
-  const int act = parse_activation(activation);
-  const int gate_code = parse_gate(gate);
-  TORCH_CHECK(x.is_cuda(), "se (CUDA): x must be a CUDA tensor, got one on ", x.device());
+  const Activation act = parse_activation(activation);
+  const Gate gate_code = parse_gate(gate);
+  check_forward_args(x, w1, b1, w2, b2, residual, at::kCUDA);
   const at::Device device = x.device();
-  check_cuda(w1, "w1", device);
-  check_cuda(w2, "w2", device);
-  if (b1.has_value()) check_cuda(*b1, "b1", device);
-  if (b2.has_value()) check_cuda(*b2, "b2", device);
-  if (residual.has_value()) check_cuda(*residual, "residual", device);
-  TORCH_CHECK(x.dim() == 4, "se (CUDA): x must be [N, C, H, W], got ", x.sizes());
   const int64_t n = x.size(0), channels = x.size(1), hw = x.size(2) * x.size(3);
-  check_params(w1, b1, w2, b2, channels);
   const int64_t reduced = w1.size(0);
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == x.sizes(), "se (CUDA): residual must have x's shape ",
-                x.sizes(), ", got ", residual->sizes());
-    TORCH_CHECK(residual->scalar_type() == x.scalar_type(), "se (CUDA): residual has dtype ",
-                residual->scalar_type(), " but x has ", x.scalar_type());
-  }
 
   c10::cuda::CUDAGuard guard(device);
   const bool cl = is_channels_last(x);
@@ -264,33 +212,19 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
                                  const at::Tensor& hidden, const at::Tensor& scale,
                                  bool has_residual, c10::string_view activation,
                                  c10::string_view gate) {
-  const int act = parse_activation(activation);
-  const int gate_code = parse_gate(gate);
-  TORCH_CHECK(x.is_cuda(), "se (CUDA): x must be a CUDA tensor, got one on ", x.device());
+  const Activation act = parse_activation(activation);
+  const Gate gate_code = parse_gate(gate);
+  check_backward_args(grad_out, x, out, w1, w2, pooled, hidden, scale, at::kCUDA);
   const at::Device device = x.device();
-  check_cuda(grad_out, "grad_out", device);
-  if (out.has_value()) check_cuda(*out, "out", device);
-  check_cuda(w1, "w1", device);
-  check_cuda(w2, "w2", device);
-  TORCH_CHECK(x.dim() == 4, "se (CUDA): x must be [N, C, H, W], got ", x.sizes());
   const int64_t n = x.size(0), channels = x.size(1), hw = x.size(2) * x.size(3);
-  check_params(w1, std::nullopt, w2, std::nullopt, channels);
   const int64_t reduced = w1.size(0);
-  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
-              "se (CUDA): grad_out must match x (", x.sizes(), ", ", x.scalar_type(), "), got ",
-              grad_out.sizes(), ", ", grad_out.scalar_type());
-  if (out.has_value()) {
-    TORCH_CHECK(out->sizes() == x.sizes() && out->scalar_type() == x.scalar_type(),
-                "se (CUDA): out must match x (", x.sizes(), ", ", x.scalar_type(), "), got ",
-                out->sizes(), ", ", out->scalar_type());
-  }
   const bool post_relu = out.has_value();
   const at::ScalarType acc = compute_dtype(x.scalar_type());
 
   c10::cuda::CUDAGuard guard(device);
-  const at::Tensor pooled_c = saved_vector(pooled, "pooled", n, channels, acc, device);
-  const at::Tensor hidden_c = saved_vector(hidden, "hidden", n, reduced, acc, device);
-  const at::Tensor scale_c = saved_vector(scale, "scale", n, channels, acc, device);
+  const at::Tensor pooled_c = pooled.contiguous();
+  const at::Tensor hidden_c = hidden.contiguous();
+  const at::Tensor scale_c = scale.contiguous();
   const bool cl = is_channels_last(x);
   const at::Tensor xd = to_layout(x, cl);
   const at::Tensor gd = to_layout(grad_out, cl);

@@ -1,6 +1,7 @@
 """Backward kernels: three launches, weight and bias gradients included.
 
-With gy = g * (out > 0) for the ReLU tail, else g (the backward of docs/design.md, "The math"):
+With gy = (out <= 0 ? 0 : g) for the ReLU tail (PyTorch's threshold_backward), else g (the
+backward of docs/design.md, "The math"):
 
 Kernel A', ``se_squeeze_excite_bwd``: grid (channel blocks * HW splits, N). Reduces
 gs = sum_hw gy * x into ``partials``; with EXCITE, the last program of a sample then runs the
@@ -18,7 +19,7 @@ gW1 = gh^T pooled, and the bias sums, one program per output tile of either matr
 import triton
 import triton.language as tl
 
-from .common import (FLAGS, activate, activate_grad, arrive_last, dot_acc, gate_grad_from_scale,
+from .common import (FLAGS, activate, activate_backward, arrive_last, dot_acc, gate_backward,
                      reduce_slab_share, sum_partials)
 
 
@@ -43,7 +44,7 @@ def se_squeeze_excite_bwd(
                 cm = c < C
                 gs = sum_partials(partial_ptr, n, c, cm, C, NUM_SPLITS, FC_BLOCK_C, ACC)
                 sc = tl.load(scale_ptr + n * C + c, mask=cm, other=0.0)
-                tl.store(gz_ptr + n * C + c, gs * gate_grad_from_scale(sc, gate), mask=cm)
+                tl.store(gz_ptr + n * C + c, gate_backward(gs, sc, gate), mask=cm)
             tl.debug_barrier()
             # gh = (gz @ W2) * act'(hidden), W2 is [C, CR]
             for r0 in range(0, CR, FC_BLOCK_R):
@@ -58,7 +59,7 @@ def se_squeeze_excite_bwd(
                     gz = tl.load(gz_ptr + n * C + c, mask=cm, other=0.0)
                     ga += tl.sum(w * gz[:, None], axis=0)
                 h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
-                tl.store(gh_ptr + n * CR + r, ga * activate_grad(h, act), mask=rm)
+                tl.store(gh_ptr + n * CR + r, activate_backward(ga, h, act), mask=rm)
             tl.debug_barrier()
             # gp = (gh @ W1) / HW, W1 is [CR, C]: the gradient of each pixel through the mean
             for c0 in range(0, C, FC_BLOCK_C):
@@ -95,7 +96,7 @@ def se_scale_bwd(
     gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
     if POST_RELU:
         o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
-        gy = tl.where(o > 0, gy, 0.0).to(gy.dtype)
+        gy = tl.where(o <= 0, 0.0, gy).to(gy.dtype)  # threshold_backward: NaN passes gy
     if WRITE_GRAD_RESIDUAL:
         tl.store(grad_res_ptr + base + offs, gy, mask=mask)
     gx = gy.to(s.dtype) * s + gp

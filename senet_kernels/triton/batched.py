@@ -22,8 +22,7 @@ after another, a serial chain of loads that ran at half the copy bandwidth on an
 import triton
 import triton.language as tl
 
-from .common import (FLAGS, activate, activate_grad, apply_gate, dot_acc,
-                     gate_grad_from_scale)
+from .common import FLAGS, activate, activate_backward, apply_gate, dot_acc, gate_backward
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -57,7 +56,7 @@ def se_excite_gemm_c_to_r(
                          mask=u_mask, other=0.0)
         if BACKWARD:
             sc = tl.load(scale_ptr + rows[:, None] * C + k[None, :], mask=u_mask, other=0.0)
-            u = u * gate_grad_from_scale(sc, gate)
+            u = gate_backward(u, sc, gate)
         else:
             u = u / HW
         if store_u:
@@ -68,7 +67,7 @@ def se_excite_gemm_c_to_r(
     out_mask = row_mask[:, None] & r_mask[None, :]
     if BACKWARD:
         h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
-        acc = acc * activate_grad(h, act)
+        acc = activate_backward(acc, h, act)
     else:
         if has_bias:
             acc += tl.load(b_ptr + r, mask=r_mask, other=0.0).to(ACC)[None, :]

@@ -1,18 +1,34 @@
 """Triton device functions shared by the forward and backward kernels.
 
-Activation and gate are runtime integer codes (``spec.ACTIVATION_CODE`` / ``spec.GATE_CODE``):
-they only run in the per-sample excitation tail, so selecting with ``tl.where`` costs nothing
-measurable and saves a compiled variant per combination.
+Activation and gate are runtime integer codes (``spec.ACTIVATION_CODE`` / ``spec.GATE_CODE``,
+bound below as constexprs): they only run in the excitation tails and GEMM epilogues, so
+selecting with ``tl.where`` costs nothing measurable and saves a compiled variant per
+combination. Each helper names every code; an unknown code yields NaN (the host maps names
+through ``spec``, which raises on an unknown one, so this only catches a code added there and
+forgotten here).
+
+NaN and Inf propagate exactly as in the PyTorch ops of ``reference.py`` (see csrc/se_math.h,
+which computes the same formulas): comparisons with NaN are false, so every clamp is written
+as a select that leaves NaN in place (``tl.maximum`` without ``propagate_nan`` may drop it),
+and every derivative that is 0 somewhere (ReLU, hardsigmoid) is a select, not a product, so
+an Inf or NaN incoming gradient gives 0 there, as PyTorch's backward kernels do.
 """
 
 import triton
 import triton.language as tl
+
+from ..spec import ACTIVATION_CODE, GATE_CODE
 
 #: Runtime flags of the kernels (0/1 or small codes): ``@triton.jit(do_not_specialize=FLAGS)``
 #: keeps one compiled kernel for every value, instead of one more wherever a flag equals 1
 #: (Triton turns integer arguments equal to 1 into constants), so what the ahead-of-time
 #: compile covers is what runs. Names a kernel does not have are ignored.
 FLAGS = ["has_b1", "has_b2", "has_bias", "act", "gate"]
+
+RELU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["relu"])
+SILU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["silu"])
+SIGMOID: tl.constexpr = tl.constexpr(GATE_CODE["sigmoid"])
+HARDSIGMOID: tl.constexpr = tl.constexpr(GATE_CODE["hardsigmoid"])
 
 
 @triton.jit
@@ -21,33 +37,54 @@ def _sigmoid(v):
 
 
 @triton.jit
-def activate(h, act):
-    """act 0: relu, 1: silu."""
-    return tl.where(act == 0, tl.maximum(h, 0.0), h * _sigmoid(h))
+def _relu(h):
+    """torch.relu: NaN stays NaN (``h <= 0`` is false for it)."""
+    return tl.where(h <= 0.0, 0.0, h)
 
 
 @triton.jit
-def activate_grad(h, act):
-    """d act(h) / dh. ReLU's derivative at 0 is 0, as in PyTorch."""
+def _unknown(v):
+    """The value of an unknown code: NaN, so that a missing case cannot pass for a result."""
+    return tl.where(v == v, float("nan"), v)
+
+
+@triton.jit
+def activate(h, act):
+    """act(h) for act RELU or SILU."""
+    return tl.where(act == RELU, _relu(h), tl.where(act == SILU, h * _sigmoid(h), _unknown(h)))
+
+
+@triton.jit
+def activate_backward(ga, h, act):
+    """ga * act'(h). ReLU: threshold_backward on relu(h), so 0 where h <= 0 (relu'(0) = 0, as
+    in PyTorch) and ga elsewhere, where h is NaN too. SiLU: PyTorch's formula and order."""
     sig = _sigmoid(h)
-    return tl.where(act == 0, tl.where(h > 0.0, 1.0, 0.0), sig * (1.0 + h * (1.0 - sig)))
+    silu = ga * sig * (1.0 + h * (1.0 - sig))
+    relu = tl.where(h <= 0.0, 0.0, ga)
+    return tl.where(act == RELU, relu, tl.where(act == SILU, silu, _unknown(ga)))
 
 
 @triton.jit
 def apply_gate(z, gate):
-    """gate 0: sigmoid, 1: hardsigmoid = relu6(z + 3) / 6."""
-    hard = tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
-    return tl.where(gate == 0, _sigmoid(z), hard)
+    """gate(z) for gate SIGMOID or HARDSIGMOID = relu6(z + 3) / 6 (NaN stays NaN)."""
+    v = z + 3.0
+    v = tl.where(v <= 0.0, 0.0, v)
+    hard = tl.where(v >= 6.0, 6.0, v) / 6.0
+    return tl.where(gate == SIGMOID, _sigmoid(z),
+                    tl.where(gate == HARDSIGMOID, hard, _unknown(z)))
 
 
 @triton.jit
-def gate_grad_from_scale(s, gate):
-    """d gate(z) / dz written in terms of s = gate(z), so the backward needs no z.
+def gate_backward(gs, s, gate):
+    """gs * gate'(z), written from s = gate(z) so the backward needs no z.
 
-    hardsigmoid has slope 1/6 exactly where it is not clamped, i.e. where 0 < s < 1.
+    sigmoid: PyTorch's ``gs * (1 - s) * s``. hardsigmoid has slope 1/6 exactly where it is
+    not clamped, i.e. where 0 < s < 1; elsewhere (and for NaN s) the result is 0 whatever gs
+    is, as in PyTorch's hardsigmoid_backward.
     """
-    hard = tl.where((s > 0.0) & (s < 1.0), 1.0 / 6.0, 0.0)
-    return tl.where(gate == 0, s * (1.0 - s), hard)
+    hard = tl.where((s > 0.0) & (s < 1.0), gs * (1.0 / 6.0), 0.0)
+    return tl.where(gate == SIGMOID, gs * (1.0 - s) * s,
+                    tl.where(gate == HARDSIGMOID, hard, _unknown(gs)))
 
 
 @triton.jit
@@ -71,8 +108,8 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
     """Sum over hw in [hw_start, hw_end) of one sample's channels ``c_offs``.
 
-    MODE 0 sums x (the squeeze); MODE 1 sums g * x and MODE 2 sums g * (out > 0) * x (the
-    backward's gs). Pointers point at the sample's first element; the tile is
+    MODE 0 sums x (the squeeze); MODE 1 sums g * x and MODE 2 sums (out <= 0 ? 0 : g) * x (the
+    backward's gs behind the ReLU tail: threshold_backward, where a NaN output passes g). Pointers point at the sample's first element; the tile is
     [BLOCK_C, BLOCK_HW] in both layouts and the compiler orders it by which axis is contiguous.
     """
     hw_range = tl.arange(0, BLOCK_HW)
@@ -89,7 +126,7 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C
             g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
             if MODE == 2:
                 o = tl.load(out_ptr + offs, mask=mask, other=0.0)
-                g = tl.where(o > 0, g, 0.0)
+                g = tl.where(o <= 0, 0.0, g)
             v = v * g
         acc += v
     return tl.sum(acc, axis=1)
