@@ -67,16 +67,6 @@ def assert_matches_reference(actual, expected, dtype, what):
         f"max abs error / max |ref| {max_rel:.3e} (tolerance {max_tol})")
 
 
-def gradient_tolerance_dtype(dtype, gate):
-    """The dtype whose tolerances the gradients are held to.
-
-    PyTorch's float64 hardsigmoid backward multiplies by 1/6 rounded to float32 (3e-8
-    relative off), so with that gate the float64 oracle's own gradients are only float32-exact;
-    the kernels use 1/6 in float64. Everything else: the input's dtype.
-    """
-    return torch.float32 if dtype == torch.float64 and gate == "hardsigmoid" else dtype
-
-
 def assert_backend_matches_reference(backend, args, options, dtype, grad_out=None, wrt=None):
     """Run ``backend`` and the float64 reference; compare the output and every gradient."""
     out, grads = run(backend, args, options, grad_out, wrt)
@@ -84,8 +74,7 @@ def assert_backend_matches_reference(backend, args, options, dtype, grad_out=Non
     assert out.dtype == args["x"].dtype
     assert_matches_reference(out, expected, dtype, "out")
     assert grads.keys() == expected_grads.keys()
-    grad_dtype = gradient_tolerance_dtype(dtype, options.get("gate", "sigmoid"))
     for name, g in grads.items():
         assert g.dtype == args[name].dtype, f"grad of {name} has dtype {g.dtype}"
-        assert_matches_reference(g, expected_grads[name], grad_dtype, f"grad {name}")
+        assert_matches_reference(g, expected_grads[name], dtype, f"grad {name}")
     return out, grads
