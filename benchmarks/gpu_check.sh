@@ -12,7 +12,8 @@
 #   3. the main job: python -m senet_kernels bench --sizes gpu (its wall time is recorded)
 #   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
 #   5. benchmarks/host_overhead.py and benchmarks/excitation_paths.py
-#   6. summary.md; the short summary is printed last
+#   6. benchmarks/train_throughput.sh: the train command under torchrun on one GPU
+#   7. summary.md; the short summary is printed last
 # At most 8 files are written to the results folder (and copied to $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +77,8 @@ step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats
 step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --rep-ms 5 \
   --json "$results/excitation_paths.json"
 
+step "train throughput (DDP, 1 GPU)" 150 bash benchmarks/train_throughput.sh "$results/train.json"
+
 step "summary" 30 python - "$results" <<'PY'
 import json, os, sys
 sys.path.insert(0, ".")
@@ -99,6 +102,9 @@ if host:
     parts.append("\n".join(f"host time {r['impl']:>7} {r['pass_name']:>8}: {r['host_us']:7.1f} us "
                            f"({r['host_vs_eager']:.2f}x eager), GPU {r.get('gpu_us', 0):.1f} us"
                            for r in host["rows"]))
+train = load("train.json")
+if train:
+    parts.append("\n".join(f"train {r['run']:>20}: {r['images_per_s']:7.0f} img/s" for r in train["rows"]))
 paths = load("excitation_paths.json")
 if paths:
     worst = max(paths["rows"], key=lambda r: r["pick_vs_best"])

@@ -170,6 +170,9 @@ def no_process_group(monkeypatch):
     (["--synthetic", "--batch-size", "0"], "--batch-size must be positive"),
     (["--synthetic", "--synthetic-size", "10", "--batch-size", "8", "--accum-steps", "2"],
      "fewer than one global batch (16"),
+    (["--synthetic", "--backend", "cudnn"], "backend must be one of"),
+    (["--synthetic", "--backend", "eager", "--model", "se_resnet18"],
+     "se_resnet18 is a senet_kernels model"),
 ])
 def test_bad_options_stop_before_training(argv, message, no_process_group, capsys, tmp_path):
     assert main(["train", *argv, "--output", str(tmp_path)]) == 2
@@ -287,3 +290,14 @@ def test_default_lr_scales_with_the_global_batch():
     assert lr([], 8) == pytest.approx(0.6)                               # 8 x 128: the paper's
     assert lr(["--batch-size", "64", "--accum-steps", "2"], 2) == pytest.approx(0.15)  # 256
     assert lr(["--lr", "0.1"], 8) == 0.1
+
+
+def test_eager_backend_keeps_timm_se_modules():
+    """--backend eager: the unfused baseline (a timm model's own SE modules)."""
+    from senet_kernels import FusedSEBlock
+    from senet_kernels.train.models import build_model
+
+    eager = build_model("test_efficientnet", 10, backend="eager")
+    fused = build_model("test_efficientnet", 10, backend="reference")
+    assert not any(isinstance(m, FusedSEBlock) for m in eager.modules())
+    assert any(isinstance(m, FusedSEBlock) for m in fused.modules())

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import models as senet_models
-from ..modules import check_backend_name
-from .models import check_model_name
+from ..backends import check_backend_name
+from .models import EAGER, check_model_name
 
 PAPER_LR_PER_IMAGE = 0.6 / 1024  # SGD, the paper's 0.6 at batch 1024
 ADAMW_LR_PER_IMAGE = 1e-3 / 1024  # a common AdamW setting for ResNets, scaled the same way
@@ -37,7 +37,8 @@ def add_arguments(parser):
                         "default: se_resnet50")
     g.add_argument("--backend", default="auto",
                    help="SE kernels: auto, triton, cuda, cpu, reference (default: auto, i.e. "
-                        "Triton on GPUs, the C++ kernels on the CPU)")
+                        "Triton on GPUs, the C++ kernels on the CPU); or eager: a timm model "
+                        "keeps its own SE modules (the baseline to compare the fused ones with)")
     g.add_argument("--num-classes", type=int, default=None,
                    help="outputs of the classifier (default: the dataset's classes; 1000 with "
                         "--synthetic)")
@@ -169,7 +170,12 @@ def check_args(args, env=None):
         what = "does not exist" if not os.path.exists(args.data) else "is not a directory"
         raise ValueError(f"--data {args.data!r} {what}")
     check_model_name(args.model)
-    check_backend_name(args.backend)
+    if args.backend == EAGER:
+        if args.model in senet_models.MODELS:
+            raise ValueError(f"--backend eager keeps a timm model's own SE modules; {args.model} "
+                             "is a senet_kernels model, whose SE blocks are always fused")
+    else:
+        check_backend_name(args.backend)
     _positive(args, "epochs", "batch_size", "accum_steps", "lr", "lr_step_epochs",
               "max_steps", "log_every", "num_classes", "synthetic_size", "image_size")
     for name in ("save_every", "workers", "weight_decay", "momentum", "warmup_epochs"):

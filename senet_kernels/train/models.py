@@ -7,6 +7,10 @@ from .. import models as senet_models
 from ..convert import convert_se_modules
 
 
+#: ``--backend`` value that leaves a timm model's SE modules as they are (eager PyTorch).
+EAGER = "eager"
+
+
 def _timm():
     # timm is optional for the package (and takes a second to import): only for its models.
     try:
@@ -36,10 +40,14 @@ def build_model(name, num_classes, backend="auto", pretrained=False):
     """``name``'s network with ``num_classes`` outputs whose SE blocks run on ``backend``.
 
     timm models are built by ``timm.create_model`` and converted in place by
-    ``convert_se_modules``; a model without SE modules trains as it is (with a warning).
+    ``convert_se_modules`` (not with ``backend="eager"``, the unfused baseline); a model
+    without SE modules trains as it is (with a warning).
     """
     check_model_name(name)
     if name in senet_models.MODELS:
+        if backend == EAGER:
+            raise ValueError(f"backend 'eager' keeps a timm model's own SE modules; {name} is "
+                             "a senet_kernels model, whose SE blocks are always fused")
         if pretrained:
             raise ValueError(f"--pretrained is for timm models; {name} starts from random "
                              "weights (senet_kernels.models.from_timm converts timm's)")
@@ -51,6 +59,8 @@ def build_model(name, num_classes, backend="auto", pretrained=False):
             raise
         # Offline, or weights not in the cache: say which option caused it.
         raise ValueError(f"--pretrained: timm could not load {name}'s weights: {e}") from None
+    if backend == EAGER:
+        return model
     if convert_se_modules(model, backend=backend) == 0:
         warnings.warn(f"timm model {name} has no SE module that senet_kernels fuses; it trains "
                       "unchanged", stacklevel=2)
