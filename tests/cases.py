@@ -3,6 +3,7 @@
 Inputs and comparisons live in ``senet_kernels.testing`` (the main job's check uses them too).
 """
 
+import contextlib
 import itertools
 
 import pytest
@@ -56,3 +57,16 @@ def backend_device_params(paths=False):
     assert params, "no kernel backend runs here: every kernel test would be skipped"
     return params
 
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Fill every uninitialized allocation (torch.empty & co.) with NaN inside the block, so
+    an output element a kernel fails to write shows up as NaN (conftest's ``poison`` fixture;
+    the property test uses it per example)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -24,12 +24,9 @@ def device():
 def poison():
     """Fill every uninitialized allocation (torch.empty & co.) with NaN while the test runs,
     so an output element a kernel fails to write shows up as NaN."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
+    from cases import poisoned_allocations
+    with poisoned_allocations():
         yield
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from senet_kernels.backends import interpreting
 from senet_kernels.spec import ACTIVATIONS, GATES
 
-from cases import backend_device_params, make_inputs
+from cases import backend_device_params, make_inputs, poisoned_allocations
 from nonfinite import PARAMS, assert_backend_matches_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -104,18 +104,6 @@ def build(case, device):
         t = grad_out if target == "grad_out" else args[target]
         t[torch.unravel_index(torch.tensor(index % t.numel()), t.shape)] = value
     return args, grad_out
-
-
-@contextlib.contextmanager
-def poisoned_allocations():
-    """Fresh allocations (torch.empty & co.) filled with NaN, as conftest's ``poison`` fixture
-    (a fixture would be shared by all of a test's examples)."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 def _path(path):
