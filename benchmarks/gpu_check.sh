@@ -51,7 +51,7 @@ build_start=$SECONDS
     pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1; echo $? > "$build_log.rc" ) &
 build_pid=$!
 
-tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py"
+tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_properties.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py"
 # the extension stays unloaded here: it appears mid-run, and test collection must not change
 step "tests: triton (while the extension builds)" 150 env SENET_KERNELS_DISABLE_EXTENSION=1 \
   python -m pytest -q -n 8 -p no:cacheprovider $tests -k "triton and not aot"
@@ -65,7 +65,7 @@ else  # the whole story of a failed build: its error lines with context, and the
   tail -n 20 "$build_log" | tee -a "$log"
 fi
 step "tests: cuda extension and the rest" 120 python -m pytest -q -n 8 -p no:cacheprovider \
-  $tests tests/test_extension.py tests/test_modules.py -k "not triton and not aot"
+  $tests tests/test_extension.py tests/test_extension_checks.py tests/test_modules.py -k "not triton and not aot"
 
 bench_start=$SECONDS
 step "main job: bench --sizes gpu" 180 python -m senet_kernels bench --sizes gpu --dtype bfloat16 \
