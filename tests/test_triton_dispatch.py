@@ -4,6 +4,7 @@ and the ahead-of-time compile of every configuration for sm_80 / sm_90 (no GPU n
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -123,6 +124,29 @@ def test_scratch_buffers_are_per_plan_and_stream(device):
     out1, _, _, scale1 = se_op.se_forward(*args.values(), "relu", "sigmoid", False)
     out2, _, _, scale2 = se_op.se_forward(*args.values(), "relu", "sigmoid", False)
     assert scale1.data_ptr() != scale2.data_ptr() and torch.equal(scale1, scale2)
+
+
+def test_scratch_buffers_are_per_thread(device):
+    """Two host threads on one stream interleave their launches: each has its own scratch
+    (on a GPU, tests/test_threads.py checks the results of such concurrent calls)."""
+    args = make_inputs(2, 16, 4, 4, 4, device=device, seed=15)
+
+    def inference_scales():
+        with recording_launches() as launches:
+            with torch.no_grad():
+                for _ in range(2):
+                    squeeze_excite(*args.values(), backend="triton")
+        return [l.args["scale_ptr"].data_ptr() for l in launches
+                if l.kernel.__name__.startswith("se_scale_fwd")]
+
+    mine = inference_scales()
+    theirs = []
+    thread = threading.Thread(target=lambda: theirs.extend(inference_scales()))
+    thread.start()
+    thread.join()
+    assert len(mine) == len(theirs) == 2
+    assert mine[0] == mine[1] and theirs[0] == theirs[1]  # reused within a thread
+    assert mine[0] != theirs[0]  # not shared between threads
 
 
 def test_traffic_model_picks_the_path():

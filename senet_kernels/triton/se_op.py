@@ -12,7 +12,8 @@ Two paths; ``configs.use_batched_excitation`` picks one per shape from the traff
 Nothing else runs on the device. Outputs are ``torch.empty``; the scratch buffers (split
 partial sums, the backward's [N, C] vectors, the per-sample path's arrival counters, and in
 inference the saved-for-backward vectors nobody will read) belong to the plan, one set per
-CUDA stream, reused call after call: stream order keeps calls on one stream apart. The
+host thread and CUDA stream, reused call after call: stream order keeps one thread's calls on
+one stream apart (two threads on one stream interleave their launches, hence per thread). The
 arrival counters start zeroed and every kernel that uses them leaves them zeroed. While a CUDA
 graph is being captured, buffers are fresh allocations from the graph's memory pool, freed when
 the call returns like any temporary of the capture (two graphs captured on one stream may be
@@ -75,14 +76,21 @@ def _stream(device):
 
 
 def _scratch(plan, device, make):
-    """The plan's scratch buffers for the current stream: ``make()`` once per stream, or a fresh
-    ``make()`` per call while a CUDA graph is captured (see the module docstring)."""
+    """The plan's scratch buffers for the current stream and host thread: ``make()`` once per
+    (thread, stream), or a fresh ``make()`` per call while a CUDA graph is captured (see the
+    module docstring).
+
+    Per thread as well as per stream: two host threads issuing calls onto one stream interleave
+    their launches (A's squeeze, B's squeeze, A's FC1 reading B's partial sums), so stream order
+    alone does not keep their calls apart. ``plan.scratch`` is a ``threading.local``: a thread's
+    buffers go when the thread does."""
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return make()
+    mine = plan.scratch.__dict__  # this thread's own dict
     stream = _stream(device)
-    buffers = plan.scratch.get(stream)
+    buffers = mine.get(stream)
     if buffers is None:
-        buffers = plan.scratch[stream] = make()
+        buffers = mine[stream] = make()
     return buffers
 
 
@@ -90,7 +98,8 @@ def _launch_with_counters(plan, site, device, *tensors):
     try:
         site(*tensors)
     except BaseException:
-        plan.scratch.pop(_stream(device), None)  # a failed launch may leave the counters dirty
+        # a failed launch may leave the counters dirty
+        plan.scratch.__dict__.pop(_stream(device), None)
         raise
 
 
@@ -191,12 +200,12 @@ class _Shape:
 class _Plan:
     """The launches of one signature: path and sizes (shape), H*W splits of the reduction,
     launch sites in order, whether the arguments are already dense as the kernels need, and
-    the scratch buffers per stream (see _scratch)."""
+    the scratch buffers per host thread and stream (see _scratch)."""
     shape: _Shape
     splits: int
     sites: tuple
     dense: bool
-    scratch: dict = field(default_factory=dict)
+    scratch: threading.local = field(default_factory=threading.local)
 
 
 def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
