@@ -29,11 +29,9 @@ op in the graph, so it still runs the fused kernels.
 """
 
 import torch
-import torch.nn.functional as F
 
 from .backends import backend_ops
-from .dtypes import compute_dtype
-from .reference import activate, apply_gate
+from .reference import forward_with_vectors
 
 #: Kernel backends whose forward op gets the decomposition ("cpu" and "cuda" share "ext").
 KERNEL_BACKENDS = ("triton", "cpu")
@@ -43,29 +41,15 @@ KERNEL_BACKENDS = ("triton", "cpu")
 LEGACY_MIN_OPSET = 11
 
 
-def _to(t, dtype):
-    return None if t is None else t.to(dtype)
-
-
 def se_forward_decomposition(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     """``se_forward_<backend>`` in ATen ops: ``(out, pooled, hidden, scale)`` as the op returns.
 
-    Computed in the op's compute dtype (float32; float64 for float64 inputs) and ``out``
-    rounded once to x's dtype, as the kernels do; the three vectors stay in the compute
-    dtype, like the op's (so a graph using them stays valid, though exported models use
-    ``out`` only).
+    The reference's forward (``reference.forward_with_vectors``): computed in the op's compute
+    dtype (float32; float64 for float64 inputs) and ``out`` rounded once to x's dtype, as the
+    kernels do; the three vectors stay in the compute dtype, like the op's (so a graph using
+    them stays valid, though exported models use ``out`` only).
     """
-    acc = compute_dtype(x.dtype)
-    xa = x.to(acc)
-    pooled = xa.mean(dim=(2, 3))
-    hidden = F.linear(pooled, w1.to(acc), _to(b1, acc))
-    scale = apply_gate(F.linear(activate(hidden, activation), w2.to(acc), _to(b2, acc)), gate)
-    out = xa * scale[:, :, None, None]
-    if residual is not None:
-        out = out + residual.to(acc)
-    if post_relu:
-        out = F.relu(out)
-    return out.to(x.dtype), pooled, hidden, scale
+    return forward_with_vectors(x, w1, b1, w2, b2, residual, activation, gate, post_relu)
 
 
 # --- TorchScript exporter (dynamo=False) ----------------------------------------------------

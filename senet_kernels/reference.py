@@ -51,12 +51,33 @@ def apply_gate(z, gate):
     raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
+def _excite_vectors(pooled, w1, b1, w2, b2, activation, gate):
+    """(hidden [N, Cr] before the activation, scale [N, C]) of the excitation, in pooled's dtype."""
+    dtype = pooled.dtype
+    hidden = F.linear(pooled, w1.to(dtype), None if b1 is None else b1.to(dtype))
+    z = F.linear(activate(hidden, activation), w2.to(dtype), None if b2 is None else b2.to(dtype))
+    return hidden, apply_gate(z, gate)
+
+
 def excite(pooled, w1, b1, w2, b2, activation, gate):
     """The excitation on pooled features [N, C]: FC, activation, FC, gate. Returns s [N, C]."""
-    dtype = pooled.dtype
-    h = F.linear(pooled, w1.to(dtype), None if b1 is None else b1.to(dtype))
-    z = F.linear(activate(h, activation), w2.to(dtype), None if b2 is None else b2.to(dtype))
-    return apply_gate(z, gate)
+    return _excite_vectors(pooled, w1, b1, w2, b2, activation, gate)[1]
+
+
+def forward_with_vectors(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
+    """``(out, pooled, hidden, scale)`` as the kernel backends' forward op returns them
+    (ops.py): ``out`` in x's dtype, the three vectors in the compute dtype. No argument checks
+    (``squeeze_excite_reference`` has them)."""
+    acc = compute_dtype(x.dtype)
+    xa = x.to(acc)
+    pooled = xa.mean(dim=(2, 3))
+    hidden, scale = _excite_vectors(pooled, w1, b1, w2, b2, activation, gate)
+    y = xa * scale[:, :, None, None]
+    if residual is not None:
+        y = y + residual.to(acc)
+    if post_relu:
+        y = F.relu(y)
+    return y.to(x.dtype), pooled, hidden, scale
 
 
 def squeeze_excite_reference(x, w1, b1, w2, b2, residual=None, *, activation="relu",
@@ -68,12 +89,4 @@ def squeeze_excite_reference(x, w1, b1, w2, b2, residual=None, *, activation="re
     """
     check_activation(activation)
     check_gate(gate)
-    acc = compute_dtype(x.dtype)
-    xa = x.to(acc)
-    s = excite(xa.mean(dim=(2, 3)), w1, b1, w2, b2, activation, gate)
-    y = xa * s[:, :, None, None]
-    if residual is not None:
-        y = y + residual.to(acc)
-    if post_relu:
-        y = F.relu(y)
-    return y.to(x.dtype)
+    return forward_with_vectors(x, w1, b1, w2, b2, residual, activation, gate, post_relu)[0]
