@@ -31,19 +31,17 @@ def differentiable_input_grads(grad_out, x, w1, b1, w2, b2, out, has_residual, a
         gy = grad_out.to(acc)
         if out is not None:
             gy = torch.where(out <= 0, torch.zeros_like(gy), gy)
-        wanted = [t for t in (x, w1, b1, w2, b2) if t is not None and t.requires_grad]
-        grads = iter(())
-        if wanted:
+        inputs = (x, w1, b1, w2, b2)
+        wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+        result = [None] * len(inputs)
+        if wanted:  # each of them is used by the excitation, so each gets a gradient
             xa = x.to(acc)
             scale = excite(xa.mean(dim=(2, 3)), w1, b1, w2, b2, activation, gate)
             rescaled = xa * scale[:, :, None, None]
-            grads = iter(torch.autograd.grad(rescaled, wanted, gy, create_graph=True,
-                                             allow_unused=True))
-        result = [None if t is None or not t.requires_grad else next(grads)
-                  for t in (x, w1, b1, w2, b2)]
-        # Leaves that are used but get no gradient path (allow_unused) have a zero gradient.
-        result = [torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g
-                  for g, t in zip(result, (x, w1, b1, w2, b2))]
+            grads = torch.autograd.grad(rescaled, [inputs[i] for i in wanted], gy,
+                                        create_graph=True)
+            for i, g in zip(wanted, grads):
+                result[i] = g
         grad_residual = None
         if has_residual:
             grad_residual = (gy if out is not None else grad_out).to(grad_out.dtype)
