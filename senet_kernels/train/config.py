@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import models as senet_models
-from ..backends import check_backend_name
-from .models import EAGER, check_model_name
+from .models import check_model_and_backend
 
 PAPER_LR_PER_IMAGE = 0.6 / 1024  # SGD, the paper's 0.6 at batch 1024
 ADAMW_LR_PER_IMAGE = 1e-3 / 1024  # a common AdamW setting for ResNets, scaled the same way
@@ -169,13 +168,7 @@ def check_args(args, env=None):
     if args.data is not None and not os.path.isdir(args.data):
         what = "does not exist" if not os.path.exists(args.data) else "is not a directory"
         raise ValueError(f"--data {args.data!r} {what}")
-    check_model_name(args.model)
-    if args.backend == EAGER:
-        if args.model in senet_models.MODELS:
-            raise ValueError(f"--backend eager keeps a timm model's own SE modules; {args.model} "
-                             "is a senet_kernels model, whose SE blocks are always fused")
-    else:
-        check_backend_name(args.backend)
+    check_model_and_backend(args.model, args.backend)
     _positive(args, "epochs", "batch_size", "accum_steps", "lr", "lr_step_epochs",
               "max_steps", "log_every", "num_classes", "synthetic_size", "image_size")
     for name in ("save_every", "workers", "weight_decay", "momentum", "warmup_epochs"):

@@ -4,6 +4,7 @@ import difflib
 import warnings
 
 from .. import models as senet_models
+from ..backends import check_backend_name
 from ..convert import convert_se_modules
 
 
@@ -36,6 +37,17 @@ def check_model_name(name):
     raise ValueError(f"--model {name!r} is unknown: use one of {', '.join(ours)} {source}{hint}")
 
 
+def check_model_and_backend(name, backend):
+    """Raise ValueError unless ``name`` is a known model and ``backend`` a backend name, or
+    ``EAGER`` for a timm model (ours have no unfused SE to keep)."""
+    check_model_name(name)
+    if backend != EAGER:
+        check_backend_name(backend)
+    elif name in senet_models.MODELS:
+        raise ValueError(f"--backend eager keeps a timm model's own SE modules; {name} is a "
+                         "senet_kernels model, whose SE blocks are always fused")
+
+
 def build_model(name, num_classes, backend="auto", pretrained=False):
     """``name``'s network with ``num_classes`` outputs whose SE blocks run on ``backend``.
 
@@ -43,11 +55,8 @@ def build_model(name, num_classes, backend="auto", pretrained=False):
     ``convert_se_modules`` (not with ``backend="eager"``, the unfused baseline); a model
     without SE modules trains as it is (with a warning).
     """
-    check_model_name(name)
+    check_model_and_backend(name, backend)
     if name in senet_models.MODELS:
-        if backend == EAGER:
-            raise ValueError(f"backend 'eager' keeps a timm model's own SE modules; {name} is "
-                             "a senet_kernels model, whose SE blocks are always fused")
         if pretrained:
             raise ValueError(f"--pretrained is for timm models; {name} starts from random "
                              "weights (senet_kernels.models.from_timm converts timm's)")
