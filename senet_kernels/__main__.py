@@ -11,8 +11,8 @@ it times batch-256 shapes in bfloat16 by default, on the CPU batch 8 in float32.
 """
 
 import argparse
-import os
 import functools
+import os
 import platform
 import sys
 

@@ -119,7 +119,7 @@ KNOWN_NAMES = ("torchvision.ops.SqueezeExcitation, timm SEModule (layers or mode
                "timm SqueezeExcite (EfficientNet/MobileNetV3), pretrainedmodels SEModule, "
                "senet.pytorch SELayer, and classes given to register_se_class")
 
-_registered = {}  # class -> parser
+_registered = set()  # classes vouched for; their layout is read from each instance
 
 
 def register_se_class(cls):
@@ -136,7 +136,7 @@ def register_se_class(cls):
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_se_class needs an nn.Module subclass, got {cls!r}")
-    _registered[cls] = None  # its layout is read from each instance's attributes
+    _registered.add(cls)
     return cls
 
 

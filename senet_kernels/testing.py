@@ -89,8 +89,6 @@ def assert_close(actual, expected, dtype, what):
     assert max_rel <= max_tol, f"{what}: max abs error / max |ref| = {max_rel:.3e} > {max_tol}"
 
 
-
-
 @dataclass(frozen=True)
 class Comparison:
     """One result of a run beside the float64 reference's: ``name`` is "out" or "grad <arg>"."""
