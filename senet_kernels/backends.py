@@ -168,12 +168,23 @@ def _triton_se_op():
     return _se_op
 
 
+# The custom ops' kernels allocate their scratch per call; the eager fast path reuses the
+# plans' scratch buffers (triton/se_op.py says why the two differ).
+
 def _triton_forward(*args):
     return _triton_se_op().se_forward(*args)
 
 
 def _triton_backward(*args):
     return _triton_se_op().se_backward(*args)
+
+
+def _triton_eager_forward(*args):
+    return _triton_se_op().se_forward(*args, reuse_scratch=True)
+
+
+def _triton_eager_backward(*args):
+    return _triton_se_op().se_backward(*args, reuse_scratch=True)
 
 
 def _triton_inference(*args):
@@ -220,7 +231,7 @@ _ext_kernels = _kernels(_ext_ops, _below_autograd(_ext_ops.forward),
                         _below_autograd(_ext_ops.backward))
 _kernel_backends = {
     "triton": _kernels(define_backend_ops("triton", _triton_forward, _triton_backward),
-                       _triton_forward, _triton_backward, _triton_inference),
+                       _triton_eager_forward, _triton_eager_backward, _triton_inference),
     "cpu": _ext_kernels,
     "cuda": _ext_kernels,
 }

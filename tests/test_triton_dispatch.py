@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from senet_kernels import squeeze_excite
-from senet_kernels.backends import backend_status
+from senet_kernels.backends import backend_ops, backend_status
 from senet_kernels.triton import configs, se_op
 from senet_kernels.triton.launcher import recording_launches
 
@@ -57,19 +57,23 @@ def test_launches_per_op(device, path, channels_last, post_relu, residual):
     The kernels are recorded, not run: the interpreter itself copies tensors (aten ops)."""
     forward_kernels, backward_kernels = EXPECTED_LAUNCHES[path]
     args = make_inputs(3, 20, 5, 5, 4, channels_last=channels_last, residual=residual, device=device)
-    # the first calls make the plans and their scratch buffers (the counters are zeroed once)
-    out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)
+    # The eager fast path (reuse_scratch): the first calls make the plans and their scratch
+    # buffers (the counters are zeroed once).
+    out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu,
+                                                  reuse_scratch=True)
     se_op.se_backward(torch.randn_like(out), args["x"], out if post_relu else None, args["w1"],
-                      args["w2"], pooled, hidden, scale, residual, "relu", "sigmoid")
+                      args["w2"], pooled, hidden, scale, residual, "relu", "sigmoid",
+                      reuse_scratch=True)
     with OpLog() as log, recording_launches(run_too=False) as launches:
-        out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu)
+        out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", post_relu,
+                                                      reuse_scratch=True)
     assert [l.kernel.__name__ for l in launches] == forward_kernels
     assert set(log.ops) <= NON_COMPUTE, f"compute ops inside the forward: {set(log.ops) - NON_COMPUTE}"
 
     grad = torch.randn_like(out)
     with OpLog() as log, recording_launches(run_too=False) as launches:
         se_op.se_backward(grad, args["x"], out if post_relu else None, args["w1"], args["w2"],
-                          pooled, hidden, scale, residual, "relu", "sigmoid")
+                          pooled, hidden, scale, residual, "relu", "sigmoid", reuse_scratch=True)
     assert [l.kernel.__name__ for l in launches] == backward_kernels
     assert set(log.ops) <= NON_COMPUTE, f"compute ops inside the backward: {set(log.ops) - NON_COMPUTE}"
 
@@ -147,6 +151,28 @@ def test_scratch_buffers_are_per_thread(device):
     assert len(mine) == len(theirs) == 2
     assert mine[0] == mine[1] and theirs[0] == theirs[1]  # reused within a thread
     assert mine[0] != theirs[0]  # not shared between threads
+
+
+@pytest.mark.parametrize("path", configs.EXCITATION_PATHS)
+def test_custom_ops_allocate_scratch_per_call(device, path):
+    """Through the custom ops (what torch.compile calls) no scratch outlives the call: each call
+    gets fresh buffers and the plans keep none. Under torch.compile(mode="reduce-overhead"),
+    cudagraph trees' warm-up routes allocations to the graph's private pool and fails on pool
+    memory kept past the call (tests/test_call_paths.py checks that on a GPU)."""
+    args = make_inputs(3, 24, 4, 4, 4, residual=True, device=device, seed=16)
+    ops = backend_ops("triton")
+    se_op._forward_plans.clear()
+    se_op._backward_plans.clear()
+    with configs.force_excitation_path(path), recording_launches() as launches:
+        for _ in range(2):
+            out, pooled, hidden, scale = ops.forward(*args.values(), "relu", "sigmoid", True)
+            ops.backward(torch.randn_like(out), args["x"], out, args["w1"], args["w2"], pooled,
+                         hidden, scale, True, "relu", "sigmoid")
+    partials = [l.args["partial_ptr"] for l in launches
+                if l.kernel.__name__.startswith("se_squeeze_excite")]
+    assert len(partials) == 4 and len({p.data_ptr() for p in partials}) == 4
+    plans = [*se_op._forward_plans.values(), *se_op._backward_plans.values()]
+    assert len(plans) == 2 and not any(p.scratch.__dict__ for p in plans)
 
 
 def test_traffic_model_picks_the_path():

@@ -9,16 +9,22 @@ Two paths; ``configs.use_batched_excitation`` picks one per shape from the traff
 - batched (batched.py): the FC layers run as small GEMMs over tiles of samples. Forward 4
   launches (squeeze, FC1, FC2 + gate, scale), backward 5.
 
-Nothing else runs on the device. Outputs are ``torch.empty``; the scratch buffers (split
+Nothing else runs on the device. Outputs are ``torch.empty``. The scratch buffers (split
 partial sums, the backward's [N, C] vectors, the per-sample path's arrival counters, and in
-inference the saved-for-backward vectors nobody will read) belong to the plan, one set per
-host thread and CUDA stream, reused call after call: stream order keeps one thread's calls on
-one stream apart (two threads on one stream interleave their launches, hence per thread). The
-arrival counters start zeroed and every kernel that uses them leaves them zeroed. While a CUDA
-graph is being captured, buffers are fresh allocations from the graph's memory pool, freed when
-the call returns like any temporary of the capture (two graphs captured on one stream may be
-replayed concurrently, so they must not share the plan's buffers; and cudagraph trees, under
-torch.compile(mode="reduce-overhead"), refuse pool memory that outlives the call untracked).
+inference the saved-for-backward vectors nobody will read) are reused call after call only on
+the eager fast path (``reuse_scratch=True``): there they belong to the plan, one set per host
+thread and CUDA stream. Stream order keeps one thread's calls on one stream apart (two threads
+on one stream interleave their launches, hence per thread). The arrival counters start zeroed
+and every kernel that uses them leaves them zeroed.
+
+Calls through the custom ops (torch.compile, export, dispatch modes) and calls made while a
+CUDA graph is being captured allocate their scratch per call instead, as Inductor does for its
+own kernels, and free it when the call returns. Memory kept past the call would be wrong
+there: torch.compile(mode="reduce-overhead") runs a compiled graph's first calls (cudagraph
+trees' warm-up) with every allocation of the thread routed to the graph's private memory pool,
+and fails on pool memory that outlives the call untracked (the H200 run of
+test_torch_compile_reduce_overhead did); and two graphs captured on one stream may be replayed
+concurrently, so they must not share buffers.
 
 Host time: everything that depends only on the arguments' metadata (shapes, strides, dtypes,
 flags, 16-byte alignment, device) is worked out once per signature into a plan: the path,
@@ -75,16 +81,16 @@ def _stream(device):
     return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
 
 
-def _scratch(plan, device, make):
-    """The plan's scratch buffers for the current stream and host thread: ``make()`` once per
-    (thread, stream), or a fresh ``make()`` per call while a CUDA graph is captured (see the
-    module docstring).
+def _scratch(plan, device, make, reuse):
+    """The scratch buffers of a call: the plan's own for the current stream and host thread
+    (``make()`` once per (thread, stream)) when ``reuse``, else a fresh ``make()``; fresh too
+    while a CUDA graph is captured (see the module docstring).
 
     Per thread as well as per stream: two host threads issuing calls onto one stream interleave
     their launches (A's squeeze, B's squeeze, A's FC1 reading B's partial sums), so stream order
     alone does not keep their calls apart. ``plan.scratch`` is a ``threading.local``: a thread's
     buffers go when the thread does."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if not reuse or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return make()
     mine = plan.scratch.__dict__  # this thread's own dict
     stream = _stream(device)
@@ -277,33 +283,36 @@ def _serialized_when_interpreting(op):
         return op
 
     @functools.wraps(op)
-    def serialized(*args):
+    def serialized(*args, **kwargs):
         with _INTERPRETER_LOCK:
-            return op(*args)
+            return op(*args, **kwargs)
     return serialized
 
 
 @_serialized_when_interpreting
-def se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    """The forward op: (out, pooled, hidden, scale), see ops.py."""
-    return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, True)
+def se_forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, reuse_scratch=False):
+    """The forward op: (out, pooled, hidden, scale), see ops.py. ``reuse_scratch``: use the
+    plan's scratch buffers (the eager fast path), not fresh ones (see the module docstring)."""
+    return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, True,
+                    reuse_scratch)
 
 
 @_serialized_when_interpreting
 def se_inference(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    """``out`` alone, for calls no backward will follow: pooled, hidden and scale go to the
-    plan's scratch buffers instead of fresh allocations."""
-    return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, False)[0]
+    """``out`` alone, for eager calls no backward will follow: pooled, hidden and scale go to
+    the plan's scratch buffers instead of fresh allocations."""
+    return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, False, True)[0]
 
 
-def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vectors):
+def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vectors,
+             reuse_scratch):
     check_device(x)
     if x.shape[0] == 0:
         return allocate_forward_outputs(x, w1)
     if not _on_current_device(x.device):
         with torch.cuda.device(x.device):
             return _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu,
-                            keep_vectors)
+                            keep_vectors, reuse_scratch)
     key = _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu)
     plan = _forward_plans.get(key)
     if plan is None:
@@ -319,7 +328,7 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
         b1 = None if b1 is None else b1.contiguous()
         b2 = None if b2 is None else b2.contiguous()
     partials, counters, pooled, hidden, scale = _scratch(
-        plan, device, lambda: _scratch_buffers(shape, plan.splits, device))
+        plan, device, lambda: _scratch_buffers(shape, plan.splits, device), reuse_scratch)
     if keep_vectors:
         out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
     else:
@@ -389,13 +398,16 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
 
 
 @_serialized_when_interpreting
-def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
-    """The backward op: (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual), see ops.py."""
+def se_backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate,
+                reuse_scratch=False):
+    """The backward op: (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual), see ops.py;
+    ``reuse_scratch`` as in se_forward."""
     return _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,
-                     gate)
+                     gate, reuse_scratch)
 
 
-def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
+def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate,
+              reuse_scratch):
     check_device(x)
     post_relu = out is not None
     if x.shape[0] == 0:
@@ -406,7 +418,7 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
     if not _on_current_device(x.device):
         with torch.cuda.device(x.device):
             return _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
-                             activation, gate)
+                             activation, gate, reuse_scratch)
     key = _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
                         activation, gate)
     plan = _backward_plans.get(key)
@@ -426,7 +438,7 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
         pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
     device = x.device
     partials, counters, gz, gh, gp = _scratch(
-        plan, device, lambda: _scratch_buffers(shape, plan.splits, device))
+        plan, device, lambda: _scratch_buffers(shape, plan.splits, device), reuse_scratch)
     out_arg = out if post_relu else x
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
     if shape.batched:
