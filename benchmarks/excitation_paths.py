@@ -1,6 +1,7 @@
 """GPU time of the Triton backend's two excitation paths per shape: the traffic model's data.
 
     python benchmarks/excitation_paths.py [--json PATH] [--batch 256 32] [--rep-ms 10]
+        [--layout channels_last nchw] [--channels C ...]
 
 For SE-ResNet-50 and EfficientNet-B0 SE shapes, both layouts, bf16: the forward (SE-ResNet:
 with residual + ReLU) and forward + backward, with the per-sample and the batched excitation
@@ -12,6 +13,7 @@ much slower its pick is than the faster path. Needs a CUDA GPU.
 """
 
 import argparse
+import json
 import sys
 import time
 
@@ -24,12 +26,13 @@ from senet_kernels.testing import make_inputs
 from senet_kernels.triton import configs
 
 
-def shapes(batches):
+def shapes(batches, channels=None):
+    """(family, N, C, H, Cr) per batch; with ``channels``, only the shapes with those C."""
     out = []
     for n in batches:
         out += [("se_resnet50", n, c, hw, c // 16) for c, hw in RESNET_STAGES]
         out += [("efficientnet_b0", n, c, hw, cr) for c, hw, cr in EFFICIENTNET_SE]
-    return out
+    return [s for s in out if channels is None or s[2] in channels]
 
 
 def gpu_ms(fn, rep_ms):
@@ -66,11 +69,16 @@ def triton(*args, **kwargs):
     return squeeze_excite(*args, backend="triton", **kwargs)
 
 
-def run(batches, rep_ms, layouts=("channels_last", "nchw")):
+def run(batches, rep_ms, layouts=("channels_last", "nchw"), channels=None, json_path=None):
+    """Time every shape; with ``json_path`` the results so far are written after each row
+    (a run stopped by a time limit keeps what it measured)."""
     impls = [("per_sample", triton, "per_sample"), ("batched", triton, "batched"),
              ("eager", eager_se, None)]
     rows = []
-    for family, n, c, hw, cr in shapes(batches):
+    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__, "weight_traffic_limit": configs.WEIGHT_TRAFFIC_LIMIT,
+              "rows": rows}
+    for family, n, c, hw, cr in shapes(batches, channels):
         tail = family == "se_resnet50"
         for layout in layouts:
             inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16,
@@ -88,9 +96,10 @@ def run(batches, rep_ms, layouts=("channels_last", "nchw")):
                                  pick_vs_best=picked / min(times["batched"], times["per_sample"]),
                                  pick_vs_eager=times["eager"] / picked))
                 print(format_row(rows[-1]), flush=True)
-    return {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
-            "torch": torch.__version__, "weight_traffic_limit": configs.WEIGHT_TRAFFIC_LIMIT,
-            "rows": rows}
+                if json_path:
+                    with open(json_path, "w") as f:
+                        json.dump(result, f, indent=1)
+    return result
 
 
 def format_row(r):
@@ -106,11 +115,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 32])
     parser.add_argument("--rep-ms", type=float, default=10, help="graph replay time per measurement")
-    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--layout", nargs="+", default=["channels_last", "nchw"],
+                        choices=("channels_last", "nchw"))
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="only the shapes with these C (default: all)")
+    parser.add_argument("--json", help="write the rows here (after each row)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("excitation_paths.py times GPU kernels: it needs a CUDA GPU")
-    result = run(args.batch, args.rep_ms)
+    result = run(args.batch, args.rep_ms, args.layout, args.channels, args.json)
     worst = max(result["rows"], key=lambda r: r["pick_vs_best"])
     print(f"worst pick of the traffic model: {worst['pick_vs_best']:.2f}x the best path at "
           f"{format_row(worst)}")

@@ -89,8 +89,10 @@ echo "== main job wall time: $((SECONDS - bench_start)) s" | tee -a "$log"
 step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
   --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
+# Where the traffic model's choice matters (C >= 512 and EfficientNet-B0's late SE), channels_last
+# (the whole table did not fit in 90 s cold); rows reach the JSON one by one.
 step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --rep-ms 5 \
-  --json "$results/excitation_paths.json"
+  --layout channels_last --channels 512 1024 2048 240 672 1152 --json "$results/excitation_paths.json"
 
 step "train throughput (DDP, 1 GPU)" 150 bash benchmarks/train_throughput.sh "$results/train.json"
 

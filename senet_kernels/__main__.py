@@ -75,19 +75,35 @@ def check(args):
 
 
 def bench(args):
-    from . import bench as bench_module
+    import time
 
-    failures = 0 if args.skip_check else run_checks()
-    on_gpu = torch.cuda.is_available()
+    from . import bench as bench_module
+    from .bench_warmup import WarmUp, compile_groups, default_workers
+
+    start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.sizes is None:
-        args.sizes = "gpu" if on_gpu else "cpu"
+        args.sizes = "gpu" if device.type == "cuda" else "cpu"
     if args.dtype is None:
-        args.dtype = ["bfloat16"] if on_gpu else ["float32"]
+        args.dtype = ["bfloat16"] if device.type == "cuda" else ["float32"]
     min_run_time = args.min_run_time
     if min_run_time is None:
         min_run_time = 0.05 if args.sizes == "gpu" else 0.2
+    cases = bench_module.cases(args.sizes, args.dtype, args.layout)
+    workers = args.warm_workers
+    if workers is None:
+        workers = default_workers(device, compile_groups(cases, device))
+    warm_up = WarmUp.start(cases, device, workers)  # compiles while the check runs
+    failures = 0 if args.skip_check else run_checks()
+    check_seconds = time.perf_counter() - start
+    warmed = warm_up.wait(progress=not args.no_progress) if warm_up else None
+    if warmed:
+        print(f"compiler caches warmed by {warmed['workers']} workers: {warmed['cases_done']}/"
+              f"{warmed['cases']} cases in {warmed['seconds']:.0f} s", flush=True)
     result = bench_module.run(sizes=args.sizes, dtypes=args.dtype, layouts=args.layout,
                               min_run_time=min_run_time, progress=not args.no_progress)
+    result["phases"].update(check_seconds=None if args.skip_check else check_seconds,
+                            warm_up=warmed, total_seconds=time.perf_counter() - start)
     print()
     print(bench_module.format_table(result))
     print()
@@ -150,6 +166,10 @@ def main(argv=None):
     b.add_argument("--plot", help="write a PNG of the floor fraction per shape and backend here")
     b.add_argument("--skip-check", action="store_true", help="skip the correctness check")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--warm-workers", type=int, default=None,
+                   help="worker processes compiling (warming the compiler caches) while the "
+                        "check runs; default: on a GPU one per two cores (at most 8), on the "
+                        "CPU none")
     b.set_defaults(func=bench)
     from .train import add_parser as add_train_parser
     add_train_parser(sub)

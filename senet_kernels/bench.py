@@ -14,8 +14,10 @@ Times: on the CPU, medians of torch.utils.benchmark. On a GPU, two per row: ``me
 wall time per call in a synchronized loop (what a caller waits, host overhead included) and
 ``gpu_ms`` the GPU time per call, from replaying calls captured in a CUDA graph (no host
 overhead); speedups compare wall times, the floor fraction uses the GPU time. torch.compile
-compiles with dynamic shapes on a GPU (one compile per pass and layout instead of one per
-shape: the difference between a 1-minute and a several-minute run). GB/s counts the compulsory
+compiles with dynamic shapes on a GPU (one graph per pass, layout and activation instead of one
+per shape), and ``python -m senet_kernels bench`` has worker processes compile those graphs and
+our Triton kernels while the check runs (bench_warmup.py), so that the timed loop finds them in
+the compilers' on-disk caches. GB/s counts the compulsory
 traffic of a pass, in units of one activation tensor: fwd 2 (read x, write out),
 res_relu_fwd 3 (+ read residual), fwd_bwd 5 without the tail (forward 2; backward reads grad
 and x, writes grad_x) or 8 with it (forward 3; backward reads grad, x, out, writes grad_x and
@@ -171,9 +173,28 @@ def backend_fn(name):
     return fn
 
 
+def configure_compiler():
+    """Dynamo settings of every process that compiles the baseline (the timed one and the
+    warm-up workers: their graphs must be the same for the workers' cache entries to serve).
+
+    One compiled function serves every shape, layout and dtype here: past dynamo's default of
+    8 recompiles it would silently run eager, and the "compile" column would be eager. Duck
+    sizing off: with it, dynamic shapes give sizes of equal value one symbol, so N = C = 256
+    (SE-ResNet-50's first stage at batch 256) compiles a graph that the next stage's shapes
+    fail to match (13 graphs instead of 10 over the GPU cases)."""
+    allow_recompiles()
+    try:
+        import torch.fx.experimental._config as fx_config
+    except ImportError:
+        return
+    if hasattr(fx_config, "use_duck_shape"):
+        fx_config.use_duck_shape = False
+
+
 def compiled_baseline(device):
     """torch.compile of the SE block: on a GPU its linear form with dynamic shapes (one compile
-    per pass and layout, see baselines.linear_se); on the CPU eager_se itself, static."""
+    per pass, layout and activation, see baselines.linear_se); on the CPU eager_se itself,
+    static."""
     if device.type == "cuda":
         return torch.compile(linear_se, dynamic=True)
     return torch.compile(eager_se, dynamic=False)
@@ -195,8 +216,7 @@ def timed_backends(device):
 
 
 def allow_recompiles(limit=1024):
-    """One compiled function serves every shape, layout and dtype here: past dynamo's default
-    of 8 recompiles it would silently run eager, and the "compile" column would be eager."""
+    """Raise dynamo's recompile limits to ``limit`` (see configure_compiler)."""
     import torch._dynamo.config as dynamo_config
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
                  "accumulated_cache_size_limit"):
@@ -204,34 +224,89 @@ def allow_recompiles(limit=1024):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
 
 
+@dataclass(frozen=True)
+class Case:
+    """One row group of the table: a shape, a pass, a dtype and a layout."""
+    shape: Shape
+    pass_name: str
+    dtype: str
+    layout: str
+
+    @property
+    def label(self):
+        return f"{self.shape.label} {self.pass_name} {self.layout}"
+
+    def compile_group(self, device):
+        """Cases of one group share the baseline's compiled graph: pass, layout, dtype and
+        family (activation, tail); on the CPU, where it compiles statically, the shape too."""
+        group = (self.pass_name, self.layout, self.dtype, self.shape.family)
+        return group if device.type == "cuda" else (*group, self.shape)
+
+
+def cases(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last")):
+    """Every (shape, pass, dtype, layout) of a run, in the order they are timed."""
+    return [Case(s, p, d, l) for s in shapes(sizes) for p in passes_for(s) for d in dtypes
+            for l in layouts]
+
+
+def implementations(device):
+    """[(name, fn)] timed on every case: the kernel backends, eager, and torch.compile."""
+    return ([(b, backend_fn(b)) for b in timed_backends(device)] +
+            [("eager", eager_se), ("compile", compiled_baseline(device))])
+
+
+def case_implementations(case, impls, device):
+    """``impls`` plus, on the rows of STATIC_COMPILE_CHECKS on a GPU, a static compile."""
+    s = case.shape
+    if device.type == "cuda" and (s.family, s.c, s.hw, case.pass_name, case.layout) in STATIC_COMPILE_CHECKS:
+        return impls + [("compile_static", torch.compile(eager_se, dynamic=False))]
+    return impls
+
+
+def case_inputs(case, device):
+    """(tensors, activation, with_residual, backward) of a case: fresh random inputs."""
+    shape = case.shape
+    activation, tail = options_for(shape)
+    with_residual = tail and case.pass_name != "fwd"
+    inputs = make_inputs(shape.n, shape.c, shape.hw, shape.hw, shape.cr,
+                         dtype=getattr(torch, case.dtype),
+                         channels_last=case.layout == "channels_last", residual=True,
+                         device=device, seed=shape.c)
+    tensors = [inputs[k] for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+    backward = case.pass_name == "fwd_bwd"
+    if backward:
+        tensors = [t.requires_grad_() for t in tensors]
+    return tensors, activation, with_residual, backward
+
+
+def compile_cache_counters():
+    """{counter: count} so far in this process: Inductor's FX-graph cache and AOTAutograd's
+    cache (each compiled graph is a hit or a miss of one of them)."""
+    from torch._dynamo.utils import counters
+    return {"fxgraph_hit": counters["inductor"]["fxgraph_cache_hit"],
+            "fxgraph_miss": counters["inductor"]["fxgraph_cache_miss"],
+            "aot_autograd_hit": counters["aot_autograd"]["autograd_cache_hit"],
+            "aot_autograd_miss": counters["aot_autograd"]["autograd_cache_miss"]}
+
+
 def run(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), min_run_time=0.2,
         progress=True):
-    """Time every (shape, pass, dtype, layout); returns the result dict written by --json."""
-    allow_recompiles()
+    """Time every case (see ``cases``); returns the result dict written by --json."""
+    configure_compiler()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backends = timed_backends(device)
-    impls = [(b, backend_fn(b)) for b in backends] + [("eager", eager_se),
-                                                      ("compile", compiled_baseline(device))]
-    cases = [(s, p, d, l) for s in shapes(sizes) for p in passes_for(s) for d in dtypes for l in layouts]
-    bar = _progress(len(cases), progress)
+    impls = implementations(device)
+    todo = cases(sizes, dtypes, layouts)
+    bar = progress_bar(len(todo), progress, "bench")
+    cache_before = compile_cache_counters()
+    start = time.perf_counter()
     rows, bandwidth = [], {}
-    for shape, pass_name, dtype_name, layout in cases:
-        dtype = getattr(torch, dtype_name)
-        activation, tail = options_for(shape)
-        with_residual = tail and pass_name != "fwd"
-        inputs = make_inputs(shape.n, shape.c, shape.hw, shape.hw, shape.cr, dtype=dtype,
-                             channels_last=layout == "channels_last", residual=True, device=device,
-                             seed=shape.c)
-        tensors = [inputs[k] for k in ("x", "w1", "b1", "w2", "b2", "residual")]
-        backward = pass_name == "fwd_bwd"
-        if backward:
-            tensors = [t.requires_grad_() for t in tensors]
+    for index, case in enumerate(todo, 1):
+        shape, pass_name = case.shape, case.pass_name
+        tensors, activation, with_residual, backward = case_inputs(case, device)
+        x = tensors[0]
         times, gpu_times = {}, {}
-        row_impls = impls
-        if device.type == "cuda" and (shape.family, shape.c, shape.hw, pass_name, layout) in STATIC_COMPILE_CHECKS:
-            row_impls = impls + [("compile_static", torch.compile(eager_se, dynamic=False))]
-        for name, fn in row_impls:
-            bar.set_postfix_str(f"{shape.label} {pass_name} {layout}: {name}")
+        for name, fn in case_implementations(case, impls, device):
+            bar.set_postfix_str(f"{case.label}: {name}")
             step = make_step(fn, tensors, activation, with_residual, backward)
             step()  # warm-up (and compilation)
             if device.type == "cuda":
@@ -239,24 +314,30 @@ def run(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), min
                 gpu_times[name] = cuda_graph_seconds(step, times[name])
             else:
                 times[name] = median_seconds(step, min_run_time)
-        key = (inputs["x"].numel(), dtype)
+        key = (x.numel(), x.dtype)
         if key not in bandwidth:
             bandwidth[key] = copy_bandwidth(*key, device, min_run_time)
-        nbytes = traffic_tensors(pass_name, with_residual) * inputs["x"].numel() * inputs["x"].element_size()
+        nbytes = traffic_tensors(pass_name, with_residual) * x.numel() * x.element_size()
         for name, seconds in times.items():
             floor_seconds = gpu_times.get(name) or seconds
             gbps = nbytes / floor_seconds / 1e9
             rows.append(dict(backend=name, shape=[shape.n, shape.c, shape.hw, shape.hw],
-                             rd_channels=shape.cr, family=shape.family, dtype=dtype_name,
-                             layout=layout, **{"pass": pass_name}, median_ms=seconds * 1e3,
+                             rd_channels=shape.cr, family=shape.family, dtype=case.dtype,
+                             layout=case.layout, **{"pass": pass_name}, median_ms=seconds * 1e3,
                              gpu_ms=None if gpu_times.get(name) is None else gpu_times[name] * 1e3,
                              speedup_vs_eager=times["eager"] / seconds,
                              speedup_vs_compile=times["compile"] / seconds, gbps=gbps,
                              floor_fraction=gbps * 1e9 / bandwidth[key]))
         bar.update(1)
+        if not progress:  # a log line per case instead: where a slow run spends its time
+            print(f"[{index}/{len(todo)}] {case.label}: {time.perf_counter() - start:.0f} s",
+                  flush=True)
     bar.close()
+    cache_after = compile_cache_counters()
     return {"device": describe_device(device), "date": time.strftime("%Y-%m-%d"),
-            "versions": versions(), "sizes": sizes, "backends": backends, "rows": rows}
+            "versions": versions(), "sizes": sizes, "backends": timed_backends(device),
+            "rows": rows, "phases": {"timing_seconds": time.perf_counter() - start},
+            "compile_cache": {k: cache_after[k] - cache_before[k] for k in cache_after}}
 
 
 def describe_device(device):
@@ -277,10 +358,10 @@ def versions():
     return out
 
 
-def _progress(total, enabled):
+def progress_bar(total, enabled, desc):
     try:
         from tqdm import tqdm
-        return tqdm(total=total, disable=not enabled, desc="bench", leave=False)
+        return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
     except ImportError:
         class NoBar:
             def update(self, n):
@@ -310,9 +391,34 @@ def format_table(result):
     return "\n".join(lines)
 
 
+def phase_lines(result):
+    """Where the run's time went: check, cache warm-up, timing; compiler cache hits."""
+    phases, lines = result.get("phases", {}), []
+    if phases.get("total_seconds") is not None:
+        parts = [f"{phases['total_seconds']:.0f} s in all"]
+        if phases.get("check_seconds") is not None:
+            parts.append(f"check {phases['check_seconds']:.0f} s")
+        warm = phases.get("warm_up")
+        if warm:
+            parts.append(f"compiler caches warmed by {warm['workers']} workers in "
+                         f"{warm['seconds']:.0f} s ({warm['cases_done']}/{warm['cases']} cases"
+                         f"{', stopped at the time limit' if warm['timed_out'] else ''})")
+        parts.append(f"timing {phases['timing_seconds']:.0f} s")
+        lines.append("main job: " + ", ".join(parts))
+        for error in (warm or {}).get("errors", []):
+            lines.append(f"  a warm-up worker failed (its cases compiled while timing): {error}")
+    cache = result.get("compile_cache")
+    if cache:
+        lines.append(f"torch.compile graphs while timing: {cache['fxgraph_miss']} compiled, "
+                     f"{cache['fxgraph_hit']} from Inductor's cache; AOTAutograd cache "
+                     f"{cache['aot_autograd_hit']} hits, {cache['aot_autograd_miss']} misses")
+    return lines
+
+
 def summary(result):
-    """Per kernel backend and pass: min / median speedup vs eager and vs torch.compile."""
-    lines = []
+    """Where the time went, then per kernel backend and pass: min / median speedup vs eager
+    and vs torch.compile."""
+    lines = phase_lines(result)
     static = [r for r in result["rows"] if r["backend"] == "compile_static"]
     for r in static:
         dynamic = next(d for d in result["rows"] if d["backend"] == "compile" and all(
