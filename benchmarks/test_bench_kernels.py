@@ -20,7 +20,7 @@ ON_GPU = DEVICE.type == "cuda"
 STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 IMPLS = timed_backends(DEVICE) + ["eager", "compile"]
 allow_recompiles()  # one compiled function serves every case
-_compiled = compiled_baseline(DEVICE)
+_compiled = compiled_baseline()
 
 
 def _impl(name):

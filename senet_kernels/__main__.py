@@ -92,8 +92,8 @@ def bench(args):
     cases = bench_module.cases(args.sizes, args.dtype, args.layout)
     workers = args.warm_workers
     if workers is None:
-        workers = default_workers(device, compile_groups(cases, device))
-    warm_up = WarmUp.start(cases, device, workers)  # compiles while the check runs
+        workers = default_workers(device, compile_groups(cases))
+    warm_up = WarmUp.start(cases, workers)  # compiles while the check runs
     failures = 0 if args.skip_check else run_checks()
     check_seconds = time.perf_counter() - start
     warmed = warm_up.wait(progress=not args.no_progress) if warm_up else None

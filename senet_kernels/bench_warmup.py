@@ -40,12 +40,12 @@ def default_workers(device, groups):
     return max(0, min(8, (os.cpu_count() or 2) // 2, free // _GPU_BYTES_PER_WORKER, groups))
 
 
-def share_out(cases, device, workers):
+def share_out(cases, workers):
     """Cases split into ``workers`` lists, whole compile groups each (a group's graph is then
     compiled by one worker only), balanced by cost (forward + backward counts double)."""
     groups = {}
     for case in cases:
-        groups.setdefault(case.compile_group(device), []).append(case)
+        groups.setdefault(case.compile_group, []).append(case)
     loads = [[0, []] for _ in range(workers)]
 
     def cost(group):
@@ -57,8 +57,8 @@ def share_out(cases, device, workers):
     return [cases for _, cases in loads if cases]
 
 
-def compile_groups(cases, device):
-    return len({case.compile_group(device) for case in cases})
+def compile_groups(cases):
+    return len({case.compile_group for case in cases})
 
 
 def _worker(cases, messages):
@@ -73,7 +73,7 @@ def _worker(cases, messages):
         impls = [(name, fn) for name, fn in bench.implementations(device) if name in COMPILED]
         for case in cases:
             tensors, activation, with_residual, backward = bench.case_inputs(case, device)
-            for name, fn in bench.case_implementations(case, impls, device):
+            for name, fn in bench.case_implementations(case, impls):
                 if name in COMPILED:
                     bench.make_step(fn, tensors, activation, with_residual, backward)()
             del tensors
@@ -95,9 +95,9 @@ class WarmUp:
     errors: list = field(default_factory=list)
 
     @classmethod
-    def start(cls, cases, device, workers):
+    def start(cls, cases, workers):
         """Start ``workers`` processes over ``cases``; None when there is nothing to do."""
-        shares = share_out(cases, device, workers) if workers > 0 else []
+        shares = share_out(cases, workers) if workers > 0 else []
         if not shares:
             return None
         context = multiprocessing.get_context("spawn")  # CUDA does not survive a fork

@@ -11,7 +11,6 @@ from senet_kernels import bench
 from senet_kernels.baselines import linear_se
 from senet_kernels.bench_warmup import WarmUp, compile_groups, share_out
 
-CUDA = torch.device("cuda")  # only for the grouping rules: no tensor is made there
 CPU = torch.device("cpu")
 
 
@@ -33,30 +32,29 @@ def compiler_settings(monkeypatch):
 
 def test_share_out_keeps_groups_whole_and_balanced():
     cases = bench.cases("gpu", ["bfloat16"], ["nchw", "channels_last"])
-    assert compile_groups(cases, CUDA) == 10  # 3 passes x 2 layouts SE-ResNet, 2 x 2 EfficientNet
-    shares = share_out(cases, CUDA, 4)
+    assert compile_groups(cases) == 10  # 3 passes x 2 layouts SE-ResNet, 2 x 2 EfficientNet
+    shares = share_out(cases, 4)
     assert len(shares) == 4
     assert sorted(c.label for share in shares for c in share) == sorted(c.label for c in cases)
-    groups = [{c.compile_group(CUDA) for c in share} for share in shares]
+    groups = [{c.compile_group for c in share} for share in shares]
     assert all(not a & b for a, b in itertools.combinations(groups, 2))
     costs = [sum(2 if c.pass_name == "fwd_bwd" else 1 for c in share) for share in shares]
     assert max(costs) <= 2 * min(costs)
-    assert len(share_out(cases, CUDA, 64)) == 10  # never more workers than groups
-    # on the CPU the baseline compiles per shape: every case is a group of its own
-    assert compile_groups(bench.cases("cpu"), CPU) == len(bench.cases("cpu"))
+    assert len(share_out(cases, 64)) == 10  # never more workers than groups
 
 
-def test_one_graph_per_compile_group(compiler_settings):
-    """Over the GPU run's cases the dynamic-shape baseline traces exactly one graph per compile
-    group (with duck sizing, N = C = 256 in the first stage gave 13). Traced on meta tensors
-    with a counting backend: no device, no Inductor."""
+@pytest.mark.parametrize("sizes", ["gpu", "cpu"])
+def test_one_graph_per_compile_group(compiler_settings, sizes):
+    """Over a run's cases the dynamic-shape baseline traces exactly one graph per compile
+    group (with duck sizing, N = C = 256 in the GPU run's first stage gave 13 instead of 10).
+    Traced on meta tensors with a counting backend: no device, no Inductor."""
     graphs = []
 
     def count(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
     compiled = torch.compile(linear_se, dynamic=True, backend=count)
-    cases = bench.cases("gpu", ["bfloat16"], ["channels_last", "nchw"])
+    cases = bench.cases(sizes, ["bfloat16"], ["channels_last", "nchw"])
     for case in cases:
         s = case.shape
         activation, tail = bench.options_for(s)
@@ -71,7 +69,7 @@ def test_one_graph_per_compile_group(compiler_settings):
             for t in [x, *params] + ([residual] if with_residual else []):
                 t.requires_grad_()
         compiled(x, *params, residual, activation=activation, post_relu=with_residual)
-    assert len(graphs) == compile_groups(cases, CUDA)
+    assert len(graphs) == compile_groups(cases)
 
 
 def test_worker_compile_is_found_by_the_timing_process(tmp_path, monkeypatch, compiler_settings):
@@ -79,12 +77,12 @@ def test_worker_compile_is_found_by_the_timing_process(tmp_path, monkeypatch, co
     compiles the same case from that cache (a hit, no compile of its own)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the worker inherits it
     case = bench.Case(bench.Shape("se_resnet50", 2, 24, 3, 6), "res_relu_fwd", "float32", "nchw")
-    warm_up = WarmUp.start([case], CPU, workers=1)
+    warm_up = WarmUp.start([case], workers=1)
     summary = warm_up.wait(progress=False, timeout=600)
     assert summary["errors"] == [] and summary["cases_done"] == 1 and not summary["timed_out"]
     before = bench.compile_cache_counters()
     tensors, activation, with_residual, backward = bench.case_inputs(case, CPU)
-    bench.make_step(bench.compiled_baseline(CPU), tensors, activation, with_residual, backward)()
+    bench.make_step(bench.compiled_baseline(), tensors, activation, with_residual, backward)()
     after = bench.compile_cache_counters()
     assert after["fxgraph_hit"] - before["fxgraph_hit"] >= 1
     assert after["fxgraph_miss"] == before["fxgraph_miss"]
