@@ -17,12 +17,15 @@ backward, SGD step), timed in one run:
 network under torch.compile (minutes of compilation per network on a GPU), ``--cuda-graphs``
 adds inference replayed from a CUDA graph (torch.cuda.graph, no compilation; GPU only). Times
 are medians (torch.utils.benchmark, synchronized); peak memory is the GPU's for the training
-step. timm rows need timm (optional); the package's own ``reference`` backend is the tests'
+step. On a GPU, "host" is the time the Python thread takes to issue a step: close to the
+step's time means the network is host-bound, and then the SE blocks' host time per call
+decides, not their kernels. timm rows need timm (optional); the package's own ``reference`` backend is the tests'
 oracle and not timed here (it is slower than what users run).
 """
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -107,14 +110,32 @@ def graphed_inference(model, x):
 
 
 def measure(step, device, min_run_time):
+    """(seconds per step, peak MiB or None, host seconds per step or None)."""
     step()  # warm-up (compilation, cudnn.benchmark's search, plans)
     step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     seconds = median_seconds(step, min_run_time)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return seconds, peak
+    if device.type != "cuda":
+        return seconds, None, None
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    return seconds, peak, host_seconds(step)
+
+
+def host_seconds(step, calls=3, rounds=5):
+    """Time for the Python thread to issue one step (median over rounds of ``calls`` steps
+    issued back to back, the GPU idle at the start; few enough that its launch queue does not
+    fill). Close to the step's wall time means the network is host-bound."""
+    samples = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        samples.append((time.perf_counter() - start) / calls)
+        torch.cuda.synchronize()
+    return statistics.median(samples)
 
 
 def variants(args, device):
@@ -145,12 +166,13 @@ def run(args):
             try:
                 step = (graphed_inference(model, x) if variant == "cuda graph"
                         else make_step(model, x, mode == "train_step"))
-                seconds, peak = measure(step, device, args.min_run_time)
+                seconds, peak, host = measure(step, device, args.min_run_time)
             except Exception as e:  # noqa: BLE001 - report and go on with the other rows
                 print(f"{name:>28} {variant:>10} {mode:>10}: FAILED {type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
                 continue
             rows.append(dict(network=name, variant=variant, mode=mode, ms=seconds * 1e3,
+                             host_ms=None if host is None else host * 1e3,
                              images_per_s=args.batch / seconds,
                              peak_mib=peak if mode == "train_step" else None))
             print(format_row(rows[-1], rows), flush=True)
@@ -175,6 +197,7 @@ def format_row(row, rows):
     overhead = se_overhead(row, rows)
     return (f"{row['network']:>28} {row['variant']:>10} {row['mode']:>10}: {row['ms']:8.2f} ms "
             f"{row['images_per_s']:8.0f} img/s"
+            + ("" if row.get("host_ms") is None else f"  host {row['host_ms']:6.2f} ms")
             + ("" if overhead is None else f"  SE overhead {overhead:+6.1%}")
             + ("" if row["peak_mib"] is None else f"  peak {row['peak_mib']:.0f} MiB"))
 
