@@ -108,9 +108,10 @@ class WarmUp:
             process.start()
         return cls(processes, messages, sum(len(s) for s in shares))
 
-    def wait(self, progress=True, timeout=600):
-        """Wait for the workers (a progress bar per finished case); after ``timeout`` seconds
-        stop them. Returns a summary dict for the results."""
+    def wait(self, progress=True, timeout=120):
+        """Wait for the workers (a progress bar per finished case); ``timeout`` seconds after
+        their start, stop those still running (the timed run compiles what they did not: a
+        slow warm-up costs time, never the run). Returns a summary dict for the results."""
         bar = bench.progress_bar(self.total, progress, "warming compiler caches")
         bar.update(self.done)
         running = len(self.processes)

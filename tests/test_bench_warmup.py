@@ -86,3 +86,12 @@ def test_worker_compile_is_found_by_the_timing_process(tmp_path, monkeypatch, co
     after = bench.compile_cache_counters()
     assert after["fxgraph_hit"] - before["fxgraph_hit"] >= 1
     assert after["fxgraph_miss"] == before["fxgraph_miss"]
+
+
+def test_warm_up_past_its_time_limit_is_stopped():
+    """Workers still compiling at the limit are stopped, and the summary says so."""
+    case = bench.Case(bench.Shape("efficientnet_b0", 2, 20, 3, 5), "fwd", "float32", "nchw")
+    warm_up = WarmUp.start([case], workers=1)
+    summary = warm_up.wait(progress=False, timeout=0.5)  # a worker takes seconds to import torch
+    assert summary["timed_out"] and summary["cases_done"] == 0
+    assert not any(p.is_alive() for p in warm_up.processes)
