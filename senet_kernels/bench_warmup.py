@@ -73,9 +73,8 @@ def _worker(cases, messages):
         impls = [(name, fn) for name, fn in bench.implementations(device) if name in COMPILED]
         for case in cases:
             tensors, activation, with_residual, backward = bench.case_inputs(case, device)
-            for name, fn in bench.case_implementations(case, impls):
-                if name in COMPILED:
-                    bench.make_step(fn, tensors, activation, with_residual, backward)()
+            for _name, fn in bench.case_implementations(case, impls):  # + its static check
+                bench.make_step(fn, tensors, activation, with_residual, backward)()
             del tensors
             messages.put(("case", case.label))
     except BaseException:  # noqa: BLE001 - reported to the parent, which compiles instead
@@ -114,13 +113,14 @@ class WarmUp:
         slow warm-up costs time, never the run). Returns a summary dict for the results."""
         bar = bench.progress_bar(self.total, progress, "warming compiler caches")
         bar.update(self.done)
-        running = len(self.processes)
+        running = len(self.processes)  # workers that have not said they exit
         deadline = self.started + timeout
-        while running:
+        while running and time.perf_counter() < deadline:
             try:
-                kind, text = self.messages.get(timeout=max(0.1, min(5.0, deadline - time.perf_counter())))
+                kind, text = self.messages.get(
+                    timeout=max(0.1, min(5.0, deadline - time.perf_counter())))
             except queue_module.Empty:
-                if time.perf_counter() >= deadline or not any(p.is_alive() for p in self.processes):
+                if not any(p.is_alive() for p in self.processes):
                     break
                 continue
             if kind == "case":
@@ -132,7 +132,9 @@ class WarmUp:
             else:
                 running -= 1
         bar.close()
-        timed_out = running > 0
+        timed_out = running > 0 and time.perf_counter() >= deadline
+        if running and not timed_out:
+            self.errors.append(f"{running} worker(s) ended without a word (crashed?)")
         for process in self.processes:
             # a worker that said it is done only has to exit; one still working is stopped
             process.join(timeout=1 if timed_out else 60)
