@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .common import (FLAGS, activate, activate_backward, arrive_last, dot_acc, gate_backward,
-                     reduce_slab_share, sum_partials)
+                     matvec_block, reduce_slab_share, sum_partials)
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -50,14 +50,8 @@ def se_squeeze_excite_bwd(
             for r0 in range(0, CR, FC_BLOCK_R):
                 r = r0 + fc_r
                 rm = r < CR
-                ga = tl.zeros([FC_BLOCK_R], dtype=ACC)
-                for c0 in range(0, C, FC_BLOCK_C):
-                    c = c0 + fc_c
-                    cm = c < C
-                    w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
-                                other=0.0).to(ACC)
-                    gz = tl.load(gz_ptr + n * C + c, mask=cm, other=0.0)
-                    ga += tl.sum(w * gz[:, None], axis=0)
+                ga = matvec_block(w2_ptr, gz_ptr + n * C, r, rm, CR, C, True, act, False,
+                                  FC_BLOCK_R, FC_BLOCK_C, ACC)
                 h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
                 tl.store(gh_ptr + n * CR + r, activate_backward(ga, h, act), mask=rm)
             tl.debug_barrier()
@@ -65,14 +59,8 @@ def se_squeeze_excite_bwd(
             for c0 in range(0, C, FC_BLOCK_C):
                 c = c0 + fc_c
                 cm = c < C
-                gp = tl.zeros([FC_BLOCK_C], dtype=ACC)
-                for r0 in range(0, CR, FC_BLOCK_R):
-                    r = r0 + fc_r
-                    rm = r < CR
-                    w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
-                                other=0.0).to(ACC)
-                    gh = tl.load(gh_ptr + n * CR + r, mask=rm, other=0.0)
-                    gp += tl.sum(w * gh[:, None], axis=0)
+                gp = matvec_block(w1_ptr, gh_ptr + n * CR, c, cm, C, CR, True, act, False,
+                                  FC_BLOCK_C, FC_BLOCK_R, ACC)
                 tl.store(gp_ptr + n * C + c, gp / HW, mask=cm)
             tl.store(counter_ptr + n, 0)  # ready for the next launch
 

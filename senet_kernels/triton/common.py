@@ -103,6 +103,35 @@ def dot_acc(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def matvec_block(w_ptr, v_ptr, o, o_mask, OUT, K, TRANSPOSED: tl.constexpr, act,
+                 ACTIVATE_V: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
+                 ACC: tl.constexpr):
+    """Outputs ``o`` (mask ``o_mask``) of W @ v, for the per-sample excitation tails.
+
+    W is row-major: [OUT, K] (row o holds output o's weights), or with TRANSPOSED [K, OUT] and
+    the product is W^T @ v. ``v`` [K] is read in blocks of BLOCK_K, through ``act`` with
+    ACTIVATE_V. Returns the [BLOCK_O] sums in ACC.
+    """
+    k_range = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_O], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + k_range
+        k_mask = k < K
+        v = tl.load(v_ptr + k, mask=k_mask, other=0.0)
+        if ACTIVATE_V:
+            v = activate(v, act)
+        if TRANSPOSED:
+            w = tl.load(w_ptr + k[:, None] * OUT + o[None, :],
+                        mask=k_mask[:, None] & o_mask[None, :], other=0.0).to(ACC)
+            acc += tl.sum(w * v[:, None], axis=0)
+        else:
+            w = tl.load(w_ptr + o[:, None] * K + k[None, :],
+                        mask=o_mask[:, None] & k_mask[None, :], other=0.0).to(ACC)
+            acc += tl.sum(w * v[None, :], axis=1)
+    return acc
+
+
+@triton.jit
 def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
                       MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):

@@ -14,7 +14,7 @@ out = relu?(x * scale[n, c] + residual?), computed in the compute dtype, rounded
 import triton
 import triton.language as tl
 
-from .common import FLAGS, activate, apply_gate, arrive_last, reduce_slab_share, sum_partials
+from .common import FLAGS, apply_gate, arrive_last, matvec_block, reduce_slab_share, sum_partials
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -42,14 +42,8 @@ def se_squeeze_excite_fwd(
             for r0 in range(0, CR, FC_BLOCK_R):
                 r = r0 + fc_r
                 rm = r < CR
-                h = tl.zeros([FC_BLOCK_R], dtype=ACC)
-                for c0 in range(0, C, FC_BLOCK_C):
-                    c = c0 + fc_c
-                    cm = c < C
-                    w = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rm[:, None] & cm[None, :],
-                                other=0.0).to(ACC)
-                    p = tl.load(pooled_ptr + n * C + c, mask=cm, other=0.0)
-                    h += tl.sum(w * p[None, :], axis=1)
+                h = matvec_block(w1_ptr, pooled_ptr + n * C, r, rm, CR, C, False, act, False,
+                                 FC_BLOCK_R, FC_BLOCK_C, ACC)
                 if has_b1:
                     h += tl.load(b1_ptr + r, mask=rm, other=0.0).to(ACC)
                 tl.store(hidden_ptr + n * CR + r, h, mask=rm)
@@ -58,14 +52,8 @@ def se_squeeze_excite_fwd(
             for c0 in range(0, C, FC_BLOCK_C):
                 c = c0 + fc_c
                 cm = c < C
-                z = tl.zeros([FC_BLOCK_C], dtype=ACC)
-                for r0 in range(0, CR, FC_BLOCK_R):
-                    r = r0 + fc_r
-                    rm = r < CR
-                    a = activate(tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0), act)
-                    w = tl.load(w2_ptr + c[:, None] * CR + r[None, :], mask=cm[:, None] & rm[None, :],
-                                other=0.0).to(ACC)
-                    z += tl.sum(w * a[None, :], axis=1)
+                z = matvec_block(w2_ptr, hidden_ptr + n * CR, c, cm, C, CR, False, act, True,
+                                 FC_BLOCK_C, FC_BLOCK_R, ACC)
                 if has_b2:
                     z += tl.load(b2_ptr + c, mask=cm, other=0.0).to(ACC)
                 tl.store(scale_ptr + n * C + c, apply_gate(z, gate), mask=cm)
