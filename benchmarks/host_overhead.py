@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
 
 from senet_kernels import available_backends, squeeze_excite
 from senet_kernels.baselines import eager_se
-from senet_kernels.bench import write_json
+from senet_kernels.bench import timed_round, write_json
 from senet_kernels.testing import make_inputs
 
 GPU_SHAPE = (8, 256, 56, 56, 16)   # N, C, H, W, Cr: SE-ResNet-50 stage 1 at batch 8
@@ -67,18 +67,6 @@ def make_call(fn, args, backward):
     return call
 
 
-def time_calls(call, calls, device):
-    """(host seconds per call, wall seconds per call) over ``calls`` back-to-back calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    issued = time.perf_counter()
-    sync()
-    done = time.perf_counter()
-    return (issued - start) / calls, (done - start) / calls
-
 
 def gpu_seconds(call, calls=20):
     """Summed kernel time per call, from torch.profiler."""
@@ -99,6 +87,7 @@ def run(calls=400, repeats=7):
                          device=device, seed=0)
     args = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
     stub = _stub_triton_launches(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for backward in (False, True):
         impls = [(name, make_call(fn, args, backward)) for name, fn in implementations(device)]
@@ -109,7 +98,7 @@ def run(calls=400, repeats=7):
                     call()
             for _ in range(repeats):  # interleaved, so drifts of the machine hit all alike
                 for name, call in impls:
-                    samples[name].append(time_calls(call, calls, device))
+                    samples[name].append(timed_round(call, calls, sync))
         for name, call in impls:
             host = statistics.median(s[0] for s in samples[name])
             wall = statistics.median(s[1] for s in samples[name])

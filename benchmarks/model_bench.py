@@ -31,7 +31,7 @@ import time
 import torch
 
 from senet_kernels import available_backends, convert_se_modules
-from senet_kernels.bench import median_seconds, write_json
+from senet_kernels.bench import median_seconds, timed_round, write_json
 from senet_kernels.models import se_resnet50
 
 
@@ -127,15 +127,8 @@ def host_seconds(step, calls=3, rounds=5):
     """Time for the Python thread to issue one step (median over rounds of ``calls`` steps
     issued back to back, the GPU idle at the start; few enough that its launch queue does not
     fill). Close to the step's wall time means the network is host-bound."""
-    samples = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        samples.append((time.perf_counter() - start) / calls)
-        torch.cuda.synchronize()
-    return statistics.median(samples)
+    return statistics.median(timed_round(step, calls, torch.cuda.synchronize)[0]
+                             for _ in range(rounds))
 
 
 def variants(args, device):

@@ -96,15 +96,21 @@ def cuda_wall_seconds(fn, min_run_time, rounds=5):
     torch.cuda.synchronize()
     once = max(time.perf_counter() - start, 1e-6)
     calls = max(1, min(200, int(min_run_time / rounds / once)))
-    samples = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+    return statistics.median(timed_round(fn, calls, torch.cuda.synchronize)[1]
+                             for _ in range(rounds))
+
+
+def timed_round(fn, calls, sync):
+    """(issue, wall) seconds per call of ``calls`` back-to-back calls of ``fn``: the time the
+    Python thread takes to issue them, and the time until ``sync`` (waiting for the device;
+    a no-op on the CPU) returns after the last. Issue close to wall means host-bound."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    issued = time.perf_counter()
+    sync()
+    return (issued - start) / calls, (time.perf_counter() - start) / calls
 
 
 def cuda_graph_seconds(fn, approx_seconds, replay_seconds=0.01):
