@@ -15,18 +15,19 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def compiler_settings(monkeypatch):
-    """configure_compiler() for one test, the process's settings restored after it."""
+def compiler_settings():
+    """configure_compiler() for one test, the process's settings restored after it (by the
+    config modules' own patch(): pytest's monkeypatch deletes what it set on them, which hides
+    a torch config entry for good)."""
     import torch._dynamo.config as dynamo_config
     import torch.fx.experimental._config as fx_config
-    monkeypatch.setattr(fx_config, "use_duck_shape", fx_config.use_duck_shape)
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            monkeypatch.setattr(dynamo_config, name, getattr(dynamo_config, name))
-    torch._dynamo.reset()
-    bench.configure_compiler()
-    yield
+    limits = {name: getattr(dynamo_config, name) for name in (
+        "recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+        "accumulated_cache_size_limit") if hasattr(dynamo_config, name)}
+    with fx_config.patch(use_duck_shape=fx_config.use_duck_shape), dynamo_config.patch(**limits):
+        torch._dynamo.reset()
+        bench.configure_compiler()
+        yield
     torch._dynamo.reset()
 
 
