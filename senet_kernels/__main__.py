@@ -100,8 +100,9 @@ def bench(args):
     if warmed:
         print(f"compiler caches warmed by {warmed['workers']} workers: {warmed['cases_done']}/"
               f"{warmed['cases']} cases in {warmed['seconds']:.0f} s", flush=True)
-    result = bench_module.run(sizes=args.sizes, dtypes=args.dtype, layouts=args.layout,
-                              min_run_time=min_run_time, progress=not args.no_progress)
+    # the cases the workers warmed are the cases timed
+    result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
+                              progress=not args.no_progress)
     result["phases"].update(check_seconds=None if args.skip_check else check_seconds,
                             warm_up=warmed, total_seconds=time.perf_counter() - start)
     print()

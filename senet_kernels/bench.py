@@ -295,13 +295,12 @@ def compile_cache_counters():
             "aot_autograd_miss": counters["aot_autograd"]["autograd_cache_miss"]}
 
 
-def run(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), min_run_time=0.2,
-        progress=True):
-    """Time every case (see ``cases``); returns the result dict written by --json."""
+def run(todo, sizes, min_run_time=0.2, progress=True):
+    """Time every case of ``todo`` (from ``cases``, of the batch sizes ``sizes``); returns the
+    result dict written by --json."""
     configure_compiler()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     impls = implementations(device)
-    todo = cases(sizes, dtypes, layouts)
     bar = progress_bar(len(todo), progress, "bench")
     cache_before = compile_cache_counters()
     start = time.perf_counter()
