@@ -11,7 +11,7 @@
 #   2. the GPU tests (pytest -n 8): Triton first, then the CUDA extension once it is built
 #   3. the main job: python -m senet_kernels bench --sizes gpu (its wall time is recorded)
 #   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
-#   5. benchmarks/host_overhead.py and benchmarks/excitation_paths.py
+#   5. benchmarks/host_overhead.py, benchmarks/excitation_paths.py, benchmarks/kernel_breakdown.py
 #   6. benchmarks/train_throughput.sh: the train command under torchrun on one GPU
 #   7. summary.md; the short summary is printed last
 # At most 8 files are written to the results folder (and copied to $OUT).
@@ -93,6 +93,9 @@ step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats
 # (the whole table did not fit in 90 s cold); rows reach the JSON one by one.
 step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --rep-ms 5 \
   --layout channels_last --channels 512 1024 2048 240 672 1152 --json "$results/excitation_paths.json"
+# Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
+# (the log keeps it: the results folder is at its 8 files).
+step "kernel breakdown" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
 
 step "train throughput (DDP, 1 GPU)" 150 bash benchmarks/train_throughput.sh "$results/train.json"
 

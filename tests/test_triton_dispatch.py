@@ -116,6 +116,60 @@ def test_arrival_counters_reset(device):
     assert counters[0].numel() == 5 and not counters[0].any()
 
 
+def test_gemm_k_splits_tile_the_channels():
+    """Split-K of the batched c_to_r GEMM: SE-ResNet-50's 256x2048x7x7 has only 64 tiles for
+    132 SMs and splits 5 ways; EfficientNet-B0's late SE (24 tiles) as far as its 18 channel
+    steps and MAX_K_SPLITS allow; no split where the tiles fill the GPU or one step covers C.
+    Splits are whole BATCH_BLOCK_K steps and tile C exactly."""
+    assert configs.gemm_k_splits(256, 2048, 128, 132) == (448, 5)
+    assert configs.gemm_k_splits(256, 1152, 48, 132) == (192, 6)
+    assert configs.gemm_k_splits(4096, 2048, 128, 132) == (2048, 1)
+    assert configs.gemm_k_splits(256, 64, 4, 132) == (64, 1)
+    for n, c, cr in [(256, 2048, 128), (256, 1024, 64), (32, 1152, 48), (1, 130, 5), (8, 1, 1)]:
+        for sms in (1, 16, 132):
+            per_split, splits = configs.gemm_k_splits(n, c, cr, sms)
+            assert per_split % configs.BATCH_BLOCK_K == 0
+            assert 1 <= splits <= configs.MAX_K_SPLITS
+            assert (splits - 1) * per_split < c <= splits * per_split
+    with configs.force_k_splits(3):
+        assert configs.gemm_k_splits(256, 2048, 128, 132) == (704, 3)
+    with pytest.raises(ValueError, match="positive int"):
+        with configs.force_k_splits(0):
+            pass
+
+
+@pytest.mark.parametrize("c,k_splits", [(130, 3), (200, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_split_k_gemm(device, c, k_splits, dtype, channels_last, poison):
+    """The batched path with its c_to_r GEMM split over channels (the last split short, the
+    last sample and hidden-unit tiles partial): forward and every gradient vs float64, three
+    calls in a row on the same plan (the per-tile arrival counters reset themselves)."""
+    args = make_inputs(33, c, 3, 2, 20, dtype=dtype, channels_last=channels_last, residual=True,
+                       device=device, seed=c)
+    with configs.force_excitation_path("batched"), configs.force_k_splits(k_splits):
+        with recording_launches() as launches:
+            for _ in range(3):
+                check_forward_backward("triton", args, dtype, activation="silu", post_relu=True)
+    gemms = [l for l in launches if l.kernel.__name__ == "se_excite_gemm_c_to_r"]
+    assert len(gemms) == 6 and all(l.grid == (2, 2, k_splits) for l in gemms)
+    assert all(l.args["K_SPLITS"] == k_splits for l in gemms)
+    counters = {l.args["counter_ptr"].data_ptr(): l.args["counter_ptr"] for l in gemms}
+    assert all(not t.any() for t in counters.values())
+
+
+def test_split_k_gemm_gradcheck(device):
+    """float64 gradcheck of the op with the split c_to_r GEMM (forward FC1, backward FC2)."""
+    args = make_inputs(2, 130, 1, 1, 5, dtype=torch.float64, residual=True, device=device, seed=9)
+    leaves = [v.detach().clone().requires_grad_() for v in args.values()]
+
+    def fn(*tensors):
+        return squeeze_excite(*tensors, activation="silu", post_relu=True, backend="triton")
+
+    with configs.force_excitation_path("batched"), configs.force_k_splits(3):
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
 def test_scratch_buffers_are_per_plan_and_stream(device):
     """Inference reuses the plan's scratch; training keeps fresh saved vectors per call."""
     args = make_inputs(2, 16, 4, 4, 4, device=device, seed=14)

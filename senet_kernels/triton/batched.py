@@ -4,7 +4,10 @@ The per-sample tail of forward.py / backward.py reads W1 and W2 once per sample,
 program per sample. Where the weights outweigh a sample's activations (SE-ResNet-50 stages 3-4,
 any late SE stage: ``configs.use_batched_excitation``) that is most of the traffic and a long
 serial tail. Here every program works on a tile of BLOCK_N samples with ``tl.dot``, so each
-weight element is read once per tile, and the FC work is spread over the whole GPU.
+weight element is read once per tile, and the FC work is spread over the whole GPU. The
+[N, C] -> [N, Cr] GEMM has few tiles (64 at SE-ResNet-50's 256x2048x7x7) and a long reduction
+over C, so it also splits C over up to ``configs.MAX_K_SPLITS`` programs per tile
+(``configs.gemm_k_splits``); the last of them to finish adds the products in split order.
 
 Two GEMM kernels, each used by the forward and the backward:
   ``se_excite_gemm_c_to_r`` [N, C] -> [N, Cr]: forward FC1, backward through FC2.
@@ -22,33 +25,55 @@ after another, a serial chain of loads that ran at half the copy bandwidth on an
 import triton
 import triton.language as tl
 
-from .common import FLAGS, activate, activate_backward, apply_gate, dot_acc, gate_backward
+from .common import (FLAGS, activate, activate_backward, apply_gate, arrive_last, dot_acc,
+                     gate_backward)
 
 
-@triton.jit(do_not_specialize=FLAGS)
+@triton.jit
+def _c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
+                     BACKWARD: tl.constexpr, ACC: tl.constexpr):
+    """Finish and store a c_to_r tile: + b1 (forward) or * act'(hidden) (backward)."""
+    if BACKWARD:
+        h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
+        acc = activate_backward(acc, h, act)
+    else:
+        if has_bias:
+            acc += tl.load(b_ptr + r, mask=r < CR, other=0.0).to(ACC)[None, :]
+    tl.store(out_ptr + rows[:, None] * CR + r[None, :], acc, mask=out_mask)
+
+
+# K_SPLITS stays a runtime value even when it is 1 (Triton would make a constant of it): one
+# compiled kernel serves both branches, so what the ahead-of-time compile covers is what runs.
+@triton.jit(do_not_specialize=FLAGS + ["K_SPLITS"])
 def se_excite_gemm_c_to_r(
-    partial_ptr, scale_ptr, w_ptr, b_ptr, hidden_ptr, vec_ptr, out_ptr,
-    N, C, CR, HW, NUM_SPLITS, w_stride_c, w_stride_r, has_bias, act, gate,
+    partial_ptr, scale_ptr, w_ptr, b_ptr, hidden_ptr, vec_ptr, ksum_ptr, counter_ptr, out_ptr,
+    N, C, CR, HW, NUM_SPLITS, K_PER_SPLIT, K_SPLITS, w_stride_c, w_stride_r, has_bias, act, gate,
     BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """out = epilogue(U @ V) for one [BLOCK_N samples, BLOCK_R hidden units] tile.
 
-    Grid (sample tiles, hidden-unit tiles). U [N, C] is made on the fly from the partial sums
-    [N, S, C] and stored to ``vec_ptr`` by the programs of the first hidden-unit tile;
-    V[c, r] = w[c * w_stride_c + r * w_stride_r]:
+    Grid (sample tiles, hidden-unit tiles, K-splits). U [N, C] is made on the fly from the
+    partial sums [N, S, C] and stored to ``vec_ptr`` by the programs of the first hidden-unit
+    tile; V[c, r] = w[c * w_stride_c + r * w_stride_r]:
       forward:  U = pooled = sum / HW,        V = W1^T,  out = hidden = U V + b1
       backward: U = gz = gs * gate'(scale),   V = W2,    out = gh = (U V) * act'(hidden)
+    Program (i, j, k) sums channels [k * K_PER_SPLIT, (k + 1) * K_PER_SPLIT). With
+    K_SPLITS > 1 it stores its product to ksum [K_SPLITS, N, CR]; the tile's last program to
+    arrive (counter per tile, left zeroed) adds the K_SPLITS products in split order and runs
+    the epilogue, so the result does not depend on which program finished last.
     """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < N
     r_mask = r < CR
     store_u = tl.program_id(1) == 0
+    k_start = tl.program_id(2) * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, C)
     acc = tl.zeros([BLOCK_N, BLOCK_R], dtype=ACC)
-    for k0 in range(0, C, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = k < C
+        k_mask = k < k_end
         u_mask = row_mask[:, None] & k_mask[None, :]
         u = tl.zeros([BLOCK_N, BLOCK_K], dtype=ACC)
         for s in range(0, NUM_SPLITS):
@@ -65,13 +90,21 @@ def se_excite_gemm_c_to_r(
                     mask=k_mask[:, None] & r_mask[None, :], other=0.0)
         acc = dot_acc(u, v, acc, PRECISION)
     out_mask = row_mask[:, None] & r_mask[None, :]
-    if BACKWARD:
-        h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
-        acc = activate_backward(acc, h, act)
+    if K_SPLITS == 1:
+        _c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
+                         BACKWARD, ACC)
     else:
-        if has_bias:
-            acc += tl.load(b_ptr + r, mask=r_mask, other=0.0).to(ACC)[None, :]
-    tl.store(out_ptr + rows[:, None] * CR + r[None, :], acc, mask=out_mask)
+        tile_ptrs = rows[:, None] * CR + r[None, :]
+        tl.store(ksum_ptr + tl.program_id(2) * N * CR + tile_ptrs, acc, mask=out_mask)
+        counter = counter_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        if arrive_last(counter, K_SPLITS):
+            total = tl.zeros([BLOCK_N, BLOCK_R], dtype=ACC)
+            for split in range(0, K_SPLITS):  # read past L1, which may be stale
+                total += tl.load(ksum_ptr + split * N * CR + tile_ptrs, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")
+            _c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
+                             act, BACKWARD, ACC)
+            tl.store(counter, 0)  # ready for the next launch
 
 
 @triton.jit(do_not_specialize=FLAGS)

@@ -35,6 +35,14 @@ BATCH_BLOCK_K = 64
 # units per step.
 EXPAND_BLOCK_C = 64
 EXPAND_BLOCK_R = 32
+# Split-K of the c_to_r GEMM: its grid is only (N / BATCH_BLOCK_N) x (Cr / BATCH_BLOCK_R)
+# programs (64 at SE-ResNet-50's 256x2048x7x7, on a GPU of 132 SMs), each walking all C
+# channels in a serial chain of BATCH_BLOCK_K steps (32 there), so the GEMM is bound by load
+# latency, not bandwidth. Splitting C over up to MAX_K_SPLITS programs aims for
+# GEMM_PROGRAMS_PER_SM programs per SM; the last program of each tile to finish sums the
+# splits' partial products in split order (deterministic) and runs the epilogue.
+GEMM_PROGRAMS_PER_SM = 2
+MAX_K_SPLITS = 8
 #: tl.dot input precision of the excitation GEMMs: three TF32 products per product
 #: ("tf32x3"), float32-level accuracy on tensor cores. Plain TF32 put float16 weight
 #: gradients at 2.7e-3 relative error on an H200, over float16's 2e-3.
@@ -104,6 +112,8 @@ def activation_bytes(n, c, hw, x_size):
 #: None: the traffic model decides; "per_sample" / "batched": forced (tests, benchmarks).
 forced_path = None
 EXCITATION_PATHS = ("per_sample", "batched")
+#: None: gemm_k_splits decides; an int: the split count asked for (tests, benchmarks).
+forced_k_splits = None
 
 
 @contextmanager
@@ -117,6 +127,34 @@ def force_excitation_path(path):
         yield
     finally:
         forced_path = previous
+
+
+@contextmanager
+def force_k_splits(splits):
+    """Make every batched call inside the block ask for ``splits`` K-splits of its c_to_r GEMM
+    (at most one per BATCH_BLOCK_K channels, see gemm_k_splits); 1 turns split-K off."""
+    global forced_k_splits
+    if not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"splits must be a positive int, got {splits!r}")
+    previous, forced_k_splits = forced_k_splits, splits
+    try:
+        yield
+    finally:
+        forced_k_splits = previous
+
+
+def gemm_k_splits(n, c, cr, num_sms):
+    """(channels per split, number of splits) of the batched c_to_r GEMM over C channels.
+
+    Enough splits for GEMM_PROGRAMS_PER_SM programs per SM, at most MAX_K_SPLITS and at most
+    one per BATCH_BLOCK_K channels; channels per split is a multiple of BATCH_BLOCK_K, so
+    the splits tile C exactly (the last one may be short)."""
+    tiles = cdiv(n, BATCH_BLOCK_N) * cdiv(cr, BATCH_BLOCK_R)
+    k_blocks = cdiv(c, BATCH_BLOCK_K)
+    wanted = forced_k_splits or min(MAX_K_SPLITS, cdiv(GEMM_PROGRAMS_PER_SM * num_sms, tiles))
+    splits = max(1, min(wanted, k_blocks))
+    per_split = cdiv(k_blocks, splits) * BATCH_BLOCK_K
+    return per_split, cdiv(c, per_split)
 
 
 def use_batched_excitation(n, c, cr, hw, x_size, param_size):

@@ -7,10 +7,13 @@ Two paths; ``configs.use_batched_excitation`` picks one per shape from the traff
   excitation backward, grad_x pass, weight gradients). Right where activations outweigh the
   weights, which it reads once per sample.
 - batched (batched.py): the FC layers run as small GEMMs over tiles of samples. Forward 4
-  launches (squeeze, FC1, FC2 + gate, scale), backward 5.
+  launches (squeeze, FC1, FC2 + gate, scale), backward 5. The [N, C] -> [N, Cr] GEMM splits
+  its channels over several programs where its tiles alone would leave SMs idle
+  (``configs.gemm_k_splits``).
 
 Nothing else runs on the device. Outputs are ``torch.empty``. The scratch buffers (split
-partial sums, the backward's [N, C] vectors, the per-sample path's arrival counters, and in
+partial sums, the backward's [N, C] vectors, the arrival counters (per sample on the per-sample
+path, per GEMM tile where the batched path splits its c_to_r GEMM over channels), and in
 inference the saved-for-backward vectors nobody will read) are reused call after call only on
 the eager fast path (``reuse_scratch=True``): there they belong to the plan, one set per host
 thread and CUDA stream. Stream order keeps one thread's calls on one stream apart (two threads
@@ -176,13 +179,25 @@ class _Shape:
         """Grid of the per-element passes se_scale_fwd / se_scale_bwd."""
         return configs.cdiv(self.c * self.hw, configs.SCALE_BLOCK), self.n
 
+    def k_split(self):
+        """(channels per split, splits) of the c_to_r GEMM (configs.gemm_k_splits)."""
+        return configs.gemm_k_splits(self.n, self.c, self.cr, self.num_sms)
+
+    def gemm_tiles(self):
+        """Number of [BATCH_BLOCK_N, BATCH_BLOCK_R] tiles of the c_to_r GEMM (one arrival
+        counter each when it splits K)."""
+        return configs.cdiv(self.n, configs.BATCH_BLOCK_N) * configs.cdiv(self.cr, configs.BATCH_BLOCK_R)
+
     def c_to_r_site(self, num_splits, w_strides, has_bias, *, act, gate, backward, device):
         """The [N, C] -> [N, Cr] GEMM: forward FC1 (V = W1^T), backward through FC2 (V = W2)."""
+        per_split, k_splits = self.k_split()
         grid = (configs.cdiv(self.n, configs.BATCH_BLOCK_N),
-                configs.cdiv(self.cr, configs.BATCH_BLOCK_R))
+                configs.cdiv(self.cr, configs.BATCH_BLOCK_R), k_splits)
         return _site(se_excite_gemm_c_to_r, grid,
-                     "partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr out_ptr",
+                     "partial_ptr scale_ptr w_ptr b_ptr hidden_ptr vec_ptr ksum_ptr counter_ptr "
+                     "out_ptr",
                      dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, NUM_SPLITS=num_splits,
+                          K_PER_SPLIT=per_split, K_SPLITS=k_splits,
                           w_stride_c=w_strides[0], w_stride_r=w_strides[1],
                           has_bias=has_bias, act=act, gate=gate),
                      dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
@@ -219,7 +234,7 @@ def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
             None if b1 is None else b1.stride(), None if b2 is None else b2.stride(),
             None if residual is None else residual.stride(), activation, gate, post_relu,
             x.data_ptr() % 16, w1.data_ptr() % 16, w2.data_ptr() % 16, _offset16(b1), _offset16(b2),
-            _offset16(residual), configs.forced_path)
+            _offset16(residual), configs.forced_path, configs.forced_k_splits)
 
 
 def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
@@ -257,15 +272,25 @@ def _is_dense(t, channels_last):
 
 
 def _scratch_buffers(shape, splits, device):
-    """A plan's scratch: partial sums [N, S, C], arrival counters (per-sample path), and three
-    vectors [N, C], [N, Cr], [N, C]: in the forward pooled / hidden / scale of inference calls,
-    in the backward gz / gh / gp."""
+    """A plan's scratch: partial sums [N, S, C]; int32 arrival counters, zeroed (per sample
+    on the per-sample path, per c_to_r tile on the batched path when it splits K, else one
+    unused element); three vectors [N, C], [N, Cr], [N, C]: in the forward pooled / hidden /
+    scale of inference calls, in the backward gz / gh / gp; the c_to_r GEMM's K-split
+    products [K_SPLITS, N, Cr] (the [N, Cr] vector when it does not split)."""
     acc, n, c = shape.acc_dtype, shape.n, shape.c
-    return (torch.empty((n, splits, c), dtype=acc, device=device),
-            None if shape.batched else torch.zeros(n, dtype=torch.int32, device=device),
-            torch.empty((n, c), dtype=acc, device=device),
-            torch.empty((n, shape.cr), dtype=acc, device=device),
-            torch.empty((n, c), dtype=acc, device=device))
+    k_splits = shape.k_split()[1] if shape.batched else 1
+    if not shape.batched:
+        counters = torch.zeros(n, dtype=torch.int32, device=device)
+    elif k_splits > 1:
+        counters = torch.zeros(shape.gemm_tiles(), dtype=torch.int32, device=device)
+    else:
+        counters = torch.empty(1, dtype=torch.int32, device=device)
+    vec_r = torch.empty((n, shape.cr), dtype=acc, device=device)
+    k_products = (torch.empty((k_splits, n, shape.cr), dtype=acc, device=device) if k_splits > 1
+                  else vec_r)
+    return (torch.empty((n, splits, c), dtype=acc, device=device), counters,
+            torch.empty((n, c), dtype=acc, device=device), vec_r,
+            torch.empty((n, c), dtype=acc, device=device), k_products)
 
 
 _INTERPRETER_LOCK = threading.Lock()
@@ -327,7 +352,7 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
         w1, w2 = w1.contiguous(), w2.contiguous()
         b1 = None if b1 is None else b1.contiguous()
         b2 = None if b2 is None else b2.contiguous()
-    partials, counters, pooled, hidden, scale = _scratch(
+    partials, counters, pooled, hidden, scale, k_products = _scratch(
         plan, device, lambda: _scratch_buffers(shape, plan.splits, device), reuse_scratch)
     if keep_vectors:
         out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
@@ -339,8 +364,9 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
     res_arg = x if residual is None else residual
     if shape.batched:
         squeeze, fc1, fc2, scale_pass = plan.sites
-        squeeze(x, w1, b1_arg, w2, b2_arg, partials, partials, pooled, hidden, scale)
-        fc1(partials, partials, w1, b1_arg, hidden, pooled, hidden)
+        squeeze(x, w1, b1_arg, w2, b2_arg, partials, counters, pooled, hidden, scale)
+        _launch_with_counters(plan, fc1, device, partials, partials, w1, b1_arg, hidden, pooled,
+                              k_products, counters, hidden)
         fc2(hidden, w2, b2_arg, scale)
     else:
         squeeze, scale_pass = plan.sites
@@ -356,7 +382,8 @@ def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
             pooled.stride(), hidden.stride(), scale.stride(), pooled.dtype, has_residual,
             activation, gate, grad_out.data_ptr() % 16, x.data_ptr() % 16, _offset16(out),
             w1.data_ptr() % 16, w2.data_ptr() % 16, pooled.data_ptr() % 16,
-            hidden.data_ptr() % 16, scale.data_ptr() % 16, configs.forced_path)
+            hidden.data_ptr() % 16, scale.data_ptr() % 16, configs.forced_path,
+            configs.forced_k_splits)
 
 
 def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,
@@ -437,14 +464,15 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
         w1, w2 = w1.contiguous(), w2.contiguous()
         pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
     device = x.device
-    partials, counters, gz, gh, gp = _scratch(
+    partials, counters, gz, gh, gp, k_products = _scratch(
         plan, device, lambda: _scratch_buffers(shape, plan.splits, device), reuse_scratch)
     out_arg = out if post_relu else x
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
     if shape.batched:
         squeeze, through_fc2, through_fc1, grad_pass, weight_grads = plan.sites
-        squeeze(grad_out, x, out_arg, w1, w2, hidden, scale, partials, partials, gz, gh, gp)
-        through_fc2(partials, scale, w2, w2, hidden, gz, gh)
+        squeeze(grad_out, x, out_arg, w1, w2, hidden, scale, partials, counters, gz, gh, gp)
+        _launch_with_counters(plan, through_fc2, device, partials, scale, w2, w2, hidden, gz,
+                              k_products, counters, gh)
         through_fc1(gh, w1, w1, gp)
     else:
         squeeze, grad_pass, weight_grads = plan.sites

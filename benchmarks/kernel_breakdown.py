@@ -1,0 +1,100 @@
+"""GPU time of each kernel of the Triton backend on the weight-heavy SE shapes.
+
+    python benchmarks/kernel_breakdown.py [--batch 256] [--calls 20] [--json PATH]
+
+Where ``configs.use_batched_excitation`` picks the batched path (SE-ResNet-50's C = 1024 and
+2048 stages, EfficientNet-B0's late SE), bf16, channels_last: the forward (SE-ResNet: with
+residual + ReLU) and forward + backward, with the c_to_r GEMM split over channels as
+``configs.gemm_k_splits`` picks and unsplit (``configs.force_k_splits(1)``). Each row gives
+the mean GPU time per call of every kernel (torch.profiler) and their sum, so a GPU run
+says which kernel stands between a shape and its copy floor, and what split-K buys. Needs a
+CUDA GPU.
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES
+from senet_kernels.testing import make_inputs
+from senet_kernels.triton import configs
+
+from excitation_paths import step, triton
+
+
+def weight_heavy_shapes(n):
+    """(family, N, C, H, Cr) of the shapes the traffic model sends down the batched path."""
+    shapes = [("se_resnet50", n, c, hw, c // 16) for c, hw in RESNET_STAGES]
+    shapes += [("efficientnet_b0", n, c, hw, cr) for c, hw, cr in EFFICIENTNET_SE]
+    return [s for s in shapes if configs.use_batched_excitation(s[1], s[2], s[4], s[3] * s[3], 2, 2)]
+
+
+def kernel_us(call, calls):
+    """{kernel name: mean GPU microseconds per call} over ``calls`` calls (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    times = defaultdict(float)
+    for event in prof.key_averages():
+        if event.device_time_total > 0:
+            times[event.key] += event.device_time_total / calls
+    return dict(times)
+
+
+def run(n, calls, json_path=None):
+    rows = []
+    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__, "rows": rows}
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for family, n, c, hw, cr in weight_heavy_shapes(n):
+        tail = family == "se_resnet50"
+        inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
+                             residual=True, device="cuda", seed=c)
+        tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+        picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
+        for backward in (False, True):
+            for k_splits in sorted({picked, 1}, reverse=True):
+                with configs.force_k_splits(k_splits):
+                    times = kernel_us(step(triton, tensors, tail, backward, "batched"), calls)
+                rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr,
+                                 pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
+                                 picked=k_splits == picked, kernel_us=times,
+                                 total_us=sum(times.values())))
+                print(format_row(rows[-1]), flush=True)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(result, f, indent=1)
+    return result
+
+
+def format_row(r):
+    n, c, h, _ = r["shape"]
+    kernels = ", ".join(f"{name.removeprefix('se_')} {us:.1f}"
+                        for name, us in sorted(r["kernel_us"].items(), key=lambda kv: -kv[1]))
+    pick = " (picked)" if r["picked"] else ""
+    return (f"{r['family']:>15} {n}x{c}x{h}x{h} Cr={r['cr']:<3} {r['pass_name']:>7} "
+            f"K-splits {r['k_splits']}{pick}: {r['total_us']:.1f} us = {kernels}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--calls", type=int, default=20, help="profiled calls per row")
+    parser.add_argument("--json", help="write the rows here (after each shape)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("kernel_breakdown.py profiles GPU kernels: it needs a CUDA GPU")
+    run(args.batch, args.calls, args.json)
+
+
+if __name__ == "__main__":
+    main()
