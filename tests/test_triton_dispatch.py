@@ -170,6 +170,35 @@ def test_split_k_gemm_gradcheck(device):
         assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
+def test_grad_residual_stored_by_the_reduction(device, poison):
+    """SE-ResNet tail: where grad_out has x's dtype, the backward's reduction stores
+    grad_residual (the ReLU-masked gradient) and the grad_x pass reads it back instead of
+    grad_out and out; with a float32 grad_out (same values) the grad_x pass masks grad_out
+    itself. Both give grad_residual = the masked gradient exactly, and the same bits in every
+    other gradient (the correctness tests compare them with float64)."""
+    args = make_inputs(3, 40, 5, 5, 6, dtype=torch.bfloat16, channels_last=True, residual=True,
+                       device=device, seed=21)
+    out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid", True)
+    grad = torch.randn_like(out)
+    results = {}
+    for grad_dtype in (torch.bfloat16, torch.float32):
+        with recording_launches() as launches:
+            results[grad_dtype] = se_op.se_backward(
+                grad.to(grad_dtype), args["x"], out, args["w1"], args["w2"], pooled, hidden,
+                scale, True, "relu", "sigmoid")
+        kernels = {l.kernel.__name__: l.constexprs for l in launches}
+        in_reduction = grad_dtype == torch.bfloat16
+        assert kernels["se_squeeze_excite_bwd"]["WRITE_GRAD_RESIDUAL"] == in_reduction
+        assert kernels["se_scale_bwd"]["GRAD_RESIDUAL_WRITTEN"] == in_reduction
+        assert kernels["se_scale_bwd"]["WRITE_GRAD_RESIDUAL"] == (not in_reduction)
+    masked = torch.where(out <= 0, torch.zeros_like(grad), grad)
+    for grads in results.values():
+        assert torch.equal(grads[-1], masked)
+    for name, a, b in zip(["grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2"],
+                          results[torch.bfloat16], results[torch.float32]):
+        assert torch.equal(a, b), name
+
+
 def test_scratch_buffers_are_per_plan_and_stream(device):
     """Inference reuses the plan's scratch; training keeps fresh saved vectors per call."""
     args = make_inputs(2, 16, 4, 4, 4, device=device, seed=14)

@@ -10,7 +10,10 @@ writing the [N, C] / [N, Cr] vectors gz, gh and gp. Without EXCITE it only leave
 sums, for the batched excitation backward (batched.py).
 
 Kernel B', ``se_scale_bwd``: one streaming pass, gx = gy * s + gp (and grad_residual = gy
-when the ReLU tail masks it).
+when the ReLU tail masks it). With a residual behind the ReLU tail (SE-ResNet), kernel A'
+stores gy = grad_residual as it reduces, and kernel B' reads gy from there instead of g and
+out: 6 passes over the activation's size instead of 7 (A': read g, x, out, write gy; B': read
+gy, write gx).
 
 Kernel C', ``se_weight_grads``: the tiny GEMMs over the batch, gW2 = gz^T act(hidden),
 gW1 = gh^T pooled, and the bias sums, one program per output tile of either matrix.
@@ -25,15 +28,16 @@ from .common import (FLAGS, activate, activate_backward, arrive_last, dot_acc, g
 
 @triton.jit(do_not_specialize=FLAGS)
 def se_squeeze_excite_bwd(
-    grad_ptr, x_ptr, out_ptr, w1_ptr, w2_ptr, hidden_ptr, scale_ptr,
+    grad_ptr, x_ptr, out_ptr, grad_res_ptr, w1_ptr, w2_ptr, hidden_ptr, scale_ptr,
     partial_ptr, counter_ptr, gz_ptr, gh_ptr, gp_ptr,
     C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, act, gate,
-    EXCITE: tl.constexpr, POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr,
-    FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    EXCITE: tl.constexpr, POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
-    n = reduce_slab_share(x_ptr, grad_ptr, out_ptr, partial_ptr, C, HW, HW_PER_SPLIT, NUM_SPLITS,
-                          2 if POST_RELU else 1, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+    n = reduce_slab_share(x_ptr, grad_ptr, out_ptr, grad_res_ptr, partial_ptr, C, HW, HW_PER_SPLIT,
+                          NUM_SPLITS, 2 if POST_RELU else 1, WRITE_GRAD_RESIDUAL, CHANNELS_LAST,
+                          BLOCK_C, BLOCK_HW, ACC)
     if EXCITE:
         if arrive_last(counter_ptr + n, tl.cdiv(C, BLOCK_C) * NUM_SPLITS):
             fc_c = tl.arange(0, FC_BLOCK_C)
@@ -68,9 +72,11 @@ def se_squeeze_excite_bwd(
 @triton.jit
 def se_scale_bwd(
     grad_ptr, out_ptr, scale_ptr, gp_ptr, grad_x_ptr, grad_res_ptr, C, HW, SAMPLE_NUMEL,
-    POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-    BLOCK: tl.constexpr,
+    POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr, GRAD_RESIDUAL_WRITTEN: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """gx = gy * s + gp; with GRAD_RESIDUAL_WRITTEN, kernel A' already stored gy (the masked
+    gradient, = grad_residual) and it is read from there: one read instead of g and out."""
     n = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < SAMPLE_NUMEL
@@ -81,12 +87,15 @@ def se_scale_bwd(
     base = n.to(tl.int64) * SAMPLE_NUMEL
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
-    gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
-    if POST_RELU:
-        o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
-        gy = tl.where(o <= 0, 0.0, gy).to(gy.dtype)  # threshold_backward: NaN passes gy
-    if WRITE_GRAD_RESIDUAL:
-        tl.store(grad_res_ptr + base + offs, gy, mask=mask)
+    if GRAD_RESIDUAL_WRITTEN:
+        gy = tl.load(grad_res_ptr + base + offs, mask=mask, other=0.0)
+    else:
+        gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
+        if POST_RELU:
+            o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
+            gy = tl.where(o <= 0, 0.0, gy).to(gy.dtype)  # threshold_backward: NaN passes gy
+        if WRITE_GRAD_RESIDUAL:
+            tl.store(grad_res_ptr + base + offs, gy, mask=mask)
     gx = gy.to(s.dtype) * s + gp
     tl.store(grad_x_ptr + base + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
 

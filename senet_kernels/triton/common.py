@@ -132,14 +132,17 @@ def matvec_block(w_ptr, v_ptr, o, o_mask, OUT, K, TRANSPOSED: tl.constexpr, act,
 
 
 @triton.jit
-def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
-                      MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
+                      MODE: tl.constexpr, STORE_MASKED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
     """Sum over hw in [hw_start, hw_end) of one sample's channels ``c_offs``.
 
-    MODE 0 sums x (the squeeze); MODE 1 sums g * x and MODE 2 sums (out <= 0 ? 0 : g) * x (the
-    backward's gs behind the ReLU tail: threshold_backward, where a NaN output passes g). Pointers point at the sample's first element; the tile is
-    [BLOCK_C, BLOCK_HW] in both layouts and the compiler orders it by which axis is contiguous.
+    MODE 0 sums x (the squeeze); MODE 1 sums g * x and MODE 2 sums gy * x with
+    gy = (out <= 0 ? 0 : g) (the backward's gs behind the ReLU tail: threshold_backward, where
+    a NaN output passes g). With STORE_MASKED (MODE 2) gy is also stored to ``masked_ptr``, in
+    g's dtype: it is the residual's gradient, and the grad_x pass then reads it instead of g
+    and out. Pointers point at the sample's first element; the tile is [BLOCK_C, BLOCK_HW] in
+    both layouts and the compiler orders it by which axis is contiguous.
     """
     hw_range = tl.arange(0, BLOCK_HW)
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
@@ -152,23 +155,26 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, c_offs, c_mask, hw_start, hw_end, C
             offs = c_offs[:, None] * HW + hw[None, :]
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
         if MODE >= 1:
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0)
             if MODE == 2:
                 o = tl.load(out_ptr + offs, mask=mask, other=0.0)
-                g = tl.where(o <= 0, 0.0, g)
-            v = v * g
+                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
+                if STORE_MASKED:
+                    tl.store(masked_ptr + offs, g, mask=mask)
+            v = v * g.to(ACC)
         acc += v
     return tl.sum(acc, axis=1)
 
 
 @triton.jit
-def reduce_slab_share(x_ptr, g_ptr, out_ptr, partial_ptr, C, HW, HW_PER_SPLIT, NUM_SPLITS,
-                      MODE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
+def reduce_slab_share(x_ptr, g_ptr, out_ptr, masked_ptr, partial_ptr, C, HW, HW_PER_SPLIT,
+                      NUM_SPLITS, MODE: tl.constexpr, STORE_MASKED: tl.constexpr,
+                      CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
     """The reduction phase of kernels A and A' (grid: channel blocks * HW splits, N).
 
     Sums this program's [channel block, HW split] share of sample n (see channel_block_sum for
-    MODE) into partials [N, NUM_SPLITS, C]. Returns n.
+    MODE and STORE_MASKED) into partials [N, NUM_SPLITS, C]. Returns n.
     """
     n = tl.program_id(1)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
@@ -179,8 +185,9 @@ def reduce_slab_share(x_ptr, g_ptr, out_ptr, partial_ptr, C, HW, HW_PER_SPLIT, N
     hw_start = split * HW_PER_SPLIT
     hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
     base = n.to(tl.int64) * C * HW
-    sums = channel_block_sum(x_ptr + base, g_ptr + base, out_ptr + base, c_offs, c_mask,
-                             hw_start, hw_end, C, HW, MODE, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+    sums = channel_block_sum(x_ptr + base, g_ptr + base, out_ptr + base, masked_ptr + base, c_offs,
+                             c_mask, hw_start, hw_end, C, HW, MODE, STORE_MASKED, CHANNELS_LAST,
+                             BLOCK_C, BLOCK_HW, ACC)
     tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
     return n
 

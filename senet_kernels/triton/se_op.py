@@ -392,20 +392,27 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     device = x.device
     post_relu = out is not None
     write_grad_res = post_relu and has_residual
+    # The reduction stores grad_residual (the masked gradient) and the grad_x pass reads it
+    # back instead of grad_out and out; only where grad_residual, which has x's dtype, holds
+    # grad_out's values exactly.
+    grad_res_in_reduction = write_grad_res and grad_out.dtype == x.dtype
     flags = dict(act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate])
     tile, per_split, splits, grid = s.reduce_grid()
     squeeze = _site(
         se_squeeze_excite_bwd, grid,
-        "grad_ptr x_ptr out_ptr w1_ptr w2_ptr hidden_ptr scale_ptr partial_ptr counter_ptr "
-        "gz_ptr gh_ptr gp_ptr",
+        "grad_ptr x_ptr out_ptr grad_res_ptr w1_ptr w2_ptr hidden_ptr scale_ptr partial_ptr "
+        "counter_ptr gz_ptr gh_ptr gp_ptr",
         dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, **flags),
-        dict(EXCITE=not s.batched, POST_RELU=post_relu, CHANNELS_LAST=s.channels_last,
+        dict(EXCITE=not s.batched, POST_RELU=post_relu,
+             WRITE_GRAD_RESIDUAL=grad_res_in_reduction, CHANNELS_LAST=s.channels_last,
              BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C,
              FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device)
     grad_pass = _site(se_scale_bwd, s.streaming_grid(),
                       "grad_ptr out_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
                       dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
-                      dict(POST_RELU=post_relu, WRITE_GRAD_RESIDUAL=write_grad_res,
+                      dict(POST_RELU=post_relu,
+                           WRITE_GRAD_RESIDUAL=write_grad_res and not grad_res_in_reduction,
+                           GRAD_RESIDUAL_WRITTEN=grad_res_in_reduction,
                            CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK), device)
     if s.batched:
         through_fc2 = s.c_to_r_site(splits, (s.cr, 1), 0, backward=True, device=device, **flags)
@@ -470,14 +477,15 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
     if shape.batched:
         squeeze, through_fc2, through_fc1, grad_pass, weight_grads = plan.sites
-        squeeze(grad_out, x, out_arg, w1, w2, hidden, scale, partials, counters, gz, gh, gp)
+        squeeze(grad_out, x, out_arg, grad_res_arg, w1, w2, hidden, scale, partials, counters,
+                gz, gh, gp)
         _launch_with_counters(plan, through_fc2, device, partials, scale, w2, w2, hidden, gz,
                               k_products, counters, gh)
         through_fc1(gh, w1, w1, gp)
     else:
         squeeze, grad_pass, weight_grads = plan.sites
-        _launch_with_counters(plan, squeeze, device, grad_out, x, out_arg, w1, w2, hidden, scale,
-                              partials, counters, gz, gh, gp)
+        _launch_with_counters(plan, squeeze, device, grad_out, x, out_arg, grad_res_arg, w1, w2,
+                              hidden, scale, partials, counters, gz, gh, gp)
     grad_pass(grad_out, out if post_relu else grad_out, scale, gp, grad_x, grad_res_arg)
     weight_grads(gz, hidden, gh, pooled, grad_w2, grad_b2, grad_w1, grad_b1)
     return grads
