@@ -4,14 +4,17 @@
 #   bash benchmarks/gpu_check.sh            # results in benchmarks/results/<date>-<gpu>/ and $OUT
 #
 # Made for the lent machines: torch 2.11, triton 3.6, nvcc 13.0, timm, 16 cores, no internet
-# (nothing is installed from the network). About 5 minutes on an H200; each step has its own
-# time limit, so a hung step cannot eat the lease, and may fail without stopping the later
-# ones (the exit status is 1 if any failed). Steps:
+# (nothing is installed from the network). Each step has its own time limit, so a hung step
+# cannot eat the lease, and may fail without stopping the later ones (the exit status is 1 if
+# any failed). The whole script keeps to GPU_CHECK_BUDGET seconds (default 360): a step's
+# limit is cut to what is left of it (less what the summary needs), and a step with under
+# 15 s left is skipped and says so, so the summary is always written and a device command's
+# own limit never cuts the run short. The steps come in order of what a run must answer:
 #   1. build the extension for this GPU only, in the background while the Triton tests run
 #   2. the GPU tests (pytest -n 8): Triton first, then the CUDA extension once it is built
 #   3. the main job: python -m senet_kernels bench --sizes gpu (its wall time is recorded)
 #   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
-#   5. benchmarks/host_overhead.py, benchmarks/excitation_paths.py, benchmarks/kernel_breakdown.py
+#   5. benchmarks/kernel_breakdown.py, benchmarks/host_overhead.py, benchmarks/excitation_paths.py
 #   6. benchmarks/train_throughput.sh: the train command under torchrun on one GPU
 #   7. summary.md; the short summary is printed last
 # At most 8 files are written to the results folder (and copied to $OUT).
@@ -28,9 +31,20 @@ log="$results/gpu_check.log"
 : > "$log"
 status=0
 declare -A took
+budget=${GPU_CHECK_BUDGET:-360}
+summary_reserve=20  # the summary step's own limit
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and log it
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
+  if [ "$name" != "summary" ]; then
+    local left=$((budget - SECONDS - summary_reserve))
+    if [ "$left" -lt 15 ]; then
+      echo "== $name: SKIPPED (${left}s left of the ${budget}s budget)" | tee -a "$log"
+      took[$name]=0
+      return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   echo "== $name (limit ${limit}s)" | tee -a "$log"
   if timeout "$limit" "$@" 2>&1 | tee -a "$log"; then
     echo "== $name: ok ($((SECONDS - start)) s)" | tee -a "$log"
@@ -50,12 +64,12 @@ build_start=$SECONDS
 # If pip's editable install fails (it did once on an H200, cause not captured, while the same
 # sources and torch 2.11 + nvcc 13.0 build elsewhere), build in place with setup.py instead:
 # PYTHONPATH (above) makes the in-place extension importable.
-( TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 timeout 240 \
+( TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 timeout 150 \
     pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1
   rc=$?
   if [ $rc != 0 ]; then
     echo "== pip install -e . failed (rc $rc); python setup.py build_ext --inplace" >> "$build_log"
-    TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 timeout 240 \
+    TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 timeout 150 \
       python setup.py build_ext --inplace >> "$build_log" 2>&1
     rc2=$?
     [ $rc2 != 0 ] && rc=$rc2 || rc="0 (pip failed with $rc; setup.py build_ext --inplace worked)"
@@ -88,15 +102,15 @@ step "main job: bench --sizes gpu" 180 python -m senet_kernels bench --sizes gpu
 echo "== main job wall time: $((SECONDS - bench_start)) s" | tee -a "$log"
 step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
   --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
+# Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
+# (the log keeps it: the results folder is at its 8 files).
+step "kernel breakdown" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
+
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
 # Where the traffic model's choice matters (C >= 512 and EfficientNet-B0's late SE), channels_last
 # (the whole table did not fit in 90 s cold); rows reach the JSON one by one.
 step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --rep-ms 5 \
   --layout channels_last --channels 512 1024 2048 240 672 1152 --json "$results/excitation_paths.json"
-# Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
-# (the log keeps it: the results folder is at its 8 files).
-step "kernel breakdown" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
-
 step "train throughput (DDP, 1 GPU)" 150 bash benchmarks/train_throughput.sh "$results/train.json"
 
 step "summary" 30 python - "$results" <<'PY'
