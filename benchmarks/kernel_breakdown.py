@@ -7,8 +7,10 @@ Where ``configs.use_batched_excitation`` picks the batched path (SE-ResNet-50's 
 residual + ReLU) and forward + backward, with the c_to_r GEMM split over channels as
 ``configs.gemm_k_splits`` picks and unsplit (``configs.force_k_splits(1)``). Each row gives
 the mean GPU time per call of every kernel (torch.profiler) and their sum, so a GPU run
-says which kernel stands between a shape and its copy floor, and what split-K buys. Needs a
-CUDA GPU.
+says which kernel stands between a shape and its copy floor, and what split-K buys. One more
+row: SE-ResNet-50's first stage (256x56x56, the per-sample path), forward + backward, where
+the backward's two streaming kernels carry most of a training step's SE time. Needs a CUDA
+GPU.
 """
 
 import argparse
@@ -55,21 +57,27 @@ def run(n, calls, json_path=None):
     result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
               "torch": torch.__version__, "rows": rows}
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for family, n, c, hw, cr in weight_heavy_shapes(n):
+    first_stage = ("se_resnet50", n, *RESNET_STAGES[0], RESNET_STAGES[0][0] // 16)
+    for family, n, c, hw, cr in weight_heavy_shapes(n) + [first_stage]:
         tail = family == "se_resnet50"
         inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
                              residual=True, device="cuda", seed=c)
         tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
-        picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
-        for backward in (False, True):
-            for k_splits in sorted({picked, 1}, reverse=True):
-                with configs.force_k_splits(k_splits):
-                    times = kernel_us(step(triton, tensors, tail, backward, "batched"), calls)
-                rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr,
-                                 pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
-                                 picked=k_splits == picked, kernel_us=times,
-                                 total_us=sum(times.values())))
-                print(format_row(rows[-1]), flush=True)
+        if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
+            picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
+            variants = [(False, k) for k in sorted({picked, 1}, reverse=True)]
+            variants += [(True, k) for k in sorted({picked, 1}, reverse=True)]
+        else:  # the per-sample path: no GEMM to split
+            picked, variants = None, [(True, None)]
+        for backward, k_splits in variants:
+            with configs.force_k_splits(k_splits or 1):
+                path = "batched" if k_splits else "per_sample"
+                times = kernel_us(step(triton, tensors, tail, backward, path), calls)
+            rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, path=path,
+                             pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
+                             picked=k_splits == picked, kernel_us=times,
+                             total_us=sum(times.values())))
+            print(format_row(rows[-1]), flush=True)
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(result, f, indent=1)
@@ -80,9 +88,12 @@ def format_row(r):
     n, c, h, _ = r["shape"]
     kernels = ", ".join(f"{name.removeprefix('se_')} {us:.1f}"
                         for name, us in sorted(r["kernel_us"].items(), key=lambda kv: -kv[1]))
-    pick = " (picked)" if r["picked"] else ""
+    if r["k_splits"] is None:
+        variant = "per-sample path"
+    else:
+        variant = f"K-splits {r['k_splits']}" + (" (picked)" if r["picked"] else "")
     return (f"{r['family']:>15} {n}x{c}x{h}x{h} Cr={r['cr']:<3} {r['pass_name']:>7} "
-            f"K-splits {r['k_splits']}{pick}: {r['total_us']:.1f} us = {kernels}")
+            f"{variant}: {r['total_us']:.1f} us = {kernels}")
 
 
 def main():
