@@ -25,7 +25,8 @@ constexpr int64_t kSumBlocksPerSM = 4;
 // What the channel sums add up at flat element i, all in the compute dtype:
 //   kSumX               x                (forward squeeze)
 //   kSumGradX           g * x            (backward gs, no ReLU tail)
-//   kSumMaskedGradX     (out <= 0 ? 0 : g) * x (backward gs behind the ReLU tail)
+//   kSumMaskedGradX     (out <= 0 ? 0 : g) * x (backward gs behind the ReLU tail; the masked
+//                       gradient may be stored as it goes, see SumTerm::masked)
 enum SumMode : int { kSumX = 0, kSumGradX = 1, kSumMaskedGradX = 2 };
 
 template <typename scalar_t, typename acc_t, int MODE>
@@ -33,6 +34,9 @@ struct SumTerm {
   const scalar_t* x;
   const scalar_t* grad;  // MODE >= kSumGradX
   const scalar_t* out;   // MODE == kSumMaskedGradX
+  // MODE == kSumMaskedGradX, nullable: also store gy (the residual's gradient) here, so that
+  // the grad_x pass reads it instead of grad and out (one pass over the activation less).
+  scalar_t* masked = nullptr;
 
   __device__ __forceinline__ acc_t operator()(int64_t i) const {
     acc_t acc[1] = {acc_t(0)};
@@ -48,24 +52,27 @@ struct SumTerm {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) acc[k] += static_cast<acc_t>(xv.v[k]);
     } else {
-      const Pack<scalar_t, VEC> gv = load_pack<VEC>(grad + i);
-      Pack<scalar_t, VEC> ov;
-      if constexpr (MODE == kSumMaskedGradX) ov = load_pack<VEC>(out + i);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        acc_t gy = static_cast<acc_t>(gv.v[k]);
+      Pack<scalar_t, VEC> gv = load_pack<VEC>(grad + i);
+      if constexpr (MODE == kSumMaskedGradX) {
         // relu's backward seen from its output, PyTorch's threshold_backward: 0 where
         // out <= 0, g elsewhere, where out is NaN too.
-        if constexpr (MODE == kSumMaskedGradX) {
-          if (static_cast<acc_t>(ov.v[k]) <= acc_t(0)) gy = acc_t(0);
+        const Pack<scalar_t, VEC> ov = load_pack<VEC>(out + i);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          if (static_cast<acc_t>(ov.v[k]) <= acc_t(0)) gv.v[k] = static_cast<scalar_t>(acc_t(0));
         }
-        acc[k] += gy * static_cast<acc_t>(xv.v[k]);
+        if (masked != nullptr) store_pack<VEC>(masked + i, gv);
+      }
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        acc[k] += static_cast<acc_t>(gv.v[k]) * static_cast<acc_t>(xv.v[k]);
       }
     }
   }
 
   bool aligned() const {
-    return aligned16(x) && (grad == nullptr || aligned16(grad)) && (out == nullptr || aligned16(out));
+    return aligned16(x) && (grad == nullptr || aligned16(grad)) && (out == nullptr || aligned16(out)) &&
+           (masked == nullptr || aligned16(masked));
   }
 };
 

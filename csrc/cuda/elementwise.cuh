@@ -88,6 +88,8 @@ struct ScaleForward {
 // gy = (out <= 0 ? 0 : grad) behind the ReLU tail (threshold_backward: NaN outputs pass the
 // gradient, as in PyTorch), else grad; grad_x = gy * scale + gp, in the
 // compute dtype, rounded once; grad_residual = gy (exact: gy is grad or 0) when requested.
+// With grad_residual_written, the channel sums already stored gy to grad_residual
+// (SumTerm::masked), and it is read from there instead of grad and out.
 template <typename scalar_t, typename acc_t, typename index_t>
 struct ScaleBackward {
   const scalar_t* grad;
@@ -98,10 +100,15 @@ struct ScaleBackward {
   scalar_t* grad_residual;  // nullable
   index_t channels, hw;
   bool channels_last;
+  bool grad_residual_written;
 
   template <int VEC>
   __device__ __forceinline__ void apply(index_t i) const {
     VectorRow<index_t> rows(i, channels, hw, channels_last);
+    if (grad_residual_written) {
+      scale_gradient<VEC>(load_pack<VEC>(grad_residual + i), rows, i);
+      return;
+    }
     Pack<scalar_t, VEC> gv = load_pack<VEC>(grad + i);
     if (out != nullptr) {
       const Pack<scalar_t, VEC> ov = load_pack<VEC>(out + i);
@@ -111,6 +118,13 @@ struct ScaleBackward {
       }
     }
     if (grad_residual != nullptr) store_pack<VEC>(grad_residual + i, gv);
+    scale_gradient<VEC>(gv, rows, i);
+  }
+
+  // grad_x[i + k] = gy[k] * scale + gp of each element's (n, c) row
+  template <int VEC>
+  __device__ __forceinline__ void scale_gradient(const Pack<scalar_t, VEC>& gv,
+                                                 VectorRow<index_t>& rows, index_t i) const {
     Pack<scalar_t, VEC> gx;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {

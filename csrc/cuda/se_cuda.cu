@@ -266,8 +266,11 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
     // (1) gs = sum_hw gy * x, as partial sums over splits of HW
     at::Tensor partials;
     int64_t splits = 1;
+    // With a residual behind the ReLU tail, the sums also store gy = grad_residual, which the
+    // grad_x pass (3) then reads instead of grad and out: 6 passes over the activation, not 7.
+    scalar_t* gres_ptr = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
     if (post_relu) {
-      const SumTerm<scalar_t, acc_t, kSumMaskedGradX> term{x_ptr, g_ptr, out_ptr};
+      const SumTerm<scalar_t, acc_t, kSumMaskedGradX> term{x_ptr, g_ptr, out_ptr, gres_ptr};
       std::tie(partials, splits) = channel_sums(term, vec_options, n, channels, hw, cl, sms, stream);
     } else {
       const SumTerm<scalar_t, acc_t, kSumGradX> term{x_ptr, g_ptr, nullptr};
@@ -306,9 +309,8 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
       // (4) weight and bias gradients (below, after the grad_x pass is queued, same stream)
     });
 
-    // (3) grad_x = gy * s + gp (+ grad_residual = gy)
+    // (3) grad_x = gy * s + gp (gy from grad_residual where (1) stored it)
     scalar_t* gx_ptr = grad_x.data_ptr<scalar_t>();
-    scalar_t* gres_ptr = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
     const bool aligned = aligned16(g_ptr) && aligned16(gx_ptr) &&
                          (out_ptr == nullptr || aligned16(out_ptr)) &&
                          (gres_ptr == nullptr || aligned16(gres_ptr));
@@ -317,7 +319,8 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
           using index_t = typename decltype(index_tag)::type;
           return ScaleBackward<scalar_t, acc_t, index_t>{
               g_ptr, out_ptr, scale_c.data_ptr<acc_t>(), gp.data_ptr<acc_t>(), gx_ptr,
-              gres_ptr, static_cast<index_t>(channels), static_cast<index_t>(hw), cl};
+              gres_ptr, static_cast<index_t>(channels), static_cast<index_t>(hw), cl,
+              /*grad_residual_written=*/write_grad_res};
         },
         xd.numel(), aligned, stream);
 
