@@ -14,14 +14,13 @@ GPU.
 """
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
 
 import torch
 
-from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES
+from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json
 from senet_kernels.testing import make_inputs
 from senet_kernels.triton import configs
 
@@ -78,9 +77,8 @@ def run(n, calls, json_path=None):
                              picked=k_splits == picked, kernel_us=times,
                              total_us=sum(times.values())))
             print(format_row(rows[-1]), flush=True)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump(result, f, indent=1)
+        if json_path:  # after each shape: a run stopped by a time limit keeps what it measured
+            write_json(result, json_path)
     return result
 
 
