@@ -473,8 +473,11 @@ def plot(result, path):
     plt.close(fig)
 
 
-def write_json(result, path):
-    """Write a benchmark's result dict to path (used by every benchmark script)."""
+def write_json(result, path, quiet=False):
+    """Write a benchmark's result dict to path (used by every benchmark script); ``quiet`` for
+    the scripts that rewrite it after each row, so that a run stopped by a time limit keeps
+    what it measured."""
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
