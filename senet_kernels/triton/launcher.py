@@ -5,7 +5,9 @@ arguments and constexprs are fixed when the plan is made, only the tensors chang
 Its first call goes through ``kernel[grid](...)``, which compiles (or finds) the kernel and
 returns Triton's ``CompiledKernel``; later calls hand the arguments straight to that kernel's
 launcher, skipping the per-call argument binding, specialization and cache-key work of
-``JITFunction.run`` (tens of microseconds of host time per launch). That is sound because
+``JITFunction.run`` (tens of microseconds of host time per launch), with the tensors' raw
+addresses (Triton's launcher checks each tensor argument with a driver call; an int it takes
+as it is, in Triton 3.6 and 3.8 alike). That is sound because
 everything Triton specializes on is fixed per plan: argument dtypes, integer values (equal
 to 1, divisible by 16), constexprs, and the 16-byte alignment of every tensor, which is part
 of the plan's key (``se_op``). Launch hooks (profilers such as proton), the interpreter and
@@ -86,8 +88,10 @@ class KernelLaunch:
         if (self._compiled is not None or _stubbed) and _recorder is None and DIRECT_LAUNCH \
                 and not _hooks_installed():
             args = self._template.copy()
+            # Raw addresses: Triton's launcher takes an int as it is, while for a tensor it
+            # calls data_ptr() and then cuPointerGetAttribute (a driver call) per argument.
             for slot, t in zip(self._tensor_slots, tensors):
-                args[slot] = t
+                args[slot] = t.data_ptr()
             g0, g1, g2 = self.grid
             if _stubbed:
                 _NO_OP_KERNEL.run(g0, g1, g2, _current_stream(self._device), None, None, None,
