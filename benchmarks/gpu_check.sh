@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one-call check for a lent GPU (see README): build, test on the GPU, benchmark, record.
 #
-#   bash benchmarks/gpu_check.sh            # results in benchmarks/results/<date>-<gpu>/ and $OUT
+#   bash benchmarks/gpu_check.sh            # results in benchmarks/results/<date>-<gpu>[-N]/ and $OUT
 #
 # Made for the lent machines: torch 2.11, triton 3.6, nvcc 13.0, timm, 16 cores, no internet
 # (nothing is installed from the network). Each step has its own time limit, so a hung step
@@ -26,13 +26,19 @@ export PYTHONUNBUFFERED=1
 # the editable install (it builds the extension) failed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-')
-results="benchmarks/results/$(date +%Y-%m-%d)-${gpu}"
+# A fresh folder per run: an earlier run's folder of the same day and GPU gets a -2, -3, ...
+# sibling, so that no file of that run (a step skipped this time) passes for this one's.
+base="benchmarks/results/$(date +%Y-%m-%d)-${gpu}"
+results=$base
+run=1
+while [ -e "$results" ]; do run=$((run + 1)); results="$base-$run"; done
 mkdir -p "$results"
 log="$results/gpu_check.log"
 : > "$log"
 status=0
 declare -A took
 budget=${GPU_CHECK_BUDGET:-360}
+skipped=()
 summary_reserve=20  # the summary step's own limit
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and log it
   local name=$1 limit=$2; shift 2
@@ -41,6 +47,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and 
     local left=$((budget - SECONDS - summary_reserve))
     if [ "$left" -lt 15 ]; then
       echo "== $name: SKIPPED (${left}s left of the ${budget}s budget)" | tee -a "$log"
+      skipped+=("$name")
       took[$name]=0
       return
     fi
@@ -160,6 +167,7 @@ with open(os.path.join(results, "summary.md"), "w") as f:
 print(text)
 PY
 for name in "${!took[@]}"; do echo "step time: $name ${took[$name]} s"; done | tee -a "$log"
+[ ${#skipped[@]} -gt 0 ] && echo "skipped for the time budget: ${skipped[*]}" | tee -a "$log"
 if [ -n "${OUT:-}" ]; then
   cp "$results"/* "$OUT"/ 2>/dev/null || true
 fi
