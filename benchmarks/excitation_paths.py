@@ -13,7 +13,6 @@ much slower its pick is than the faster path. Needs a CUDA GPU.
 """
 
 import argparse
-import json
 import sys
 import time
 
@@ -21,7 +20,7 @@ import torch
 
 from senet_kernels import squeeze_excite
 from senet_kernels.baselines import eager_se
-from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES
+from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json
 from senet_kernels.testing import make_inputs
 from senet_kernels.triton import configs
 
@@ -97,8 +96,7 @@ def run(batches, rep_ms, layouts=("channels_last", "nchw"), channels=None, json_
                                  pick_vs_eager=times["eager"] / picked))
                 print(format_row(rows[-1]), flush=True)
                 if json_path:
-                    with open(json_path, "w") as f:
-                        json.dump(result, f, indent=1)
+                    write_json(result, json_path, quiet=True)
     return result
 
 

@@ -78,7 +78,7 @@ def run(n, calls, json_path=None):
                              total_us=sum(times.values())))
             print(format_row(rows[-1]), flush=True)
         if json_path:  # after each shape: a run stopped by a time limit keeps what it measured
-            write_json(result, json_path)
+            write_json(result, json_path, quiet=True)
     return result
 
 
@@ -103,6 +103,8 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("kernel_breakdown.py profiles GPU kernels: it needs a CUDA GPU")
     run(args.batch, args.calls, args.json)
+    if args.json:  # run() wrote it after each shape
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
