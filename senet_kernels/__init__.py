@@ -1,6 +1,7 @@
 """senet-kernels: fused Squeeze-and-Excitation for PyTorch.
 
-Public API: ``squeeze_excite``, ``FusedSEBlock``, ``convert_se_modules``,
+Public API: ``squeeze_excite``, ``FusedSEBlock``, ``convert_se_modules`` (and the
+``FusedResidualBlock`` it puts in SE-ResNets),
 ``register_se_class``, ``available_backends``; the SENet models are in the subpackage
 ``senet_kernels.models`` (imported on first use: ``senet_kernels.models.se_resnet50()``).
 Models using them export to ONNX with ``torch.onnx.export`` as they are (``onnx_export``).
@@ -15,12 +16,14 @@ from .functional import squeeze_excite
 from .modules import FusedSEBlock
 from .recognize import register_se_class
 from .reference import squeeze_excite_reference
+from .residual_tail import FusedResidualBlock
 
 # ONNX export works without any call by the user: both torch.onnx exporters learn the SE
 # op's standard-ONNX form now (see onnx_export.py).
 _onnx_export.register()
 
-__all__ = ["BackendStatus", "FusedSEBlock", "available_backends", "convert_se_modules",
+__all__ = ["BackendStatus", "FusedResidualBlock", "FusedSEBlock", "available_backends",
+           "convert_se_modules",
            "register_se_class", "squeeze_excite", "squeeze_excite_reference"]
 
 #: Subpackages imported when first used as attributes (``senet_kernels.models``), as

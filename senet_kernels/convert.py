@@ -3,21 +3,25 @@
 Only modules of a known SE class are converted (``recognize.py``: torchvision, timm,
 pretrainedmodels, senet.pytorch, and classes given to ``register_se_class``), matched by
 exact class so that neither library is imported and no subclass or look-alike, whose forward
-may differ, is replaced. The converted blocks have no residual or ReLU tail
-(``post_relu=False``): these models add their shortcut outside the SE module, so only the
-SE itself is fused here (our own ``senet_kernels.models`` fuse the tail as well).
+may differ, is replaced. Where the SE module sits in a residual block of a known class (timm's and
+pretrainedmodels' SE-ResNet / SE-ResNeXt blocks, ``residual_tail.py``), the whole block is
+replaced by a ``FusedResidualBlock`` that also fuses the shortcut add and the final ReLU
+(``post_relu=True``), as ``senet_kernels.models`` do; elsewhere the SE module alone is
+fused (``post_relu=False``).
 """
 
 import warnings
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from .backends import check_backend_name
 from .modules import FusedSEBlock
 from .recognize import is_known_se_class, look_alike_reason
+from .residual_tail import FusedResidualBlock
 
 
-def convert_se_modules(model, backend="auto"):
+def convert_se_modules(model, backend="auto", *, fuse_residual=True):
     """Replace every supported SE module inside ``model`` by ``FusedSEBlock.from_module``.
 
     Args:
@@ -25,10 +29,15 @@ def convert_se_modules(model, backend="auto"):
             attribute, Sequential / ModuleList / ModuleDict entry). Every other module and
             parameter stays the same object.
         backend: the new blocks' backend ("auto", "triton", "cuda", "cpu", "reference").
+        fuse_residual: replace the residual blocks of known classes whose tail is
+            ``relu(se(branch) + shortcut)`` by ``FusedResidualBlock`` (the SE, the add and
+            the ReLU in one op, two passes over the activation fewer forward and more
+            backward). Their ``state_dict`` keys stay the same, but the block's class is no
+            longer the source's. False: fuse the SE modules only.
 
     Returns:
-        The number of SE modules replaced. A module shared by several parents is converted
-        once, counted once, and stays shared.
+        The number of SE modules replaced (alone or with their block's tail). A module
+        shared by several parents is converted once, counted once, and stays shared.
 
     Warns:
         UserWarning, once, naming every module left as it was: SE modules of a known class
@@ -44,51 +53,83 @@ def convert_se_modules(model, backend="auto"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_se_modules needs an nn.Module, got {type(model).__name__}")
     check_backend_name(backend)
+    if not isinstance(fuse_residual, bool):
+        raise TypeError(f"fuse_residual must be a bool, got {type(fuse_residual).__name__}")
     if is_known_se_class(model):
         raise TypeError(f"the model itself is an SE module ({type(model).__name__}); it cannot "
                         "be replaced in place, use FusedSEBlock.from_module(model)")
-    converted, skipped = {}, {}
+    walk = _Walk(backend, fuse_residual, _shared_modules(model))
     reason = look_alike_reason(model)
     if reason is not None:
-        skipped[id(model)] = ("(the model itself)", reason)
-    _convert_children(model, "", backend, converted, skipped)
-    skipped = list(skipped.values())
+        walk.skipped[id(model)] = ("(the model itself)", reason)
+    _convert_children(model, "", walk)
+    skipped = list(walk.skipped.values())
     if skipped:
         lines = "\n".join(f"  {name}: {reason}" for name, reason in skipped)
         warnings.warn(f"convert_se_modules left {len(skipped)} SE-like module(s) unconverted:"
                       f"\n{lines}", UserWarning, stacklevel=2)
-    return len(converted)
+    return len(walk.converted)
 
 
-def _convert(module, backend):
-    """The fused block for ``module``, None when it is not an SE module of a known class, or
-    the exception / message saying why an SE-like module is left alone."""
+@dataclass
+class _Walk:
+    """What one conversion carries through the module tree."""
+    backend: str
+    fuse_residual: bool
+    shared: set  # ids of modules that are children in more than one place
+    # {id(source): (source, replacement)}: a module shared by several parents becomes one
+    # shared replacement (the source is kept so that its id is not reused while we walk)
+    converted: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)  # {id(source): (name, reason)}, once each
+
+
+def _shared_modules(model):
+    """ids of the modules held in more than one child slot (parent object, name): a module
+    inside a block that is itself shared is held in one slot, and is not counted."""
+    slots = {}
+    for parent in model.modules():  # each module once
+        for child in parent._modules.values():
+            if child is not None:
+                slots[id(child)] = slots.get(id(child), 0) + 1
+    return {key for key, count in slots.items() if count > 1}
+
+
+def _convert(module, walk):
+    """The fused module for ``module`` (a ``FusedResidualBlock`` or a ``FusedSEBlock``), None
+    when it is neither a fusable residual block nor an SE module of a known class, or the
+    message saying why an SE-like module is left alone."""
+    if walk.fuse_residual:
+        block = FusedResidualBlock.from_module(module, backend=walk.backend)
+        # An SE module that is also used elsewhere keeps one fused copy with one post_relu
+        # everywhere: its block is left as it is and the SE converted alone.
+        if block is not None and id(module._modules[block.se_name]) not in walk.shared:
+            return block
     if not is_known_se_class(module):
         return look_alike_reason(module)
     try:
-        return FusedSEBlock.from_module(module, backend=backend)
+        return FusedSEBlock.from_module(module, backend=walk.backend)
     except (TypeError, ValueError) as e:  # a configuration the fused op does not compute
         return str(e)
 
 
-def _convert_children(parent, prefix, backend, converted, skipped):
-    # converted: {id(source): (source, block)}, so a module shared by several parents becomes
-    # one shared block (the source is kept so that its id is not reused while we walk);
-    # skipped: {id(source): (name, reason)}, each reported once.
+def _convert_children(parent, prefix, walk):
     # _modules rather than named_children(), which yields a shared module only once.
     for name, child in list(parent._modules.items()):
         if child is None:
             continue
         path = f"{prefix}{name}"
-        if id(child) in converted:
-            setattr(parent, name, converted[id(child)][1])
+        if id(child) in walk.converted:
+            setattr(parent, name, walk.converted[id(child)][1])
             continue
-        result = _convert(child, backend)
-        if isinstance(result, FusedSEBlock):
-            converted[id(child)] = (child, result)
+        result = _convert(child, walk)
+        if isinstance(result, (FusedSEBlock, FusedResidualBlock)):
+            walk.converted[id(child)] = (child, result)
             setattr(parent, name, result)
+            if isinstance(result, FusedResidualBlock):
+                # its SE is fused; its branch and shortcut may hold other SE modules
+                _convert_children(result, f"{path}.", walk)
             continue
         if result is not None:
-            skipped.setdefault(id(child), (path, result))
+            walk.skipped.setdefault(id(child), (path, result))
         # Look inside everything not converted: a module left alone may hold SE modules.
-        _convert_children(child, f"{path}.", backend, converted, skipped)
+        _convert_children(child, f"{path}.", walk)

@@ -154,7 +154,7 @@ def _known_parser(module):
     return KNOWN_SE_CLASSES.get((cls.__module__, cls.__qualname__))
 
 
-def _altered_instance(module):
+def altered_instance(module):
     """Why a known class's instance may not compute its class's forward, or None."""
     if "forward" in vars(module):
         return "its forward is replaced on the instance"
@@ -181,7 +181,7 @@ def se_parts(module):
                     "the standard SE; if it does, register_se_class it)")
         raise TypeError(f"FusedSEBlock.from_module does not recognize {type(module).__name__} "
                         f"as an SE module{hint}; supported: {KNOWN_NAMES}")
-    altered = _altered_instance(module)
+    altered = altered_instance(module)
     if altered is not None:
         raise ValueError(f"{type(module).__name__}: {altered}")
     return parse(module)

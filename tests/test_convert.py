@@ -14,17 +14,19 @@ import torch
 from torch import nn
 
 from senet_kernels import FusedSEBlock, available_backends, convert_se_modules, register_se_class
+from senet_kernels.residual_tail import FusedResidualBlock
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 from timm.layers.squeeze_excite import SEModule  # noqa: E402
 from timm.models._efficientnet_blocks import SqueezeExcite  # noqa: E402
+from timm.models.senet import SEModule as LegacySEModule  # noqa: E402
 from torchvision.ops import SqueezeExcitation  # noqa: E402
 
 from bn_calibration import calibrate_bn_statistics_  # noqa: E402
 
 #: The SE classes these models use, counted independently of from_module's recognition.
-SE_CLASSES = (SEModule, SqueezeExcite, SqueezeExcitation)
+SE_CLASSES = (SEModule, LegacySEModule, SqueezeExcite, SqueezeExcitation)
 
 TOLS = {"reference": 1e-5, "cpu": 1e-4}  # float32, relative to the largest reference value
 # float64: rounding (1e-16) amplified through a network stays below 1e-8; PyTorch's own
@@ -36,6 +38,12 @@ BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(
 
 MODELS = {
     "timm-seresnet18": lambda: timm.create_model("seresnet18", pretrained=False),
+    # residual blocks of every known class: timm Bottleneck (with avg-down shortcut), the
+    # legacy SEResNetBlock and SEResNeXtBottleneck; their SE + add + ReLU tails are fused
+    "timm-seresnext26d_32x4d": lambda: timm.create_model("seresnext26d_32x4d", pretrained=False),
+    "timm-legacy_seresnet18": lambda: timm.create_model("legacy_seresnet18", pretrained=False),
+    "timm-legacy_seresnext26_32x4d": lambda: timm.create_model("legacy_seresnext26_32x4d",
+                                                               pretrained=False),
     "timm-efficientnet_b0": lambda: timm.create_model("efficientnet_b0", pretrained=False),
     "timm-regnety_002": lambda: timm.create_model("regnety_002", pretrained=False),
     "timm-mobilenetv3_small_050": lambda: timm.create_model("mobilenetv3_small_050",
@@ -143,13 +151,17 @@ def test_converted_model_computes_the_same(name, backend):
               for i, (m, xi, grads) in enumerate(runs) for training in (False, True)}
     kept = [{n: p for n, p in m.named_parameters() if not under(paths, n)} for m, _, _ in runs]
 
+    # Every SE of the residual models sits in a block whose tail is fused; none elsewhere.
+    tails = name.startswith(("timm-seresne", "timm-legacy"))
     for (m, xi, _), params in zip(runs, kept):
         assert convert_se_modules(m, backend=backend) == len(paths)
         assert se_paths(m) == []
         for path in paths:
             block = m.get_submodule(path)
             assert type(block) is FusedSEBlock and block.backend == backend
-            assert not block.post_relu and block.fc1.weight.dtype == xi.dtype
+            assert block.post_relu == tails and block.fc1.weight.dtype == xi.dtype
+            parent = m.get_submodule(path.rpartition(".")[0])
+            assert (type(parent) is FusedResidualBlock) == tails
         # Everything else is untouched: the very same parameter objects.
         now = {n: p for n, p in m.named_parameters() if not under(paths, n)}
         assert now.keys() == params.keys() and all(now[n] is p for n, p in params.items())
@@ -343,3 +355,5 @@ def test_bad_arguments():
         convert_se_modules(tv_se())
     with pytest.raises(ValueError, match="backend must be one of .*'bogus'"):
         convert_se_modules(nn.Sequential(tv_se()), backend="bogus")
+    with pytest.raises(TypeError, match="fuse_residual must be a bool"):
+        convert_se_modules(nn.Sequential(tv_se()), fuse_residual="yes")

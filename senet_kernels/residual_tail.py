@@ -1,0 +1,161 @@
+"""Residual blocks whose SE, shortcut add and ReLU run as one fused op.
+
+In the residual blocks of SE-ResNet / SE-ResNeXt the SE module is followed by the shortcut
+add and a ReLU: ``relu(se(body(x)) + shortcut(x))``. Fusing the SE module alone leaves those
+two ops outside, each one more pass over the activation forward and backward; the fused op
+computes them in its own passes (``post_relu=True`` with a ``residual``), as
+``senet_kernels.models`` does. Doing so needs the block's forward, so it is done only for
+block classes whose forward is known (matched by exact class, like the SE classes of
+``recognize.py``) and for instances that run that forward unaltered:
+
+* timm ``models.resnet.Bottleneck`` / ``BasicBlock`` (``seresnet*``, ``seresnext*``; timm >= 0.9,
+  where drop-block sits at one place in the block),
+* timm ``models.senet`` ``SEBottleneck`` / ``SEResNetBottleneck`` / ``SEResNeXtBottleneck`` /
+  ``SEResNetBlock`` (``legacy_seresnet*``, ``legacy_senet154``) and the Cadene pretrainedmodels
+  classes they were ported from.
+
+``FusedResidualBlock`` takes over the block's submodules under their own names, so the
+parameters stay the same objects and checkpoints of the original model load as they are.
+"""
+
+import sys
+from dataclasses import dataclass
+
+from torch import nn
+
+from .modules import FusedSEBlock
+from .recognize import altered_instance, is_known_se_class
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where a block class keeps its parts (attribute names)."""
+    body: tuple        # applied in this order to the block input: the branch up to the SE
+    se: str            # the SE module, applied to the body's output
+    final_relu: str    # applied after the shortcut add
+    #: applied between the SE and the add; the tail fuses only when they are None / Identity
+    between: tuple = ()
+    downsample: str = "downsample"  # the shortcut's module (None: identity shortcut)
+
+
+# The forwards these layouts stand for (timm 1.0 and >= 0.9; pretrainedmodels 0.7):
+#   timm resnet Bottleneck: conv1 bn1 act1 conv2 bn2 drop_block act2 aa conv3 bn3 se
+#     drop_path; x += downsample(shortcut); act3
+#   timm resnet BasicBlock: conv1 bn1 drop_block act1 aa conv2 bn2 se drop_path; + shortcut; act2
+#   legacy Bottleneck: conv1 bn1 relu conv2 bn2 relu conv3 bn3; se_module(out) + residual; relu
+#   legacy SEResNetBlock: conv1 bn1 relu conv2 bn2 relu; se_module(out) + residual; relu
+_TIMM_BOTTLENECK = BlockLayout(
+    body=("conv1", "bn1", "act1", "conv2", "bn2", "drop_block", "act2", "aa", "conv3", "bn3"),
+    se="se", final_relu="act3", between=("drop_path",))
+_TIMM_BASIC_BLOCK = BlockLayout(
+    body=("conv1", "bn1", "drop_block", "act1", "aa", "conv2", "bn2"),
+    se="se", final_relu="act2", between=("drop_path",))
+_LEGACY_BOTTLENECK = BlockLayout(
+    body=("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"),
+    se="se_module", final_relu="relu")
+_LEGACY_BASIC_BLOCK = BlockLayout(
+    body=("conv1", "bn1", "relu", "conv2", "bn2", "relu"), se="se_module", final_relu="relu")
+
+#: (module, class name) -> layout: the residual block classes whose forward is known.
+KNOWN_BLOCK_CLASSES = {
+    ("timm.models.resnet", "Bottleneck"): _TIMM_BOTTLENECK,
+    ("timm.models.resnet", "BasicBlock"): _TIMM_BASIC_BLOCK,
+    **{(module, name): _LEGACY_BOTTLENECK
+       for module in ("timm.models.senet", "pretrainedmodels.models.senet")
+       for name in ("SEBottleneck", "SEResNetBottleneck", "SEResNeXtBottleneck")},
+    ("timm.models.senet", "SEResNetBlock"): _LEGACY_BASIC_BLOCK,
+}
+
+
+def _timm_version_known():
+    """Whether the imported timm is >= 0.9: older resnet blocks applied drop-block after
+    each norm layer, a forward the layout above does not describe."""
+    timm = sys.modules.get("timm")
+    try:
+        major, minor = (int(p) for p in timm.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return False
+    return (major, minor) >= (0, 9)
+
+
+def block_layout(module):
+    """The ``BlockLayout`` of a residual block whose tail can be fused, else None.
+
+    None also when the class is known but this instance is not fusable: its forward or the
+    final ReLU altered (replaced, hooked), a stochastic-depth layer between SE and add, a
+    final activation other than ``nn.ReLU``, or an SE module the fused op does not compute
+    (which ``convert_se_modules`` then handles, or reports, on its own).
+    """
+    cls = type(module)
+    layout = KNOWN_BLOCK_CLASSES.get((cls.__module__, cls.__qualname__))
+    if layout is None:
+        return None
+    if cls.__module__.startswith("timm.") and not _timm_version_known():
+        return None
+    if altered_instance(module) is not None:
+        return None
+    parts = module._modules
+    if any(name not in parts for name in layout.body + (layout.se, layout.final_relu)):
+        return None
+    relu = parts[layout.final_relu]
+    if type(relu) is not nn.ReLU or altered_instance(relu) is not None:
+        return None
+    for name in layout.between:
+        between = parts.get(name)
+        if between is not None and (type(between) is not nn.Identity
+                                    or altered_instance(between) is not None):
+            return None
+    se = parts[layout.se]
+    if se is None or not is_known_se_class(se):
+        return None
+    return layout
+
+
+class FusedResidualBlock(nn.Module):
+    """A known residual block (``KNOWN_BLOCK_CLASSES``) with its tail fused:
+    ``se(body(x), shortcut(x))`` where ``se`` is a ``FusedSEBlock`` with ``post_relu=True``.
+
+    Built by ``from_module`` (``convert_se_modules`` does it for every fusable block). The
+    submodules are the source block's, under the same names and in the same order, with the
+    SE module replaced by the fused block: ``state_dict`` keys are the source's (1x1-conv SE
+    weights load as they are), and every other parameter is the same object.
+    """
+
+    def __init__(self, modules, layout, source_name):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self._body = tuple(name for name in layout.body if modules.get(name) is not None)
+        self.se_name = layout.se
+        self._downsample = layout.downsample
+        self.source_name = source_name
+
+    @classmethod
+    def from_module(cls, block, *, backend="auto"):
+        """The fused form of ``block``, sharing its submodules; None if ``block`` is not a
+        fusable residual block (see ``block_layout``) or its SE module is not convertible."""
+        layout = block_layout(block)
+        if layout is None:
+            return None
+        try:
+            se = FusedSEBlock.from_module(block._modules[layout.se], backend=backend,
+                                          post_relu=True)
+        except (TypeError, ValueError):
+            return None
+        modules = dict(block._modules)
+        modules[layout.se] = se
+        source = f"{type(block).__module__}.{type(block).__qualname__}"
+        fused = cls(modules, layout, source)
+        fused.training = block.training  # the flag only: the shared submodules keep theirs
+        return fused
+
+    def forward(self, x):
+        out = x
+        for name in self._body:
+            out = getattr(self, name)(out)
+        downsample = getattr(self, self._downsample, None)
+        shortcut = x if downsample is None else downsample(x)
+        return getattr(self, self.se_name)(out, shortcut)
+
+    def extra_repr(self):
+        return f"source={self.source_name}, tail: SE + shortcut add + ReLU fused"
