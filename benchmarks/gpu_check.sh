@@ -85,7 +85,7 @@ build_start=$SECONDS
   echo "$rc" > "$build_log.rc" ) &
 build_pid=$!
 
-tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_properties.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py"
+tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_properties.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py"
 # the extension stays unloaded here: it appears mid-run, and test collection must not change
 step "tests: triton (while the extension builds)" 150 env SENET_KERNELS_DISABLE_EXTENSION=1 \
   python -m pytest -q -n 8 -p no:cacheprovider $tests -k "triton and not aot"

@@ -10,6 +10,7 @@ backward, SGD step), timed in one run:
     resnet50                 torchvision ResNet-50: the network without SE
     timm seresnet50          timm's SE-ResNet-50 as is (its eager SE modules)
     timm seresnet50 [b]      the same after convert_se_modules(model, backend=b), each fused backend
+                             (its blocks' SE + shortcut add + ReLU tails fused)
     se_resnet50 [b]          senet_kernels.models.se_resnet50 (SE + residual + ReLU fused), torchvision's layout
     timm efficientnet_b0     as is, and converted [b]: SE beside depthwise convolutions
 
