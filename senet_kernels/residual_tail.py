@@ -12,7 +12,8 @@ block classes whose forward is known (matched by exact class, like the SE classe
   where drop-block sits at one place in the block),
 * timm ``models.senet`` ``SEBottleneck`` / ``SEResNetBottleneck`` / ``SEResNeXtBottleneck`` /
   ``SEResNetBlock`` (``legacy_seresnet*``, ``legacy_senet154``) and the Cadene pretrainedmodels
-  classes they were ported from.
+  classes they were ported from,
+* senet.pytorch ``senet.se_resnet.SEBottleneck`` / ``SEBasicBlock``.
 
 ``FusedResidualBlock`` takes over the block's submodules under their own names, so the
 parameters stay the same objects and checkpoints of the original model load as they are.
@@ -44,6 +45,8 @@ class BlockLayout:
 #   timm resnet BasicBlock: conv1 bn1 drop_block act1 aa conv2 bn2 se drop_path; + shortcut; act2
 #   legacy Bottleneck: conv1 bn1 relu conv2 bn2 relu conv3 bn3; se_module(out) + residual; relu
 #   legacy SEResNetBlock: conv1 bn1 relu conv2 bn2 relu; se_module(out) + residual; relu
+#   senet.pytorch SEBottleneck: conv1 bn1 relu conv2 bn2 relu conv3 bn3 se; += residual; relu
+#   senet.pytorch SEBasicBlock: conv1 bn1 relu conv2 bn2 se; += residual; relu
 _TIMM_BOTTLENECK = BlockLayout(
     body=("conv1", "bn1", "act1", "conv2", "bn2", "drop_block", "act2", "aa", "conv3", "bn3"),
     se="se", final_relu="act3", between=("drop_path",))
@@ -55,6 +58,11 @@ _LEGACY_BOTTLENECK = BlockLayout(
     se="se_module", final_relu="relu")
 _LEGACY_BASIC_BLOCK = BlockLayout(
     body=("conv1", "bn1", "relu", "conv2", "bn2", "relu"), se="se_module", final_relu="relu")
+_SENET_PYTORCH_BOTTLENECK = BlockLayout(
+    body=("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"), se="se",
+    final_relu="relu")
+_SENET_PYTORCH_BASIC_BLOCK = BlockLayout(
+    body=("conv1", "bn1", "relu", "conv2", "bn2"), se="se", final_relu="relu")
 
 #: (module, class name) -> layout: the residual block classes whose forward is known.
 KNOWN_BLOCK_CLASSES = {
@@ -64,6 +72,8 @@ KNOWN_BLOCK_CLASSES = {
        for module in ("timm.models.senet", "pretrainedmodels.models.senet")
        for name in ("SEBottleneck", "SEResNetBottleneck", "SEResNeXtBottleneck")},
     ("timm.models.senet", "SEResNetBlock"): _LEGACY_BASIC_BLOCK,
+    ("senet.se_resnet", "SEBottleneck"): _SENET_PYTORCH_BOTTLENECK,
+    ("senet.se_resnet", "SEBasicBlock"): _SENET_PYTORCH_BASIC_BLOCK,
 }
 
 

@@ -2,13 +2,12 @@
 
 Whole-model equality before and after (outputs and every gradient) is in test_convert.py for
 timm's Bottleneck / BasicBlock and the legacy SEResNetBlock / SEResNeXtBottleneck. Here: which
-blocks are fused and which are left alone, the blocks of Cadene's pretrainedmodels (not
-installed here; a copy of their forward, written from its published source, under their
-module name), checkpoints, sharing, and torch.compile.
+blocks are fused and which are left alone, the blocks of Cadene's pretrainedmodels and of
+senet.pytorch (not installed here: copies of their forward, written from their published
+source, under their module names), checkpoints, sharing, and torch.compile.
 """
 
 import copy
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -202,24 +201,81 @@ class SEResNeXtBottleneck(nn.Module):
         return self.relu(out)
 
 
-def test_pretrainedmodels_blocks_forward_and_gradients():
-    torch.manual_seed(0)
-    down = nn.Sequential(nn.Conv2d(3, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
-    model = nn.Sequential(OrderedDict(  # 3 input channels: randomize_ calibrates on images
-        a=SEResNeXtBottleneck(3, 8, groups=4, reduction=4, stride=2, downsample=down),
-        b=SEResNeXtBottleneck(32, 8, groups=4, reduction=4)))
+def assert_blocks_fused_with_same_results(model, x_shape):
+    """Randomize ``model`` (a Sequential of two blocks, 3 input channels), convert it in
+    float64, training mode; outputs and every gradient equal the source's."""
     model = randomize_(model).double().train()
     source = copy.deepcopy(model)
     assert convert_se_modules(model, backend="reference") == 2
-    assert type(model.a) is FusedResidualBlock and type(model.b) is FusedResidualBlock
-    x = make_x(2, 3, 9, 9).double().requires_grad_()
-    grad = make_x(2, 32, 5, 5, seed=3).double()
+    assert all(type(block) is FusedResidualBlock for block in model)
+    x = make_x(*x_shape).double().requires_grad_()
     results = []
     for m in (source, model):
         y = m(x)
+        grad = make_x(*y.shape, seed=3).double()
         results.append((y, *torch.autograd.grad(y, [x, *m.parameters()], grad)))
     for actual, expected in zip(results[1], results[0]):
         assert rel_err(actual, expected.reshape(actual.shape)) < TOL64
+
+
+def test_pretrainedmodels_blocks_forward_and_gradients():
+    torch.manual_seed(0)
+    down = nn.Sequential(nn.Conv2d(3, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+    assert_blocks_fused_with_same_results(nn.Sequential(
+        SEResNeXtBottleneck(3, 8, groups=4, reduction=4, stride=2, downsample=down),
+        SEResNeXtBottleneck(32, 8, groups=4, reduction=4)), (2, 3, 9, 9))
+
+
+# --- senet.pytorch's blocks --------------------------------------------------------------
+# As published in moskomule/senet.pytorch (senet/se_module.py, senet/se_resnet.py), under
+# their module names.
+
+class SELayer(nn.Module):
+    __module__ = "senet.se_module"
+
+    def __init__(self, channel, reduction=16):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(channel, channel // reduction, bias=False),
+                                nn.ReLU(inplace=True),
+                                nn.Linear(channel // reduction, channel, bias=False),
+                                nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.fc(self.avg_pool(x).view(b, c)).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SEBasicBlock(nn.Module):
+    __module__ = "senet.se_resnet"
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, reduction=16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.se = SELayer(planes, reduction)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        if self.downsample is not None:
+            residual = self.downsample(x)
+        out += residual
+        return self.relu(out)
+
+
+def test_senet_pytorch_blocks_forward_and_gradients():
+    torch.manual_seed(0)
+    down = nn.Sequential(nn.Conv2d(3, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+    assert_blocks_fused_with_same_results(nn.Sequential(
+        SEBasicBlock(3, 16, stride=2, downsample=down, reduction=4),
+        SEBasicBlock(16, 16, reduction=4)), (2, 3, 9, 9))
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params())
