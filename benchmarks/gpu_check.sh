@@ -15,7 +15,7 @@
 #   3. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
 #   4. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes
 #   5. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
-#   6. benchmarks/host_overhead.py, benchmarks/excitation_paths.py
+#   6. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py
 #   7. benchmarks/train_throughput.sh: the train command under torchrun on one GPU
 #   8. summary.md; the short summary is printed last
 # At most 8 files are written to the results folder (and copied to $OUT).
@@ -120,6 +120,10 @@ step "main job: bench --sizes gpu" 120 env TRITON_CACHE_DIR="$(mktemp -d)" \
 echo "== main job wall time: $((SECONDS - bench_start)) s" | tee -a "$log"
 
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
+# Why converted EfficientNet-B0 was slower in eager mode (host time in its SE modules, launches,
+# waits for the GPU); the log keeps it.
+step "model host profile" 45 python benchmarks/model_host_profile.py --model efficientnet_b0 \
+  --batch 128 --backend triton --calls 5
 # Where the traffic model's choice matters (C >= 512 and EfficientNet-B0's late SE), channels_last
 # (the whole table did not fit in 90 s cold); rows reach the JSON one by one.
 step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --rep-ms 5 \
