@@ -12,13 +12,16 @@ replayed). Per forward, for the model as is and after ``convert_se_modules``:
   number includes the SE call's whole host path and nothing else);
 - from torch.profiler: kernel launches, calls that make the host wait for the GPU
   (synchronizations, blocking copies) and allocator calls to the driver (cudaMalloc/cudaFree,
-  which synchronize), and the CPU ops with the most self time.
+  which synchronize), and the CPU ops with the most self time;
+- for the Triton backend, how many launch sites launch their compiled kernel directly (the
+  cheap path) and whether a launch hook forces every launch through ``kernel[grid]``.
 
 bf16, channels_last, timm models. Prints only (gpu_check keeps it in its log).
 """
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -134,6 +137,11 @@ def main():
               f"{r['driver_allocations']:.0f} cudaMalloc/cudaFree", flush=True)
         for key, self_us, count in r["top_self_cpu"]:
             print(f"    {key[:60]:60s} {self_us / 1e3:8.3f} ms self CPU, {count:6.1f} calls")
+        if converted and "senet_kernels.triton.se_op" in sys.modules:
+            report = sys.modules["senet_kernels.triton.se_op"].direct_launch_report()
+            print(f"    triton launch sites: {report['compiled']} of {report['sites']} launch "
+                  f"their compiled kernel directly; launch hooks installed: "
+                  f"{report['hooks_installed']}")
         del model
 
 

@@ -116,6 +116,21 @@ def test_arrival_counters_reset(device):
     assert counters[0].numel() == 5 and not counters[0].any()
 
 
+def test_direct_launch_report(device, monkeypatch):
+    """After a plan's first call every launch site of it launches directly on a GPU; under
+    the interpreter none does (the interpreter always takes kernel[grid])."""
+    monkeypatch.setattr(se_op, "_forward_plans", {})  # only this test's plans
+    monkeypatch.setattr(se_op, "_backward_plans", {})
+    args = make_inputs(3, 40, 5, 5, 4, device=device)
+    x, w1, b1, w2, b2 = (args[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2"))
+    for _ in range(2):
+        out = squeeze_excite(x, w1, b1, w2, b2, backend="triton")
+        torch.autograd.grad(out.sum(), [x, w1])
+    report = se_op.direct_launch_report()
+    assert report["sites"] >= 5 and report["hooks_installed"] is False  # 2 forward, 3 backward
+    assert report["compiled"] == (report["sites"] if device.type == "cuda" else 0)
+
+
 def test_gemm_k_splits_tile_the_channels():
     """Split-K of the batched c_to_r GEMM: SE-ResNet-50's 256x2048x7x7 has only 64 tiles for
     132 SMs and splits 5 ways; EfficientNet-B0's late SE (24 tiles) as far as its 18 channel

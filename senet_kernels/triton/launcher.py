@@ -44,7 +44,7 @@ except ImportError:  # a Triton without knobs: no direct launches
     _knobs = None
 
 
-def _hooks_installed():
+def hooks_installed():
     """Whether a launch hook is set: a non-empty ``HookChain`` (Triton >= 3.5) or a callable."""
     if _knobs is None:
         return True
@@ -84,9 +84,15 @@ class KernelLaunch:
         self._tensor_slots = tuple(names.index(name) for name in self.tensor_names)
         self._compiled = None
 
+    @property
+    def compiled(self):
+        """Whether this site launches its compiled kernel directly (after its first call on a
+        GPU); False: every call goes through ``kernel[grid]``."""
+        return self._compiled is not None
+
     def __call__(self, *tensors):
         if (self._compiled is not None or _stubbed) and _recorder is None and DIRECT_LAUNCH \
-                and not _hooks_installed():
+                and not hooks_installed():
             args = self._template.copy()
             # Raw addresses: Triton's launcher takes an int as it is, while for a tensor it
             # calls data_ptr() and then cuPointerGetAttribute (a driver call) per argument.

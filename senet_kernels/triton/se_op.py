@@ -63,6 +63,18 @@ _forward_plans = {}
 _backward_plans = {}
 
 
+def direct_launch_report():
+    """{"sites", "compiled", "hooks_installed"}: how many launch sites the plans made so far
+    have, how many of them launch their compiled kernel directly, and whether a launch hook
+    (which sends every launch through ``kernel[grid]``) is set. A diagnostic of the host path
+    (benchmarks/model_host_profile.py)."""
+    from .launcher import hooks_installed
+    sites = [site for plans in (_forward_plans, _backward_plans) for plan in plans.values()
+             for site in plan.sites if site is not None]
+    return {"sites": len(sites), "compiled": sum(site.compiled for site in sites),
+            "hooks_installed": hooks_installed()}
+
+
 def check_device(x):
     if x.is_cuda or is_recording_only():  # the hot path returns at the first test
         return
