@@ -2,7 +2,7 @@
 
     python benchmarks/model_bench.py [--batch 8] [--image 224] [--dtype float32|bfloat16]
                                      [--channels-last] [--compile] [--cuda-graphs]
-                                     [--min-run-time S] [--json PATH]
+                                     [--min-run-time S] [--rounds R] [--json PATH]
 
 Networks, each for inference (no_grad, eval) and a training step (forward, cross-entropy,
 backward, SGD step), timed in one run:
@@ -18,7 +18,8 @@ backward, SGD step), timed in one run:
 "SE overhead" is time / time(resnet50) - 1 for the SE-ResNet-50 rows. ``--compile`` adds each
 network under torch.compile (minutes of compilation per network on a GPU), ``--cuda-graphs``
 adds inference replayed from a CUDA graph (torch.cuda.graph, no compilation; GPU only). Times
-are medians (torch.utils.benchmark, synchronized); peak memory is the GPU's for the training
+are medians (torch.utils.benchmark, synchronized; with ``--rounds R`` the median of R
+rounds, all rows timed once per round); peak memory is the GPU's for the training
 step. On a GPU, "host" is the time the Python thread takes to issue a step: close to the
 step's time means the network is host-bound, and then the SE blocks' host time per call
 decides, not their kernels. timm rows need timm (optional); the package's own ``reference`` backend is the tests'
@@ -166,7 +167,8 @@ def run(args):
               else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "batch": args.batch,
               "image": args.image, "dtype": args.dtype, "channels_last": args.channels_last,
-              "rows": rows}
+              "rounds": args.rounds, "rows": rows}
+    kept = []  # (row, step, seconds per round) when args.rounds > 1
     for name, build in networks(device):
         for variant, mode in variants(args, device):
             torch.manual_seed(0)
@@ -191,8 +193,31 @@ def run(args):
             print(format_row(rows[-1], rows), flush=True)
             if args.json:
                 write_json(result, args.json, quiet=True)
+            if args.rounds > 1:
+                kept.append((rows[-1], step, [seconds]))
             del model, step
+    if kept:
+        more_rounds(kept, args, rows)
+        if args.json:
+            write_json(result, args.json, quiet=True)
     return result
+
+
+def more_rounds(kept, args, rows):
+    """Time every kept (row, step) args.rounds - 1 more times, interleaved, so that a drift
+    of the machine hits all rows alike; each row's time becomes the median of its rounds."""
+    print(f"\n{args.rounds - 1} more rounds, interleaved:", flush=True)
+    for _ in range(args.rounds - 1):
+        for _, step, samples in kept:
+            samples.append(median_seconds(step, args.min_run_time))
+    for row, _, samples in kept:
+        seconds = statistics.median(samples)
+        row.update(ms=seconds * 1e3, images_per_s=args.batch / seconds, rounds=len(samples))
+    for row in rows:
+        overhead = se_overhead(row, rows)
+        if overhead is not None:
+            row["se_overhead"] = overhead
+        print(format_row(row, rows) + f"  (median of {row.get('rounds', 1)} rounds)", flush=True)
 
 
 def se_overhead(row, rows):
@@ -222,6 +247,10 @@ def main():
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile)")
     parser.add_argument("--cuda-graphs", action="store_true", help="add CUDA-graph inference rows")
     parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every row this many times, the rounds after the first "
+                             "interleaved, and report the median (for noisy machines; keeps "
+                             "every network alive until the end)")
     parser.add_argument("--json")
     args = parser.parse_args()
     result = run(args)
