@@ -40,6 +40,19 @@ declare -A took
 budget=${GPU_CHECK_BUDGET:-360}
 skipped=()
 summary_reserve=20  # the summary step's own limit
+# A step's processes carry GPU_CHECK_STEP=<tag> in their environment, and whatever still
+# carries it when the step ends is killed: timeout signals the step's process group, and a
+# process that left it (a daemon, a crashed test's helper) would otherwise run on beside the
+# next step's timings.
+stop_leftovers() {  # stop_leftovers TAG NAME
+  local pids
+  pids=$(grep -l -a "GPU_CHECK_STEP=$1" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3)
+  if [ -n "$pids" ]; then
+    echo "== $2: stopping $(echo $pids | wc -w) leftover process(es)" | tee -a "$log"
+    kill -9 $pids 2>/dev/null || true
+    sleep 1
+  fi
+}
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and log it
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
@@ -54,12 +67,14 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and 
     [ "$left" -lt "$limit" ] && limit=$left
   fi
   echo "== $name (limit ${limit}s)" | tee -a "$log"
-  if timeout "$limit" "$@" 2>&1 | tee -a "$log"; then
+  local tag="gpu_check_step_${SECONDS}_$RANDOM"
+  if GPU_CHECK_STEP="$tag" timeout "$limit" "$@" 2>&1 | tee -a "$log"; then
     echo "== $name: ok ($((SECONDS - start)) s)" | tee -a "$log"
   else
     echo "== $name: FAILED ($((SECONDS - start)) s)" | tee -a "$log"
     status=1
   fi
+  stop_leftovers "$tag" "$name"
   took[$name]=$((SECONDS - start))
   if [ -n "${OUT:-}" ]; then cp "$results"/* "$OUT"/ 2>/dev/null || true; fi  # each step's files, at once
 }
@@ -69,11 +84,11 @@ step "versions" 30 python -c "import torch, triton, platform; print('torch', tor
 
 build_log=$(mktemp)
 build_start=$SECONDS
-# If pip's editable install fails (it did once on an H200, cause not captured, while the same
-# sources and torch 2.11 + nvcc 13.0 build elsewhere), build in place with setup.py instead:
-# PYTHONPATH (above) makes the in-place extension importable.
+# pip as `python -m pip`: the `pip` on the H200's PATH is the system's, whose build subprocess
+# has no torch (two runs failed so). If the editable install fails anyway, build in place with
+# setup.py: PYTHONPATH (above) makes the in-place extension importable.
 ( TORCH_CUDA_ARCH_LIST="$cap" MAX_JOBS=16 timeout 150 \
-    pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1
+    python -m pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1
   rc=$?
   if [ $rc != 0 ]; then
     echo "== pip install -e . failed (rc $rc); python setup.py build_ext --inplace" >> "$build_log"
@@ -86,9 +101,16 @@ build_start=$SECONDS
 build_pid=$!
 
 tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_properties.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py"
+# -v with the PASSED lines dropped: a failure is logged as it happens, so a step cut by its
+# limit still names its failures (pytest's own summary comes only at the end). A worker that
+# crashes is restarted at most twice.
+pytest_step() {  # pytest_step NAME LIMIT ENV-ASSIGNMENT-OR-EMPTY PYTEST-ARGS...
+  local name=$1 limit=$2 assign=$3; shift 3
+  step "$name" "$limit" env ${assign:+"$assign"} bash -c 'python -m pytest -v -n 8 -p no:cacheprovider --max-worker-restart=2 -rfE "$@" 2>&1 | grep -v -E " PASSED |PytestBenchmarkWarning|warner\(" ; exit ${PIPESTATUS[0]}' pytest "$@"
+}
 # the extension stays unloaded here: it appears mid-run, and test collection must not change
-step "tests: triton (while the extension builds)" 150 env SENET_KERNELS_DISABLE_EXTENSION=1 \
-  python -m pytest -q -n 8 -p no:cacheprovider $tests -k "triton and not aot"
+pytest_step "tests: triton (while the extension builds)" 150 SENET_KERNELS_DISABLE_EXTENSION=1 \
+  $tests -k "triton and not aot"
 wait "$build_pid"
 echo "== build (sm ${cap}): rc $(cat "$build_log.rc") after $((SECONDS - build_start)) s" | tee -a "$log"
 if [ "$(cut -c1 "$build_log.rc")" = 0 ]; then
@@ -101,11 +123,12 @@ else  # the whole story of a failed build: its error lines with context, and the
   grep -n -B 3 -A 12 -E "error|Error|FAILED" "$build_log" | head -n 150 | tee -a "$log"
   tail -n 20 "$build_log" | tee -a "$log"
 fi
-step "tests: cuda extension and the rest" 120 python -m pytest -q -n 8 -p no:cacheprovider \
-  $tests tests/test_extension.py tests/test_extension_checks.py tests/test_modules.py -k "not triton and not aot"
-
+# The model bench (the headline: SE overhead in whole networks) before the extension's tests,
+# on an otherwise idle machine.
 step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
   --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
+pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extension.py \
+  tests/test_extension_checks.py tests/test_modules.py -k "not triton and not aot"
 # Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
 # (the log keeps it: the results folder is at its 8 files).
 step "kernel breakdown" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
