@@ -123,6 +123,41 @@ else  # the whole story of a failed build: its error lines with context, and the
   grep -n -B 3 -A 12 -E "error|Error|FAILED" "$build_log" | head -n 150 | tee -a "$log"
   tail -n 20 "$build_log" | tee -a "$log"
 fi
+# The extension's argument checks crashed the test processes on an H200 (segmentation faults
+# where they raise): one rejected call per device, each in its own process, and what the
+# extension was built with and links to.
+step "extension: a rejected argument on cpu, then cuda" 40 python - <<'PY'
+import glob, subprocess, sys
+code = """
+import sys, torch
+from senet_kernels.backends import load_extension
+module, why = load_extension()
+print("extension:", why or "loaded", flush=True)
+dev = sys.argv[1]
+x = torch.randn(2, 6, 3, 4, device=dev)
+w1, w2 = torch.randn(3, 6, device=dev), torch.randn(6, 3, device=dev)
+try:
+    torch.ops.senet_kernels.se_forward_ext(x[0], w1, None, w2, None, None, "relu", "sigmoid", False)
+    print(dev, "no error raised")
+except Exception as e:
+    print(dev, "raised", type(e).__name__, str(e).splitlines()[0][:120])
+"""
+for dev in ("cpu", "cuda"):
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, dev],
+                       capture_output=True, text=True)
+    print(f"{dev}: exit {r.returncode}\n{r.stdout.strip()}\n{r.stderr.strip()[-800:]}", flush=True)
+for cmd in (["bash", "-c", "command -v c++ g++ gcc; c++ --version | head -1; "
+                           "/opt/gcc/bin/g++ --version 2>/dev/null | head -1"],
+            ["python", "-c", "import torch; print('torch cxx11 abi', torch._C._GLIBCXX_USE_CXX11_ABI, "
+                             "[l.strip() for l in torch.__config__.show().splitlines() "
+                             "if 'GCC' in l or 'C++ Version' in l])"]):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    print(r.stdout.strip(), r.stderr.strip()[-300:])
+for so in glob.glob("senet_kernels/_C*.so"):
+    r = subprocess.run(["bash", "-c", f"ldd {so} | grep -E 'stdc|gcc_s|c10|torch_python'"],
+                       capture_output=True, text=True)
+    print(so, "\n" + r.stdout)
+PY
 # The model bench (the headline: SE overhead in whole networks) before the extension's tests,
 # on an otherwise idle machine.
 step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
