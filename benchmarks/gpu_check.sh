@@ -179,8 +179,6 @@ pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extens
 # Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
 # (the log keeps it: the results folder is at its 8 files).
 step "kernel breakdown" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
-
-
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
 # Why converted EfficientNet-B0 was slower in eager mode (host time in its SE modules, launches,
 # waits for the GPU); the log keeps it.

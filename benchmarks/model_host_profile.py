@@ -154,5 +154,6 @@ def main():
         print(f"triton launch sites: {report['compiled']} of {report['sites']} launch their "
               f"compiled kernel directly; launch hooks installed: {report['hooks_installed']}")
 
+
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ from torch import nn
 from .backends import check_backend_name
 from .modules import FusedSEBlock
 from .recognize import is_known_se_class, look_alike_reason
-from .residual_tail import FusedResidualBlock
+from .residual_tail import FusedResidualBlock, block_layout
 
 
 def convert_se_modules(model, backend="auto", *, fuse_residual=True):
@@ -98,11 +98,13 @@ def _convert(module, walk):
     """The fused module for ``module`` (a ``FusedResidualBlock`` or a ``FusedSEBlock``), None
     when it is neither a fusable residual block nor an SE module of a known class, or the
     message saying why an SE-like module is left alone."""
-    if walk.fuse_residual:
+    # An SE module that is also used elsewhere keeps one fused copy with one post_relu
+    # everywhere: its block is left as it is and the SE converted alone. Checked before the
+    # block is built, which copies the SE weights.
+    layout = block_layout(module) if walk.fuse_residual else None
+    if layout is not None and id(module._modules[layout.se]) not in walk.shared:
         block = FusedResidualBlock.from_module(module, backend=walk.backend)
-        # An SE module that is also used elsewhere keeps one fused copy with one post_relu
-        # everywhere: its block is left as it is and the SE converted alone.
-        if block is not None and id(module._modules[block.se_name]) not in walk.shared:
+        if block is not None:
             return block
     if not is_known_se_class(module):
         return look_alike_reason(module)

@@ -136,7 +136,7 @@ class FusedResidualBlock(nn.Module):
         for name, module in modules.items():
             self.add_module(name, module)
         self._body = tuple(name for name in layout.body if modules.get(name) is not None)
-        self.se_name = layout.se
+        self._se_name = layout.se
         self._downsample = layout.downsample
         self.source_name = source_name
 
@@ -165,7 +165,7 @@ class FusedResidualBlock(nn.Module):
             out = getattr(self, name)(out)
         downsample = getattr(self, self._downsample, None)
         shortcut = x if downsample is None else downsample(x)
-        return getattr(self, self.se_name)(out, shortcut)
+        return getattr(self, self._se_name)(out, shortcut)
 
     def extra_repr(self):
         return f"source={self.source_name}, tail: SE + shortcut add + ReLU fused"

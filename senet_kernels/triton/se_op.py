@@ -70,7 +70,7 @@ def direct_launch_report():
     (benchmarks/model_host_profile.py)."""
     from .launcher import hooks_installed
     sites = [site for plans in (_forward_plans, _backward_plans) for plan in plans.values()
-             for site in plan.sites if site is not None]
+             for site in plan.sites]
     return {"sites": len(sites), "compiled": sum(site.compiled for site in sites),
             "hooks_installed": hooks_installed()}
 
