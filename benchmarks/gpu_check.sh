@@ -9,7 +9,9 @@
 # any failed). The whole script keeps to GPU_CHECK_BUDGET seconds (default 360): a step's
 # limit is cut to what is left of it (less what the summary needs), and a step with under
 # 15 s left is skipped and says so, so the summary is always written and a device command's
-# own limit never cuts the run short. The steps come in order of what a run must answer:
+# own limit never cuts the run short. GPU_CHECK_SKIP is a bash regular expression: the steps
+# whose names match it are skipped (e.g. "model bench|train", to spend a short lease on the
+# rest). The steps come in order of what a run must answer:
 #   1. build the extension for this GPU only, in the background while the Triton tests run
 #      (pytest -n 8; each failure logged as it happens)
 #   2. one rejected extension call per device, each in its own process (its checks crashed)
@@ -58,6 +60,12 @@ stop_leftovers() {  # stop_leftovers TAG NAME
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and log it
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
+  if [ -n "${GPU_CHECK_SKIP:-}" ] && [[ "$name" =~ $GPU_CHECK_SKIP ]]; then
+    echo "== $name: SKIPPED (matches GPU_CHECK_SKIP)" | tee -a "$log"
+    skipped+=("$name")
+    took[$name]=0
+    return
+  fi
   if [ "$name" != "summary" ]; then
     local left=$((budget - SECONDS - summary_reserve))
     if [ "$left" -lt 15 ]; then
