@@ -71,6 +71,20 @@ def _cpu_flags():
     return flags
 
 
+def _shared_libstdcxx():
+    """The libstdc++ shared library this Python process (and so torch) runs with, as a
+    linker input, or [] where there is none to find. Linking it by path keeps the C++
+    runtime shared with torch even under a compiler wrapper whose library path offers only
+    libstdc++.a: a static copy in the extension puts a second exception runtime in the
+    process, and an exception thrown from the extension (a rejected argument) crashed it."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libstdc++.so" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if os.path.isfile(p))[:1]
+
+
 def extensions():
     if _flag("SENET_KERNELS_NO_EXT"):
         return [], {}
@@ -96,11 +110,11 @@ def extensions():
             extra_compile_args={"cxx": cxx + ["-DSENET_KERNELS_WITH_CUDA"],
                                 "nvcc": ["-O3", "-DSENET_KERNELS_WITH_CUDA",
                                          "-Xcompiler=-Werror=switch"]},
-            extra_link_args=["-fopenmp"])
+            extra_link_args=["-fopenmp"] + _shared_libstdcxx())
     else:
         ext = cpp_extension.CppExtension("senet_kernels._C", sources,
                                          extra_compile_args={"cxx": cxx},
-                                         extra_link_args=["-fopenmp"])
+                                         extra_link_args=["-fopenmp"] + _shared_libstdcxx())
     print(f"senet_kernels: building {'CUDA + CPU' if with_cuda else 'CPU'} extension "
           f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
     # ninja builds in parallel; without it (a bare machine), setuptools compiles file by file.

@@ -136,8 +136,8 @@ else  # the whole story of a failed build: its error lines with context, and the
   tail -n 20 "$build_log" | tee -a "$log"
 fi
 # The extension's argument checks crashed the test processes on an H200 (segmentation faults
-# where they raise): one rejected call per device, each in its own process, and what the
-# extension was built with and links to.
+# where they raise): one rejected call per device, each in its own process, and the C++
+# runtime the extension links to.
 step "extension: a rejected argument on cpu, then cuda" 40 python - <<'PY'
 import glob, subprocess, sys
 code = """
@@ -158,17 +158,13 @@ for dev in ("cpu", "cuda"):
     r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, dev],
                        capture_output=True, text=True)
     print(f"{dev}: exit {r.returncode}\n{r.stdout.strip()}\n{r.stderr.strip()[-800:]}", flush=True)
-for cmd in (["bash", "-c", "command -v c++ g++ gcc; c++ --version | head -1; "
-                           "/opt/gcc/bin/g++ --version 2>/dev/null | head -1"],
-            ["python", "-c", "import torch; print('torch cxx11 abi', torch._C._GLIBCXX_USE_CXX11_ABI, "
-                             "[l.strip() for l in torch.__config__.show().splitlines() "
-                             "if 'GCC' in l or 'C++ Version' in l])"]):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    print(r.stdout.strip(), r.stderr.strip()[-300:])
+# The cause on the H200: CXX is a g++ wrapper whose library path has only libstdc++.a, so
+# the extension carried a static C++ runtime of its own (setup.py now links the shared one).
 for so in glob.glob("senet_kernels/_C*.so"):
-    r = subprocess.run(["bash", "-c", f"ldd {so} | grep -E 'stdc|gcc_s|c10|torch_python'"],
+    r = subprocess.run(["bash", "-c", f"echo CXX=$CXX; readelf -d {so} | grep -o 'libstdc++[^]]*'; "
+                                      f"nm -D --defined-only {so} | grep -c __cxa_throw"],
                        capture_output=True, text=True)
-    print(so, "\n" + r.stdout)
+    print(so, "(CXX, the libstdc++ it needs, how many __cxa_throw it defines: 0 wanted)\n" + r.stdout)
 PY
 # The model bench (the headline: SE overhead in whole networks) before the extension's tests,
 # on an otherwise idle machine.
