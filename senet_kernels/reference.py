@@ -27,19 +27,24 @@ def hardsigmoid(z):
     """F.hardsigmoid with a derivative of its own derivative (0), for double backward.
 
     PyTorch has no derivative of hardsigmoid_backward. Inside (-3, 3) this is (z + 3) / 6
-    (slope 1/6); elsewhere F.hardsigmoid's value with no gradient, as F.hardsigmoid's
-    backward gives (NaN included: it is outside the open interval). The values are
-    F.hardsigmoid's bitwise; the slope is the exact 1/6 in float64 too, where
-    F.hardsigmoid's backward multiplies by 1/6 rounded to float32 (3e-8 off), as the kernels
-    do not.
+    (slope 1/6); elsewhere the clamped value with no gradient, as F.hardsigmoid's backward
+    gives (NaN included: it is outside the open interval). In float64 the values and the
+    slope are exact, as the kernels compute them: PyTorch's CUDA kernels multiply by 1/6
+    rounded to float32 (3e-8 off, so that a saturated gate is 1 + 3e-8), and its backward
+    does so on every device. In other dtypes the values are F.hardsigmoid's.
     """
-    if (not (z.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()
-            or torch.jit.is_tracing()):
-        # The same values: where no gradient of a gradient can be asked for, and in
-        # compiled, exported or traced graphs (one ONNX HardSigmoid).
-        return F.hardsigmoid(z)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return F.hardsigmoid(z)  # one op in compiled, exported or traced graphs (ONNX HardSigmoid)
+    if not (z.requires_grad and torch.is_grad_enabled()):
+        return _hardsigmoid_values(z)
     inside = (z > -3) & (z < 3)
-    return torch.where(inside, (z + 3) / 6, F.hardsigmoid(z.detach()))
+    return torch.where(inside, (z + 3) / 6, _hardsigmoid_values(z.detach()))
+
+
+def _hardsigmoid_values(z):
+    if z.dtype == torch.float64:
+        return (z + 3).clamp(0, 6) / 6
+    return F.hardsigmoid(z)
 
 
 def apply_gate(z, gate):
