@@ -82,7 +82,7 @@ def run(batches, rep_ms, layouts=("channels_last", "nchw"), channels=None, json_
         for layout in layouts:
             inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16,
                                  channels_last=layout == "channels_last", residual=True,
-                                 device="cuda", seed=c)
+                                 device="cuda", seed=c, draw_on_device=True)
             tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
             batched = configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2)  # hw is H = W
             for backward in (False, True):

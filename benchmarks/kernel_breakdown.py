@@ -60,7 +60,7 @@ def run(n, calls, json_path=None):
     for family, n, c, hw, cr in weight_heavy_shapes(n) + [first_stage]:
         tail = family == "se_resnet50"
         inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
-                             residual=True, device="cuda", seed=c)
+                             residual=True, device="cuda", seed=c, draw_on_device=True)
         tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
         if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
             picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]

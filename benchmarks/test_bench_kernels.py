@@ -38,7 +38,7 @@ def test_se_block(benchmark, impl, stage, pass_name):
     c, hw = stage
     inputs = make_inputs(64 if ON_GPU else 8, c, hw, hw, c // 16,
                          dtype=torch.bfloat16 if ON_GPU else torch.float32,
-                         channels_last=ON_GPU, residual=True, device=DEVICE, seed=c)
+                         channels_last=ON_GPU, residual=True, device=DEVICE, seed=c, draw_on_device=True)
     tensors = [inputs[k] for k in ("x", "w1", "b1", "w2", "b2", "residual")]
     backward = pass_name == "fwd_bwd"
     if backward:

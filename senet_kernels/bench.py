@@ -277,7 +277,7 @@ def case_inputs(case, device):
     inputs = make_inputs(shape.n, shape.c, shape.hw, shape.hw, shape.cr,
                          dtype=getattr(torch, case.dtype),
                          channels_last=case.layout == "channels_last", residual=True,
-                         device=device, seed=shape.c)
+                         device=device, seed=shape.c, draw_on_device=True)
     tensors = [inputs[k] for k in ("x", "w1", "b1", "w2", "b2", "residual")]
     backward = case.pass_name == "fwd_bwd"
     if backward:
@@ -309,16 +309,21 @@ def run(todo, sizes, min_run_time=0.2, progress=True):
         shape, pass_name = case.shape, case.pass_name
         tensors, activation, with_residual, backward = case_inputs(case, device)
         x = tensors[0]
-        times, gpu_times = {}, {}
+        times, gpu_times, spent = {}, {}, []
         for name, fn in case_implementations(case, impls):
             bar.set_postfix_str(f"{case.label}: {name}")
             step = make_step(fn, tensors, activation, with_residual, backward)
+            began = time.perf_counter()
             step()  # warm-up (and compilation)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            first = time.perf_counter()
             if device.type == "cuda":
                 times[name] = cuda_wall_seconds(step, min_run_time)
                 gpu_times[name] = cuda_graph_seconds(step, times[name])
             else:
                 times[name] = median_seconds(step, min_run_time)
+            spent.append(f"{name} {first - began:.1f}+{time.perf_counter() - first:.1f}")
         key = (x.numel(), x.dtype)
         if key not in bandwidth:
             bandwidth[key] = copy_bandwidth(*key, device, min_run_time)
@@ -335,8 +340,9 @@ def run(todo, sizes, min_run_time=0.2, progress=True):
                              floor_fraction=gbps * 1e9 / bandwidth[key]))
         bar.update(1)
         if not progress:  # a log line per case instead: where a slow run spends its time
-            print(f"[{index}/{len(todo)}] {case.label}: {time.perf_counter() - start:.0f} s",
-                  flush=True)
+            # (seconds of each implementation's first call, which compiles, + of its timing)
+            print(f"[{index}/{len(todo)}] {case.label}: {time.perf_counter() - start:.0f} s "
+                  f"({', '.join(spent)} s)", flush=True)
     bar.close()
     cache_after = compile_cache_counters()
     return {"device": describe_device(device), "date": time.strftime("%Y-%m-%d"),
