@@ -194,12 +194,21 @@ step "excitation paths" 90 python benchmarks/excitation_paths.py --batch 256 --r
   --layout channels_last --channels 512 1024 2048 240 672 1152 --json "$results/excitation_paths.json"
 step "train throughput (DDP, 1 GPU)" 150 bash benchmarks/train_throughput.sh "$results/train.json"
 
-step "summary" 30 python - "$results" <<'PY'
-import json, os, sys
+step "summary" 30 python - "$results" "$log" <<'PY'
+import json, os, re, sys
+import torch
 sys.path.insert(0, ".")
 from senet_kernels.bench import format_table, summary
-results = sys.argv[1]
-parts = []
+results, log = sys.argv[1], sys.argv[2]
+lines = open(log, errors="replace").read().splitlines()
+# each step's outcome and the tests that failed, named once each (the log has the details)
+steps = [l[m.start():] for l in lines
+         for m in [re.search(r"== ([^=]*(: ok \(|: FAILED \(|: SKIPPED|wall time:)|build \()", l)] if m]
+failed = sorted({m.group(1) for l in lines
+                 for m in [re.search(r"FAILED (tests/[^\[\s]+(\[([^\[\]]|\[[^\[\]]*\])*\])?)", l)] if m})
+parts = ["\n".join(steps)]
+if failed:
+    parts.append(f"{len(failed)} failed tests:\n" + "\n".join(failed))
 def load(name):
     path = os.path.join(results, name)
     return json.load(open(path)) if os.path.exists(path) else None
@@ -228,7 +237,8 @@ if paths:
                  f"({worst['family']} {worst['shape']} {worst['layout']} {worst['pass_name']})")
 text = "\n\n".join(parts)
 with open(os.path.join(results, "summary.md"), "w") as f:
-    f.write(f"# GPU check, {kernels['device'] if kernels else '?'}, {kernels['date'] if kernels else ''}\n\n")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    f.write(f"# GPU check, {device}, torch {torch.__version__}\n\n")
     f.write("```\n" + text + "\n```\n\n")
     if kernels:
         f.write(format_table(kernels) + "\n")
