@@ -96,13 +96,14 @@ def bench(args):
     warm_up = WarmUp.start(cases, workers)  # compiles while the check runs
     failures = 0 if args.skip_check else run_checks()
     check_seconds = time.perf_counter() - start
-    warmed = warm_up.wait(progress=not args.no_progress) if warm_up else None
+    # each case is timed as soon as a worker has compiled it, the rest after them
+    result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
+                              progress=not args.no_progress,
+                              first=warm_up.ready() if warm_up else ())
+    warmed = warm_up.finish() if warm_up else None
     if warmed:
         print(f"compiler caches warmed by {warmed['workers']} workers: {warmed['cases_done']}/"
               f"{warmed['cases']} cases in {warmed['seconds']:.0f} s", flush=True)
-    # the cases the workers warmed are the cases timed
-    result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
-                              progress=not args.no_progress)
     result["phases"].update(check_seconds=None if args.skip_check else check_seconds,
                             warm_up=warmed, total_seconds=time.perf_counter() - start)
     print()

@@ -17,8 +17,9 @@ overhead); speedups compare wall times, the floor fraction uses the GPU time. to
 compiles the block's linear form with dynamic shapes (one graph per pass, layout and activation
 instead of one per shape; a few rows also time a static compile of the conv form, see
 ``compiled_baseline``). On a GPU ``python -m senet_kernels bench`` has worker processes compile
-those graphs and our Triton kernels while the check runs (bench_warmup.py), so that the timed
-loop finds them in the compilers' on-disk caches. GB/s counts the compulsory
+those graphs and our Triton kernels while the check runs (bench_warmup.py); the timed loop
+finds them in the compilers' on-disk caches, and times each case as soon as its compile is
+done, while the workers compile the others. GB/s counts the compulsory
 traffic of a pass, in units of one activation tensor: fwd 2 (read x, write out),
 res_relu_fwd 3 (+ read residual), fwd_bwd 5 without the tail (forward 2; backward reads grad
 and x, writes grad_x) or 8 with it (forward 3; backward reads grad, x, out, writes grad_x and
@@ -295,17 +296,22 @@ def compile_cache_counters():
             "aot_autograd_miss": counters["aot_autograd"]["autograd_cache_miss"]}
 
 
-def run(todo, sizes, min_run_time=0.2, progress=True):
+def run(todo, sizes, min_run_time=0.2, progress=True, first=()):
     """Time every case of ``todo`` (from ``cases``, of the batch sizes ``sizes``); returns the
-    result dict written by --json."""
+    result dict written by --json, rows in ``todo``'s order.
+
+    ``first``: indices into ``todo`` of cases to time before the others, in the order it
+    yields them (the cases the warm-up workers have compiled, as they report them)."""
     configure_compiler()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     impls = implementations(device)
     bar = progress_bar(len(todo), progress, "bench")
     cache_before = compile_cache_counters()
     start = time.perf_counter()
-    rows, bandwidth = [], {}
-    for index, case in enumerate(todo, 1):
+    rows_of, bandwidth, scheduled = {}, {}, _Schedule(len(todo), first)
+    for index, position in enumerate(scheduled, 1):
+        case = todo[position]
+        rows = rows_of[position] = []
         shape, pass_name = case.shape, case.pass_name
         tensors, activation, with_residual, backward = case_inputs(case, device)
         x = tensors[0]
@@ -317,13 +323,13 @@ def run(todo, sizes, min_run_time=0.2, progress=True):
             step()  # warm-up (and compilation)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            first = time.perf_counter()
+            warm = time.perf_counter()
             if device.type == "cuda":
                 times[name] = cuda_wall_seconds(step, min_run_time)
                 gpu_times[name] = cuda_graph_seconds(step, times[name])
             else:
                 times[name] = median_seconds(step, min_run_time)
-            spent.append(f"{name} {first - began:.1f}+{time.perf_counter() - first:.1f}")
+            spent.append(f"{name} {warm - began:.1f}+{time.perf_counter() - warm:.1f}")
         key = (x.numel(), x.dtype)
         if key not in bandwidth:
             bandwidth[key] = copy_bandwidth(*key, device, min_run_time)
@@ -347,8 +353,27 @@ def run(todo, sizes, min_run_time=0.2, progress=True):
     cache_after = compile_cache_counters()
     return {"device": describe_device(device), "date": time.strftime("%Y-%m-%d"),
             "versions": versions(), "sizes": sizes, "backends": timed_backends(device),
-            "rows": rows, "phases": {"timing_seconds": time.perf_counter() - start},
+            "rows": [row for position in sorted(rows_of) for row in rows_of[position]],
+            "phases": {"timing_seconds": time.perf_counter() - start,
+                       "cases_timed_as_compiled": scheduled.from_first},
             "compile_cache": {k: cache_after[k] - cache_before[k] for k in cache_after}}
+
+
+class _Schedule:
+    """Positions 0..total-1: those ``first`` yields (each once), then the rest in order;
+    ``from_first`` counts the former."""
+
+    def __init__(self, total, first):
+        self.total, self.first, self.from_first = total, first, 0
+
+    def __iter__(self):
+        seen = set()
+        for position in self.first:
+            if position not in seen:
+                seen.add(position)
+                self.from_first += 1
+                yield position
+        yield from (p for p in range(self.total) if p not in seen)
 
 
 def describe_device(device):
@@ -415,6 +440,9 @@ def phase_lines(result):
                          f"{warm['seconds']:.0f} s ({warm['cases_done']}/{warm['cases']} cases"
                          f"{', stopped at the time limit' if warm['timed_out'] else ''})")
         parts.append(f"timing {phases['timing_seconds']:.0f} s")
+        if phases.get("cases_timed_as_compiled"):
+            parts.append(f"{phases['cases_timed_as_compiled']} cases timed as the workers "
+                         f"compiled them, beside their compiling")
         lines.append("main job: " + ", ".join(parts))
         for error in (warm or {}).get("errors", []):
             lines.append(f"  a warm-up worker failed (its cases compiled while timing): {error}")

@@ -1,4 +1,4 @@
-"""Warm the main job's compiler caches in worker processes, in parallel with the check.
+"""Warm the main job's compiler caches in worker processes, while it checks and times.
 
 Cold, most of the main job on a GPU is compilation, one graph or kernel after the other in
 the timing process: Inductor compiling the torch.compile baseline (a graph per pass, layout,
@@ -7,9 +7,14 @@ processes run one untimed step of each compiled implementation (the Triton backe
 torch.compile baseline and its static checks) on every case, groups of cases that share a
 compiled graph spread over the workers, while the timing process runs the correctness check.
 Both compilers keep what they build in on-disk caches (Inductor's FX-graph and AOTAutograd
-caches, Triton's kernel cache), where the timed run then finds it. The timed run starts after
-the workers are done, so no compilation competes with its timings. A worker that fails only
-costs time: the timed run compiles what is missing itself.
+caches, Triton's kernel cache), where the timing process then finds it.
+
+The timing process times each case as soon as a worker reports it compiled (``ready``), so
+timing overlaps the compilation of the other groups instead of waiting for all of it. The
+workers then use CPU cores the timing process does not need, and the GPU for one step per
+case: a timed wall-time row may share the GPU with such a step, while the GPU-time column
+(CUDA graph replays, milliseconds) rarely does. A worker that fails only costs time: the timed
+run compiles what is missing itself.
 """
 
 import multiprocessing
@@ -61,8 +66,9 @@ def compile_groups(cases):
     return len({case.compile_group for case in cases})
 
 
-def _worker(cases, messages):
-    """Run one step of each compiled implementation on each case; report every case done."""
+def _worker(indexed_cases, messages):
+    """Run one step of each compiled implementation on each case; report every case done
+    (by its index in the run's list of cases)."""
     try:
         import torch._inductor.config as inductor_config
         # The workers together use the cores: each compiles in its own process, without a
@@ -71,12 +77,12 @@ def _worker(cases, messages):
         bench.configure_compiler()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         impls = [(name, fn) for name, fn in bench.implementations(device) if name in COMPILED]
-        for case in cases:
+        for index, case in indexed_cases:
             tensors, activation, with_residual, backward = bench.case_inputs(case, device)
             for _name, fn in bench.case_implementations(case, impls):  # + its static check
                 bench.make_step(fn, tensors, activation, with_residual, backward)()
             del tensors
-            messages.put(("case", case.label))
+            messages.put(("case", index))
     except BaseException:  # noqa: BLE001 - reported to the parent, which compiles instead
         messages.put(("error", traceback.format_exc()))
     finally:
@@ -85,39 +91,43 @@ def _worker(cases, messages):
 
 @dataclass
 class WarmUp:
-    """Worker processes warming the caches (``start``); ``wait`` joins them."""
+    """Worker processes warming the caches (``start``); ``ready`` yields the cases they have
+    compiled, as they do; ``finish`` stops them and sums up (``wait`` = both)."""
     processes: list
     messages: object
     total: int
     started: float = field(default_factory=time.perf_counter)
     done: int = 0
     errors: list = field(default_factory=list)
+    running: int = 0  # workers that have not said they exit
+    timed_out: bool = False
+    stopped: bool = False
 
     @classmethod
     def start(cls, cases, workers):
         """Start ``workers`` processes over ``cases``; None when there is nothing to do."""
+        index_of = {id(case): i for i, case in enumerate(cases)}
         shares = share_out(cases, workers) if workers > 0 else []
         if not shares:
             return None
         context = multiprocessing.get_context("spawn")  # CUDA does not survive a fork
         messages = context.Queue()
         # Not daemonic: a daemonic process may not start the subprocesses compilers use.
-        processes = [context.Process(target=_worker, args=(share, messages)) for share in shares]
+        processes = [context.Process(target=_worker, args=(
+            [(index_of[id(c)], c) for c in share], messages)) for share in shares]
         for process in processes:
             process.start()
-        return cls(processes, messages, sum(len(s) for s in shares))
+        return cls(processes, messages, sum(len(s) for s in shares), running=len(processes))
 
-    def wait(self, progress=True, timeout=120):
-        """Wait for the workers (a progress bar per finished case); ``timeout`` seconds after
-        their start, stop those still running (the timed run compiles what they did not: a
-        slow warm-up costs time, never the run). Returns a summary dict for the results."""
-        bar = bench.progress_bar(self.total, progress, "warming compiler caches")
-        bar.update(self.done)
-        running = len(self.processes)  # workers that have not said they exit
+    def ready(self, timeout=120):
+        """Yield the index of each case a worker has compiled, as they report them, until all
+        workers are done; ``timeout`` seconds after their start, stop those still running
+        (the timing process compiles what they did not: a slow warm-up costs time, never
+        the run)."""
         deadline = self.started + timeout
-        while running and time.perf_counter() < deadline:
+        while self.running and time.perf_counter() < deadline:
             try:
-                kind, text = self.messages.get(
+                kind, payload = self.messages.get(
                     timeout=max(0.1, min(5.0, deadline - time.perf_counter())))
             except queue_module.Empty:
                 if not any(p.is_alive() for p in self.processes):
@@ -125,22 +135,42 @@ class WarmUp:
                 continue
             if kind == "case":
                 self.done += 1
-                bar.update(1)
-                bar.set_postfix_str(text)
+                yield payload
             elif kind == "error":
-                self.errors.append(text)
+                self.errors.append(payload)
             else:
-                running -= 1
-        bar.close()
-        timed_out = running > 0 and time.perf_counter() >= deadline
-        if running and not timed_out:
-            self.errors.append(f"{running} worker(s) ended without a word (crashed?)")
+                self.running -= 1
+        self._stop()
+
+    def _stop(self):
+        """Join the workers; stop those still compiling (past the deadline of ``ready``, or
+        when its caller stopped asking)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        still_working = self.running > 0 and any(p.is_alive() for p in self.processes)
+        if still_working:
+            self.timed_out = True
+        elif self.running:
+            self.errors.append(f"{self.running} worker(s) ended without a word (crashed?)")
         for process in self.processes:
             # a worker that said it is done only has to exit; one still working is stopped
-            process.join(timeout=1 if timed_out else 60)
+            process.join(timeout=1 if still_working else 60)
             if process.is_alive():
                 process.terminate()
                 process.join()
+
+    def finish(self):
+        """Stop any worker still running; a summary dict for the results."""
+        self._stop()
         return {"workers": len(self.processes), "cases": self.total, "cases_done": self.done,
-                "seconds": time.perf_counter() - self.started, "timed_out": timed_out,
+                "seconds": time.perf_counter() - self.started, "timed_out": self.timed_out,
                 "errors": [e.strip().splitlines()[-1] for e in self.errors]}
+
+    def wait(self, progress=True, timeout=120):
+        """Wait for the workers (a progress bar per finished case), then ``finish``."""
+        bar = bench.progress_bar(self.total, progress, "warming compiler caches")
+        for _index in self.ready(timeout):
+            bar.update(1)
+        bar.close()
+        return self.finish()

@@ -96,3 +96,32 @@ def test_warm_up_past_its_time_limit_is_stopped():
     summary = warm_up.wait(progress=False, timeout=0.5)  # a worker takes seconds to import torch
     assert summary["timed_out"] and summary["cases_done"] == 0
     assert not any(p.is_alive() for p in warm_up.processes)
+
+
+def test_cases_are_timed_as_the_workers_compile_them(tmp_path, monkeypatch, compiler_settings):
+    """With ``first=warm_up.ready()`` the timing loop takes each case as a worker reports it
+    compiled, then the rest; rows come back in the run's order, and its compiles are cache
+    hits."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    shape = bench.Shape("se_resnet50", 2, 24, 3, 6)
+    cases = [bench.Case(shape, "fwd", "float32", "nchw"),
+             bench.Case(shape, "res_relu_fwd", "float32", "channels_last")]
+    warm_up = WarmUp.start(cases[1:], workers=1)  # the first case is left to the timing loop
+    order = []
+
+    def reported():
+        for position in warm_up.ready(timeout=600):
+            order.append(position)
+            yield position + 1  # positions in cases[1:] -> in cases
+    result = bench.run(cases, "cpu", min_run_time=0.01, progress=False, first=reported())
+    summary = warm_up.finish()
+    assert summary["errors"] == [] and summary["cases_done"] == 1 and not summary["timed_out"]
+    assert order == [0] and result["phases"]["cases_timed_as_compiled"] == 1
+    passes = [row["pass"] for row in result["rows"]]
+    assert passes.index("fwd") < passes.index("res_relu_fwd")  # todo's order
+    assert result["compile_cache"]["fxgraph_hit"] >= 1
+
+
+def test_schedule_takes_the_first_positions_once_then_the_rest():
+    scheduled = bench._Schedule(5, iter([3, 1, 3]))
+    assert list(scheduled) == [3, 1, 0, 2, 4] and scheduled.from_first == 2
