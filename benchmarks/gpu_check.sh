@@ -18,7 +18,8 @@
 #   3. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
 #   4. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
 #   5. the CUDA extension's tests and the rest
-#   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes
+#   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes, then
+#      the reductions' bandwidth with each candidate tile (--sweep-reduce-tiles)
 #   7. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py,
 #      benchmarks/train_throughput.sh (the train command under torchrun on one GPU)
 #   8. summary.md; the short summary is printed last
@@ -183,6 +184,10 @@ pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extens
 # Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
 # (the log keeps it: the results folder is at its 8 files).
 step "kernel breakdown" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
+# The squeeze ran at a third to a half of the read bandwidth on the weight-heavy shapes: the
+# reductions' GB/s with each candidate tile, to pick configs.reduce_tile from.
+step "reduce tile sweep" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
+  --sweep-reduce-tiles
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
 # Why converted EfficientNet-B0 was slower in eager mode (host time in its SE modules, launches,
 # waits for the GPU); the log keeps it.

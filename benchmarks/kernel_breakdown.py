@@ -9,8 +9,13 @@ residual + ReLU) and forward + backward, with the c_to_r GEMM split over channel
 the mean GPU time per call of every kernel (torch.profiler) and their sum, so a GPU run
 says which kernel stands between a shape and its copy floor, and what split-K buys. One more
 row: SE-ResNet-50's first stage (256x56x56, the per-sample path), forward + backward, where
-the backward's two streaming kernels carry most of a training step's SE time. Needs a CUDA
-GPU.
+the backward's two streaming kernels carry most of a training step's SE time.
+
+With ``--sweep-reduce-tiles`` it times instead the two reductions (the forward's squeeze,
+kernel A, and the backward's, kernel A') on the same weight-heavy shapes with every tile of
+``configs.SWEEP_REDUCE_TILES`` forced, each as GB/s of the bytes it must read (x; and in the
+backward the gradient, and with the ReLU tail the output, writing the masked gradient) beside
+a copy's: what to put in ``configs.reduce_tile``. Needs a CUDA GPU.
 """
 
 import argparse
@@ -82,6 +87,49 @@ def run(n, calls, json_path=None):
     return result
 
 
+def sweep_reduce_tiles(n, calls, json_path=None):
+    """GPU time of kernels A and A' per forced reduce tile, on the weight-heavy shapes."""
+    rows = []
+    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__, "rows": rows}
+    for family, n, c, hw, cr in weight_heavy_shapes(n):
+        tail = family == "se_resnet50"
+        inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
+                             residual=True, device="cuda", seed=c, draw_on_device=True)
+        x = inputs["x"]
+        tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+        copy_gbps = copy_bandwidth(x)
+        # bytes each reduction moves: A reads x; A' reads grad and x (+ out, and writes the
+        # masked grad, with the ReLU tail)
+        moved = {"se_squeeze_excite_fwd": 1, "se_squeeze_excite_bwd": 4 if tail else 2}
+        for tile in configs.SWEEP_REDUCE_TILES:
+            with configs.force_reduce_tile(tile):
+                times = kernel_us(step(triton, tensors, tail, True, None), calls)
+            for kernel, tensors_moved in moved.items():
+                us = times.get(kernel)
+                if us is None:
+                    continue
+                gbps = tensors_moved * x.numel() * x.element_size() / us / 1e3
+                rows.append(dict(family=family, shape=[n, c, hw, hw], kernel=kernel,
+                                 tile=[tile.block_c, tile.block_hw],
+                                 picked=tile == configs.reduce_tile(True, hw * hw), us=us,
+                                 gbps=gbps, of_copy=gbps / copy_gbps))
+                r = rows[-1]
+                print(f"{family:>15} {n}x{c}x{hw}x{hw} {kernel.removeprefix('se_'):>20} tile "
+                      f"{tile.block_c:>3}x{tile.block_hw:<3}{' (picked)' if r['picked'] else '         '}"
+                      f": {us:7.1f} us {gbps:6.0f} GB/s = {r['of_copy']:4.0%} of a copy", flush=True)
+        if json_path:
+            write_json(result, json_path, quiet=True)
+    return result
+
+
+def copy_bandwidth(x, calls=20):
+    """GB/s (read + write) of copying x, GPU time from the profiler."""
+    dst = torch.empty_like(x)
+    us = sum(kernel_us(lambda: dst.copy_(x), calls).values())
+    return 2 * x.numel() * x.element_size() / us / 1e3
+
+
 def format_row(r):
     n, c, h, _ = r["shape"]
     kernels = ", ".join(f"{name.removeprefix('se_')} {us:.1f}"
@@ -99,10 +147,15 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--calls", type=int, default=20, help="profiled calls per row")
     parser.add_argument("--json", help="write the rows here (after each shape)")
+    parser.add_argument("--sweep-reduce-tiles", action="store_true",
+                        help="time the reductions with every tile of configs.SWEEP_REDUCE_TILES")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_breakdown.py profiles GPU kernels: it needs a CUDA GPU")
-    run(args.batch, args.calls, args.json)
+    if args.sweep_reduce_tiles:
+        sweep_reduce_tiles(args.batch, args.calls, args.json)
+    else:
+        run(args.batch, args.calls, args.json)
     if args.json:  # run() wrote it after each shape
         print(f"wrote {args.json}")
 

@@ -173,6 +173,28 @@ def test_split_k_gemm(device, c, k_splits, dtype, channels_last, poison):
     assert all(not t.any() for t in counters.values())
 
 
+@pytest.mark.parametrize("tile", configs.SWEEP_REDUCE_TILES, ids=lambda t: f"{t.block_c}x{t.block_hw}")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_forced_reduce_tiles(device, tile, channels_last, poison):
+    """Every tile the GPU sweep times (kernel_breakdown.py --sweep-reduce-tiles) computes the
+    op right, in the forward and backward reductions: partial channel blocks, H*W of 49 (the
+    late stages' 7x7), both paths; the plan follows the forced tile."""
+    args = make_inputs(3, 70, 7, 7, 6, channels_last=channels_last, residual=True,
+                       device=device, seed=tile.block_c + tile.block_hw)
+    for path in configs.EXCITATION_PATHS:
+        with configs.force_excitation_path(path), configs.force_reduce_tile(tile):
+            with recording_launches() as launches:
+                check_forward_backward("triton", args, torch.float32, activation="relu",
+                                       post_relu=True)
+        reductions = [l for l in launches if l.kernel.__name__.startswith("se_squeeze_excite")]
+        assert len(reductions) == 2
+        assert all(l.constexprs["BLOCK_C"] == tile.block_c and
+                   l.constexprs["BLOCK_HW"] == tile.block_hw for l in reductions)
+    with pytest.raises(ValueError, match="ReduceTile"):
+        with configs.force_reduce_tile((64, 32)):
+            pass
+
+
 def test_split_k_gemm_through_the_custom_ops(device):
     """The custom ops (what torch.compile calls) allocate their scratch, counters included,
     per call: with the split GEMM they give the same bits as the eager fast path."""

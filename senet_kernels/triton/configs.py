@@ -68,7 +68,33 @@ NCHW_SMALL_MAP_TILE = ReduceTile(block_c=128, block_hw=16)
 REDUCE_TILES = (CHANNELS_LAST_TILE, NCHW_TILE, NCHW_SMALL_MAP_TILE)
 
 
+#: Tiles a GPU run of benchmarks/kernel_breakdown.py --sweep-reduce-tiles times in place of
+#: reduce_tile's pick (forced with force_reduce_tile; not picked by the dispatcher, so not
+#: compiled ahead of time). At SE-ResNet-50's 2048x7x7, channels_last, the squeeze with
+#: CHANNELS_LAST_TILE ran at about a third of the read bandwidth on an H200.
+SWEEP_REDUCE_TILES = (ReduceTile(64, 32), ReduceTile(32, 64), ReduceTile(64, 64),
+                      ReduceTile(128, 16), ReduceTile(128, 32), ReduceTile(128, 64),
+                      ReduceTile(256, 16), ReduceTile(16, 64))
+#: None: reduce_tile decides; a ReduceTile: every reduction uses it (the sweep above).
+forced_reduce_tile = None
+
+
+@contextmanager
+def force_reduce_tile(tile):
+    """Make every reduction (kernels A and A') inside the block use ``tile``."""
+    global forced_reduce_tile
+    if not isinstance(tile, ReduceTile):
+        raise ValueError(f"tile must be a ReduceTile, got {tile!r}")
+    previous, forced_reduce_tile = forced_reduce_tile, tile
+    try:
+        yield
+    finally:
+        forced_reduce_tile = previous
+
+
 def reduce_tile(channels_last, hw):
+    if forced_reduce_tile is not None:
+        return forced_reduce_tile
     if channels_last:
         return CHANNELS_LAST_TILE
     return NCHW_SMALL_MAP_TILE if hw <= NCHW_SMALL_MAP_TILE.block_hw else NCHW_TILE
