@@ -15,8 +15,8 @@
 #   1. build the extension for this GPU only, in the background while the Triton tests run
 #      (pytest -n 8; each failure logged as it happens)
 #   2. one rejected extension call per device, each in its own process (its checks crashed)
-#   3. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
-#   4. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
+#   3. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
+#   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
 #   5. the CUDA extension's tests and the rest
 #   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes, then
 #      the reductions' bandwidth with each candidate tile (--sweep-reduce-tiles)
@@ -167,10 +167,6 @@ for so in glob.glob("senet_kernels/_C*.so"):
                        capture_output=True, text=True)
     print(so, "(CXX, the libstdc++ it needs, how many __cxa_throw it defines: 0 wanted)\n" + r.stdout)
 PY
-# The model bench (the headline: SE overhead in whole networks) before the extension's tests,
-# on an otherwise idle machine.
-step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
-  --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
 # The main job as a user's first run: empty Triton and Inductor caches (the steps above
 # compiled some of the same kernels), so its wall time includes every compilation.
 bench_start=$SECONDS
@@ -179,6 +175,11 @@ step "main job: bench --sizes gpu" 120 env TRITON_CACHE_DIR="$(mktemp -d)" \
   --dtype bfloat16 --layout channels_last nchw --no-progress --json "$results/kernels.json" \
   --plot "$results/kernels.png"
 echo "== main job wall time: $((SECONDS - bench_start)) s" | tee -a "$log"
+# The model bench (the headline: SE overhead in whole networks; measured in two runs
+# already, so after the never-finished main job) before the extension's tests, on an
+# otherwise idle machine (the main job's workers are gone).
+step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bfloat16 --channels-last \
+  --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
 pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extension.py \
   tests/test_extension_checks.py tests/test_modules.py -k "not triton and not aot"
 # Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
