@@ -251,7 +251,7 @@ with open(os.path.join(results, "summary.md"), "w") as f:
 print(text)
 PY
 for name in "${!took[@]}"; do echo "step time: $name ${took[$name]} s"; done | tee -a "$log"
-[ ${#skipped[@]} -gt 0 ] && echo "skipped for the time budget: ${skipped[*]}" | tee -a "$log"
+[ ${#skipped[@]} -gt 0 ] && echo "skipped (time budget or GPU_CHECK_SKIP): ${skipped[*]}" | tee -a "$log"
 if [ -n "${OUT:-}" ]; then
   cp "$results"/* "$OUT"/ 2>/dev/null || true
 fi
