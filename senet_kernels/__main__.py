@@ -7,7 +7,9 @@ interpreter (correct, but far too slow to time). Exit status 1 when any check fa
 
 bench: the check, then timings of every available backend beside eager PyTorch and
 torch.compile (see senet_kernels/bench.py) as a table, with --json / --plot outputs. On a GPU
-it times batch-256 shapes in bfloat16 by default, on the CPU batch 8 in float32.
+it times batch-256 shapes in bfloat16 by default, on the CPU batch 8 in float32. On a GPU the
+check runs in a process of its own while worker processes compile and this one times
+(bench_warmup.py); its printout comes before the table. On the CPU it runs first.
 """
 
 import argparse
@@ -78,7 +80,7 @@ def bench(args):
     import time
 
     from . import bench as bench_module
-    from .bench_warmup import WarmUp, compile_groups, default_workers
+    from .bench_warmup import CheckProcess, WarmUp, compile_groups, default_workers
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,9 +95,19 @@ def bench(args):
     workers = args.warm_workers
     if workers is None:
         workers = default_workers(device, compile_groups(cases))
-    warm_up = WarmUp.start(cases, workers)  # compiles while the check runs
-    failures = 0 if args.skip_check else run_checks()
-    check_seconds = time.perf_counter() - start
+    warm_up = WarmUp.start(cases, workers)
+    # With workers (a GPU), the check runs in a process of its own beside the compiling and
+    # the timing (CheckProcess); without (the CPU's two cores), first, on its own.
+    check_process = CheckProcess.start() if warm_up and not args.skip_check else None
+    if warm_up:
+        print(f"{len(cases)} cases on {torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU'}: "
+              f"{len(warm_up.processes)} worker processes compile, each case is timed once "
+              f"compiled{'; the correctness check runs beside, its report follows the timings' if check_process else ''}",
+              flush=True)
+    failures, check_seconds = 0, None
+    if not warm_up and not args.skip_check:
+        failures = run_checks()
+        check_seconds = time.perf_counter() - start
     # each case is timed as soon as a worker has compiled it, the rest after them
     result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
                               progress=not args.no_progress,
@@ -104,7 +116,12 @@ def bench(args):
     if warmed:
         print(f"compiler caches warmed by {warmed['workers']} workers: {warmed['cases_done']}/"
               f"{warmed['cases']} cases in {warmed['seconds']:.0f} s", flush=True)
-    result["phases"].update(check_seconds=None if args.skip_check else check_seconds,
+    if check_process:
+        failures, text, check_seconds = check_process.result()
+        print(text.rstrip())
+        if failures is None:  # a check that could not run is a failed check
+            failures = 1
+    result["phases"].update(check_seconds=check_seconds, check_beside_timing=bool(check_process),
                             warm_up=warmed, total_seconds=time.perf_counter() - start)
     print()
     print(bench_module.format_table(result))

@@ -433,7 +433,8 @@ def phase_lines(result):
     if phases.get("total_seconds") is not None:
         parts = [f"{phases['total_seconds']:.0f} s in all"]
         if phases.get("check_seconds") is not None:
-            parts.append(f"check {phases['check_seconds']:.0f} s")
+            beside = " (beside the compiling and timing)" if phases.get("check_beside_timing") else ""
+            parts.append(f"check {phases['check_seconds']:.0f} s{beside}")
         warm = phases.get("warm_up")
         if warm:
             parts.append(f"compiler caches warmed by {warm['workers']} workers in "

@@ -174,3 +174,55 @@ class WarmUp:
             bar.update(1)
         bar.close()
         return self.finish()
+
+
+def _check_worker(messages):
+    """The main job's correctness check (``python -m senet_kernels check``), its printout
+    captured: (failures, text), or (None, traceback) when it raised."""
+    import contextlib
+    import io
+    try:
+        from .__main__ import run_checks
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            failures = run_checks()
+        messages.put((failures, text.getvalue()))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        messages.put((None, traceback.format_exc()))
+
+
+@dataclass
+class CheckProcess:
+    """The correctness check in a process of its own, beside the warm-up workers and the
+    timing, on a GPU: most of its time is Triton compiling the kernels of its 36 small cases
+    (CPU work), while its kernels keep the GPU busy for a fraction of a millisecond per case.
+    ``result`` waits for it."""
+    process: object
+    messages: object
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls):
+        context = multiprocessing.get_context("spawn")
+        messages = context.Queue()
+        process = context.Process(target=_check_worker, args=(messages,))
+        process.start()
+        return cls(process, messages)
+
+    def result(self):
+        """(failures, printout, seconds since the start); failures is None if it crashed."""
+        while True:
+            try:
+                failures, text = self.messages.get(timeout=1.0)
+                break
+            except queue_module.Empty:
+                if self.process.is_alive():
+                    continue
+                try:  # a result put just before the process ended
+                    failures, text = self.messages.get(timeout=1.0)
+                except queue_module.Empty:
+                    failures, text = None, ("the check process ended without a result (exit "
+                                            f"code {self.process.exitcode})")
+                break
+        self.process.join()
+        return failures, text, time.perf_counter() - self.started

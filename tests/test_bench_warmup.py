@@ -125,3 +125,20 @@ def test_cases_are_timed_as_the_workers_compile_them(tmp_path, monkeypatch, comp
 def test_schedule_takes_the_first_positions_once_then_the_rest():
     scheduled = bench._Schedule(5, iter([3, 1, 3]))
     assert list(scheduled) == [3, 1, 0, 2, 4] and scheduled.from_first == 2
+
+
+def test_check_process_reports_the_checks_result():
+    """The check in its own process (the GPU main job's): its printout and failure count come
+    back to the parent."""
+    from senet_kernels.bench_warmup import CheckProcess
+    failures, text, seconds = CheckProcess.start().result()
+    assert failures == 0, text
+    assert "check reference" in text and "36/36 cases within tolerance" in text and seconds > 0
+
+
+def test_check_process_that_dies_is_a_failure():
+    from senet_kernels.bench_warmup import CheckProcess
+    check = CheckProcess.start()
+    check.process.kill()
+    failures, text, _ = check.result()
+    assert failures is None and "ended without a result" in text
