@@ -173,7 +173,8 @@ def test_split_k_gemm(device, c, k_splits, dtype, channels_last, poison):
     assert all(not t.any() for t in counters.values())
 
 
-@pytest.mark.parametrize("tile", configs.SWEEP_REDUCE_TILES, ids=lambda t: f"{t.block_c}x{t.block_hw}")
+@pytest.mark.parametrize("tile", configs.SWEEP_REDUCE_TILES,
+                         ids=lambda t: f"{t.block_c}x{t.block_hw}w{t.num_warps}")
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_forced_reduce_tiles(device, tile, channels_last, poison):
     """Every tile the GPU sweep times (kernel_breakdown.py --sweep-reduce-tiles) computes the
@@ -189,7 +190,8 @@ def test_forced_reduce_tiles(device, tile, channels_last, poison):
         reductions = [l for l in launches if l.kernel.__name__.startswith("se_squeeze_excite")]
         assert len(reductions) == 2
         assert all(l.constexprs["BLOCK_C"] == tile.block_c and
-                   l.constexprs["BLOCK_HW"] == tile.block_hw for l in reductions)
+                   l.constexprs["BLOCK_HW"] == tile.block_hw and
+                   l.num_warps == tile.num_warps for l in reductions)
     with pytest.raises(ValueError, match="ReduceTile"):
         with configs.force_reduce_tile((64, 32)):
             pass

@@ -55,9 +55,11 @@ WEIGHT_TRAFFIC_LIMIT = 0.1
 
 @dataclass(frozen=True)
 class ReduceTile:
-    """[block_c, block_hw] tile of the per-channel reductions (kernels A and A')."""
+    """[block_c, block_hw] tile of the per-channel reductions (kernels A and A'), and the
+    warps of a program."""
     block_c: int
     block_hw: int
+    num_warps: int = NUM_WARPS
 
 
 #: NHWC: channels are contiguous, so a wide channel block gives full 128-byte rows.
@@ -74,7 +76,8 @@ REDUCE_TILES = (CHANNELS_LAST_TILE, NCHW_TILE, NCHW_SMALL_MAP_TILE)
 #: CHANNELS_LAST_TILE ran at about a third of the read bandwidth on an H200.
 SWEEP_REDUCE_TILES = (ReduceTile(64, 32), ReduceTile(32, 64), ReduceTile(64, 64),
                       ReduceTile(128, 16), ReduceTile(128, 32), ReduceTile(128, 64),
-                      ReduceTile(256, 16), ReduceTile(16, 64))
+                      ReduceTile(256, 16), ReduceTile(16, 64), ReduceTile(128, 64, 8),
+                      ReduceTile(256, 32, 8))
 #: None: reduce_tile decides; a ReduceTile: every reduction uses it (the sweep above).
 forced_reduce_tile = None
 
