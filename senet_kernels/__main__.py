@@ -186,9 +186,9 @@ def main(argv=None):
     b.add_argument("--skip-check", action="store_true", help="skip the correctness check")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--warm-workers", type=int, default=None,
-                   help="worker processes compiling (warming the compiler caches) while the "
-                        "check runs; default: on a GPU one per two cores (at most 8), on the "
-                        "CPU none")
+                   help="worker processes compiling (warming the compiler caches) while "
+                        "this one times; default: on a GPU one per compile group (10 in the "
+                        "GPU run) with two cores left free, on the CPU none")
     b.set_defaults(func=bench)
     from .train import add_parser as add_train_parser
     add_train_parser(sub)

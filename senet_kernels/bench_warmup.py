@@ -37,12 +37,14 @@ _GPU_BYTES_PER_WORKER = 6 << 30
 
 def default_workers(device, groups):
     """How many workers: none on the CPU (the timing process needs the few cores there are);
-    on a GPU one per two cores, at most 8, as many as the device memory holds, and no more
-    than there are groups of cases to share out."""
+    on a GPU one per compile group (each then compiles one graph: the warm-up takes as long
+    as the slowest graph), leaving two cores to the timing and the check process, and as many
+    as the device memory holds. (At most 8, one per two cores, the H200's 16 cores gave 8
+    workers for 10 groups: 59-70 s of warm-up, two graphs for some.)"""
     if device.type != "cuda":
         return 0
     free, _total = torch.cuda.mem_get_info(device)
-    return max(0, min(8, (os.cpu_count() or 2) // 2, free // _GPU_BYTES_PER_WORKER, groups))
+    return max(0, min(groups, (os.cpu_count() or 2) - 2, free // _GPU_BYTES_PER_WORKER))
 
 
 def share_out(cases, workers):

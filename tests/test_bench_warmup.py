@@ -142,3 +142,18 @@ def test_check_process_that_dies_is_a_failure():
     check.process.kill()
     failures, text, _ = check.result()
     assert failures is None and "ended without a result" in text
+
+
+def test_default_workers(monkeypatch):
+    """One worker per compile group on a GPU, two cores left free, as many as the device
+    memory holds; none on the CPU."""
+    from senet_kernels import bench_warmup
+    assert bench_warmup.default_workers(CPU, 10) == 0
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (140 * gib, 141 * gib))
+    monkeypatch.setattr(bench_warmup.os, "cpu_count", lambda: 16)
+    gpu = torch.device("cuda")
+    assert bench_warmup.default_workers(gpu, 10) == 10
+    assert bench_warmup.default_workers(gpu, 20) == 14
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * gib, 141 * gib))
+    assert bench_warmup.default_workers(gpu, 10) == 3
