@@ -1,11 +1,12 @@
-"""Warm the main job's compiler caches in worker processes, while it checks and times.
+"""The main job's helper processes on a GPU: compile workers (``WarmUp``) and the check
+(``CheckProcess``), beside the process that times.
 
 Cold, most of the main job on a GPU is compilation, one graph or kernel after the other in
 the timing process: Inductor compiling the torch.compile baseline (a graph per pass, layout,
 dtype and activation) and Triton compiling our kernels for each configuration. Worker
 processes run one untimed step of each compiled implementation (the Triton backend, the
 torch.compile baseline and its static checks) on every case, groups of cases that share a
-compiled graph spread over the workers, while the timing process runs the correctness check.
+compiled graph spread over the workers; the correctness check runs in a process of its own.
 Both compilers keep what they build in on-disk caches (Inductor's FX-graph and AOTAutograd
 caches, Triton's kernel cache), where the timing process then finds it.
 
