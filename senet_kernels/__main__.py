@@ -109,10 +109,12 @@ def bench(args):
         failures = run_checks()
         check_seconds = time.perf_counter() - start
     # each case is timed as soon as a worker has compiled it, the rest after them
-    result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
-                              progress=not args.no_progress,
-                              first=warm_up.ready() if warm_up else ())
-    warmed = warm_up.finish() if warm_up else None
+    try:
+        result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
+                                  progress=not args.no_progress,
+                                  first=warm_up.ready() if warm_up else ())
+    finally:  # workers still compiling when the timing fails must not outlive it
+        warmed = warm_up.finish() if warm_up else None
     if warmed:
         print(f"compiler caches warmed by {warmed['workers']} workers: {warmed['cases_done']}/"
               f"{warmed['cases']} cases in {warmed['seconds']:.0f} s", flush=True)
