@@ -181,17 +181,18 @@ class WarmUp:
 
 def _check_worker(messages):
     """The main job's correctness check (``python -m senet_kernels check``), its printout
-    captured: (failures, text), or (None, traceback) when it raised."""
+    captured: (failures, text, seconds), or (None, traceback, seconds) when it raised."""
     import contextlib
     import io
+    started = time.perf_counter()
     try:
         from .__main__ import run_checks
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
             failures = run_checks()
-        messages.put((failures, text.getvalue()))
+        messages.put((failures, text.getvalue(), time.perf_counter() - started))
     except BaseException:  # noqa: BLE001 - reported to the parent
-        messages.put((None, traceback.format_exc()))
+        messages.put((None, traceback.format_exc(), time.perf_counter() - started))
 
 
 @dataclass
@@ -213,19 +214,20 @@ class CheckProcess:
         return cls(process, messages)
 
     def result(self):
-        """(failures, printout, seconds since the start); failures is None if it crashed."""
+        """(failures, printout, seconds the check took); failures is None if it crashed."""
         while True:
             try:
-                failures, text = self.messages.get(timeout=1.0)
+                failures, text, seconds = self.messages.get(timeout=1.0)
                 break
             except queue_module.Empty:
                 if self.process.is_alive():
                     continue
                 try:  # a result put just before the process ended
-                    failures, text = self.messages.get(timeout=1.0)
+                    failures, text, seconds = self.messages.get(timeout=1.0)
                 except queue_module.Empty:
                     failures, text = None, ("the check process ended without a result (exit "
                                             f"code {self.process.exitcode})")
+                    seconds = time.perf_counter() - self.started
                 break
         self.process.join()
-        return failures, text, time.perf_counter() - self.started
+        return failures, text, seconds
