@@ -105,6 +105,7 @@ class WarmUp:
     running: int = 0  # workers that have not said they exit
     timed_out: bool = False
     stopped: bool = False
+    ended: float = None  # when ready() saw the last worker done, or finish() stopped them
 
     @classmethod
     def start(cls, cases, workers):
@@ -151,6 +152,7 @@ class WarmUp:
         if self.stopped:
             return
         self.stopped = True
+        self.ended = time.perf_counter()
         still_working = self.running > 0 and any(p.is_alive() for p in self.processes)
         if still_working:
             self.timed_out = True
@@ -167,7 +169,7 @@ class WarmUp:
         """Stop any worker still running; a summary dict for the results."""
         self._stop()
         return {"workers": len(self.processes), "cases": self.total, "cases_done": self.done,
-                "seconds": time.perf_counter() - self.started, "timed_out": self.timed_out,
+                "seconds": self.ended - self.started, "timed_out": self.timed_out,
                 "errors": [e.strip().splitlines()[-1] for e in self.errors]}
 
     def wait(self, progress=True, timeout=120):
