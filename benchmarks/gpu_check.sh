@@ -19,7 +19,8 @@
 #   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
 #   5. the CUDA extension's tests and the rest
 #   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes, then
-#      the reductions' bandwidth with each candidate tile (--sweep-reduce-tiles)
+#      the reductions' bandwidth with each candidate tile (--sweep-reduce-tiles) and the
+#      batched path with the FC1 GEMM split 1-16 ways (--sweep-k-splits)
 #   7. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py,
 #      benchmarks/train_throughput.sh (the train command under torchrun on one GPU)
 #   8. summary.md; the short summary is printed last
@@ -189,6 +190,10 @@ step "kernel breakdown" 45 python benchmarks/kernel_breakdown.py --batch 256 --c
 # reductions' GB/s with each candidate tile, to pick configs.reduce_tile from.
 step "reduce tile sweep" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
   --sweep-reduce-tiles
+# The FC1 GEMM split 1-16 ways (the dispatcher picks at most 8): the batched path's other
+# lever on the 2048x7x7 forward.
+step "K-split sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
+  --sweep-k-splits
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
 # Why converted EfficientNet-B0 was slower in eager mode (host time in its SE modules, launches,
 # waits for the GPU); the log keeps it.

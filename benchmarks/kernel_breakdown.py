@@ -15,7 +15,10 @@ With ``--sweep-reduce-tiles`` it times instead the two reductions (the forward's
 kernel A, and the backward's, kernel A') on the same weight-heavy shapes with every tile of
 ``configs.SWEEP_REDUCE_TILES`` forced, each as GB/s of the bytes it must read (x; and in the
 backward the gradient, and with the ReLU tail the output, writing the masked gradient) beside
-a copy's: what to put in ``configs.reduce_tile``. Needs a CUDA GPU.
+a copy's: what to put in ``configs.reduce_tile``. With ``--sweep-k-splits`` it times the
+batched path with the FC1 GEMM split over 1, 2, 4, 8 and 16 channel ranges (past the
+dispatcher's MAX_K_SPLITS): what to set GEMM_PROGRAMS_PER_SM and MAX_K_SPLITS to. Needs a
+CUDA GPU.
 """
 
 import argparse
@@ -129,6 +132,42 @@ def sweep_reduce_tiles(n, calls, json_path=None):
     return result
 
 
+#: Split counts the K-split sweep asks for (fewer where C has fewer blocks of channels).
+K_SPLIT_SWEEP = (1, 2, 4, 8, 16)
+
+
+def sweep_k_splits(n, calls, json_path=None):
+    """GPU time of the batched path per forced split count of its FC1 GEMM (c_to_r), forward
+    and forward + backward, on the weight-heavy shapes."""
+    rows = []
+    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__, "rows": rows}
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for family, n, c, hw, cr in weight_heavy_shapes(n):
+        tail = family == "se_resnet50"
+        inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
+                             residual=True, device="cuda", seed=c, draw_on_device=True)
+        tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+        picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
+        for backward in (False, True):
+            done = set()
+            for asked in K_SPLIT_SWEEP:
+                with configs.force_k_splits(asked):
+                    splits = configs.gemm_k_splits(n, c, cr, num_sms)[1]
+                    if splits in done:  # C has too few blocks of channels for more splits
+                        continue
+                    done.add(splits)
+                    times = kernel_us(step(triton, tensors, tail, backward, "batched"), calls)
+                rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, path="batched",
+                                 pass_name="fwd_bwd" if backward else "fwd", k_splits=splits,
+                                 picked=splits == picked, kernel_us=times,
+                                 total_us=sum(times.values())))
+                print(format_row(rows[-1]), flush=True)
+        if json_path:
+            write_json(result, json_path, quiet=True)
+    return result
+
+
 def copy_bandwidth(x, calls=20):
     """GB/s (read + write) of copying x, GPU time from the profiler."""
     dst = torch.empty_like(x)
@@ -155,11 +194,15 @@ def main():
     parser.add_argument("--json", help="write the rows here (after each shape)")
     parser.add_argument("--sweep-reduce-tiles", action="store_true",
                         help="time the reductions with every tile of configs.SWEEP_REDUCE_TILES")
+    parser.add_argument("--sweep-k-splits", action="store_true",
+                        help="time the batched path with the FC1 GEMM split 1-16 ways")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_breakdown.py profiles GPU kernels: it needs a CUDA GPU")
     if args.sweep_reduce_tiles:
         sweep_reduce_tiles(args.batch, args.calls, args.json)
+    elif args.sweep_k_splits:
+        sweep_k_splits(args.batch, args.calls, args.json)
     else:
         run(args.batch, args.calls, args.json)
     if args.json:  # run() wrote it after each shape

@@ -197,6 +197,20 @@ def test_forced_reduce_tiles(device, tile, channels_last, poison):
             pass
 
 
+def test_split_k_gemm_with_more_splits_than_the_dispatcher_picks(device, poison):
+    """The K-split sweep (kernel_breakdown.py --sweep-k-splits) forces up to 16 splits, past
+    MAX_K_SPLITS: at C = 2048 each split then walks 2 blocks of channels. Forward and every
+    gradient vs float64, twice on the same plan."""
+    args = make_inputs(5, 2048, 2, 1, 20, residual=True, device=device, seed=23)
+    with configs.force_excitation_path("batched"), configs.force_k_splits(16):
+        with recording_launches() as launches:
+            for _ in range(2):
+                check_forward_backward("triton", args, torch.float32, activation="relu",
+                                       post_relu=True)
+    gemms = [l for l in launches if l.kernel.__name__ == "se_excite_gemm_c_to_r"]
+    assert len(gemms) == 4 and all(l.grid[2] == 16 for l in gemms)
+
+
 def test_split_k_gemm_through_the_custom_ops(device):
     """The custom ops (what torch.compile calls) allocate their scratch, counters included,
     per call: with the split GEMM they give the same bits as the eager fast path."""
