@@ -59,17 +59,33 @@ def kernel_us(call, calls):
     return dict(times)
 
 
+def _new_result():
+    return {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__, "rows": []}
+
+
+def _inputs(n, c, hw, cr):
+    """[x, w1, b1, w2, b2, residual] of one shape: bf16, channels_last, requiring grad."""
+    inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
+                         residual=True, device="cuda", seed=c, draw_on_device=True)
+    return [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+
+
+def _path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times):
+    """A row of per-kernel times of one pass (format_row prints it)."""
+    return dict(family=family, shape=[n, c, hw, hw], cr=cr, path=path,
+                pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
+                picked=k_splits == picked, kernel_us=times, total_us=sum(times.values()))
+
+
 def run(n, calls, json_path=None):
-    rows = []
-    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
-              "torch": torch.__version__, "rows": rows}
+    result = _new_result()
+    rows = result["rows"]
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     first_stage = ("se_resnet50", n, *RESNET_STAGES[0], RESNET_STAGES[0][0] // 16)
     for family, n, c, hw, cr in weight_heavy_shapes(n) + [first_stage]:
         tail = family == "se_resnet50"
-        inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
-                             residual=True, device="cuda", seed=c, draw_on_device=True)
-        tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+        tensors = _inputs(n, c, hw, cr)
         if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
             picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
             variants = [(False, k) for k in sorted({picked, 1}, reverse=True)]
@@ -80,10 +96,7 @@ def run(n, calls, json_path=None):
             with configs.force_k_splits(k_splits or 1):
                 path = "batched" if k_splits else "per_sample"
                 times = kernel_us(step(triton, tensors, tail, backward, path), calls)
-            rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, path=path,
-                             pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
-                             picked=k_splits == picked, kernel_us=times,
-                             total_us=sum(times.values())))
+            rows.append(_path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times))
             print(format_row(rows[-1]), flush=True)
         if json_path:  # after each shape: a run stopped by a time limit keeps what it measured
             write_json(result, json_path, quiet=True)
@@ -92,15 +105,12 @@ def run(n, calls, json_path=None):
 
 def sweep_reduce_tiles(n, calls, json_path=None):
     """GPU time of kernels A and A' per forced reduce tile, on the weight-heavy shapes."""
-    rows = []
-    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
-              "torch": torch.__version__, "rows": rows}
+    result = _new_result()
+    rows = result["rows"]
     for family, n, c, hw, cr in weight_heavy_shapes(n):
         tail = family == "se_resnet50"
-        inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
-                             residual=True, device="cuda", seed=c, draw_on_device=True)
-        x = inputs["x"]
-        tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+        tensors = _inputs(n, c, hw, cr)
+        x = tensors[0]
         copy_gbps = copy_bandwidth(x)
         # bytes each reduction moves: A reads x; A' reads grad and x (+ out, and writes the
         # masked grad, with the ReLU tail)
@@ -139,15 +149,12 @@ K_SPLIT_SWEEP = (1, 2, 4, 8, 16)
 def sweep_k_splits(n, calls, json_path=None):
     """GPU time of the batched path per forced split count of its FC1 GEMM (c_to_r), forward
     and forward + backward, on the weight-heavy shapes."""
-    rows = []
-    result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
-              "torch": torch.__version__, "rows": rows}
+    result = _new_result()
+    rows = result["rows"]
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     for family, n, c, hw, cr in weight_heavy_shapes(n):
         tail = family == "se_resnet50"
-        inputs = make_inputs(n, c, hw, hw, cr, dtype=torch.bfloat16, channels_last=True,
-                             residual=True, device="cuda", seed=c, draw_on_device=True)
-        tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+        tensors = _inputs(n, c, hw, cr)
         picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
         for backward in (False, True):
             done = set()
@@ -158,10 +165,8 @@ def sweep_k_splits(n, calls, json_path=None):
                         continue
                     done.add(splits)
                     times = kernel_us(step(triton, tensors, tail, backward, "batched"), calls)
-                rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, path="batched",
-                                 pass_name="fwd_bwd" if backward else "fwd", k_splits=splits,
-                                 picked=splits == picked, kernel_us=times,
-                                 total_us=sum(times.values())))
+                rows.append(_path_row(family, n, c, hw, cr, "batched", backward, splits, picked,
+                                      times))
                 print(format_row(rows[-1]), flush=True)
         if json_path:
             write_json(result, json_path, quiet=True)
