@@ -100,7 +100,7 @@ def bench(args):
     # the timing (CheckProcess); without (the CPU's two cores), first, on its own.
     check_process = CheckProcess.start() if warm_up and not args.skip_check else None
     if warm_up:
-        print(f"{len(cases)} cases on {torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU'}: "
+        print(f"{len(cases)} cases on {bench_module.describe_device(device)}: "
               f"{len(warm_up.processes)} worker processes compile, each case is timed once "
               f"compiled{'; the correctness check runs beside, its report follows the timings' if check_process else ''}",
               flush=True)

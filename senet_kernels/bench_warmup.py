@@ -95,7 +95,7 @@ def _worker(indexed_cases, messages):
 @dataclass
 class WarmUp:
     """Worker processes warming the caches (``start``); ``ready`` yields the cases they have
-    compiled, as they do; ``finish`` stops them and sums up (``wait`` = both)."""
+    compiled, as they do; ``finish`` stops them and sums up."""
     processes: list
     messages: object
     total: int
@@ -171,14 +171,6 @@ class WarmUp:
         return {"workers": len(self.processes), "cases": self.total, "cases_done": self.done,
                 "seconds": self.ended - self.started, "timed_out": self.timed_out,
                 "errors": [e.strip().splitlines()[-1] for e in self.errors]}
-
-    def wait(self, progress=True, timeout=120):
-        """Wait for the workers (a progress bar per finished case), then ``finish``."""
-        bar = bench.progress_bar(self.total, progress, "warming compiler caches")
-        for _index in self.ready(timeout):
-            bar.update(1)
-        bar.close()
-        return self.finish()
 
 
 def _check_worker(messages):

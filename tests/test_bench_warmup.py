@@ -79,7 +79,8 @@ def test_worker_compile_is_found_by_the_timing_process(tmp_path, monkeypatch, co
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the worker inherits it
     case = bench.Case(bench.Shape("se_resnet50", 2, 24, 3, 6), "res_relu_fwd", "float32", "nchw")
     warm_up = WarmUp.start([case], workers=1)
-    summary = warm_up.wait(progress=False, timeout=600)
+    list(warm_up.ready(timeout=600))
+    summary = warm_up.finish()
     assert summary["errors"] == [] and summary["cases_done"] == 1 and not summary["timed_out"]
     before = bench.compile_cache_counters()
     tensors, activation, with_residual, backward = bench.case_inputs(case, CPU)
@@ -93,7 +94,8 @@ def test_warm_up_past_its_time_limit_is_stopped():
     """Workers still compiling at the limit are stopped, and the summary says so."""
     case = bench.Case(bench.Shape("efficientnet_b0", 2, 20, 3, 5), "fwd", "float32", "nchw")
     warm_up = WarmUp.start([case], workers=1)
-    summary = warm_up.wait(progress=False, timeout=0.5)  # a worker takes seconds to import torch
+    list(warm_up.ready(timeout=0.5))  # a worker takes seconds to import torch
+    summary = warm_up.finish()
     assert summary["timed_out"] and summary["cases_done"] == 0
     assert not any(p.is_alive() for p in warm_up.processes)
 
