@@ -59,21 +59,22 @@ stop_leftovers() {  # stop_leftovers TAG NAME
     sleep 1
   fi
 }
+skip_step() {  # skip_step NAME WHY: log and record a step that does not run
+  echo "== $1: SKIPPED ($2)" | tee -a "$log"
+  skipped+=("$1")
+  took[$1]=0
+}
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, time and log it
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
   if [ -n "${GPU_CHECK_SKIP:-}" ] && [[ "$name" =~ $GPU_CHECK_SKIP ]]; then
-    echo "== $name: SKIPPED (matches GPU_CHECK_SKIP)" | tee -a "$log"
-    skipped+=("$name")
-    took[$name]=0
+    skip_step "$name" "matches GPU_CHECK_SKIP"
     return
   fi
   if [ "$name" != "summary" ]; then
     local left=$((budget - SECONDS - summary_reserve))
     if [ "$left" -lt 15 ]; then
-      echo "== $name: SKIPPED (${left}s left of the ${budget}s budget)" | tee -a "$log"
-      skipped+=("$name")
-      took[$name]=0
+      skip_step "$name" "${left}s left of the ${budget}s budget"
       return
     fi
     [ "$left" -lt "$limit" ] && limit=$left
