@@ -88,16 +88,36 @@ def gate_backward(gs, s, gate):
 
 
 @triton.jit
+def _tf32_high_part(a):
+    """float32 ``a`` with its 13 low mantissa bits cleared: exact in TF32, and ``a`` minus it
+    is exact in float32. NaN stays NaN (arithmetic NaNs keep their top mantissa bits), Inf
+    stays Inf."""
+    return (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def dot_acc(a, b, acc, PRECISION: tl.constexpr):
     """acc + a @ b for the small excitation GEMMs, accumulated in acc's dtype.
 
-    float32: tensor cores at PRECISION ("tf32" for half-precision inputs, whose own rounding
-    is coarser; "tf32x3" or "ieee" where float32 accuracy is owed). float64 (gradcheck):
-    ``tl.dot`` must be told its float64 out_dtype, which the interpreter does not check.
+    float32: tensor cores at PRECISION ("tf32x3", ``configs.dot_precision``), or
+    "tf32_split_a" where ``b`` is exact in TF32 (float16 / bfloat16 weights: their
+    mantissas fit TF32's 10 bits): then only ``a`` is split, a = high + low with the high part
+    exact in TF32, and high @ b + low @ b is what tf32x3 computes less its third product,
+    which is zero for such a ``b``: float32-level accuracy in two tensor-core products instead
+    of three. As in tf32x3, a NaN of the low product (an Inf in ``a`` gives Inf - Inf there)
+    is dropped: the high product carries the Inf. float64 (gradcheck): ``tl.dot`` must be
+    told its float64 out_dtype, which the interpreter does not check.
     """
     if acc.dtype == tl.float64:
         return tl.dot(a.to(tl.float64), b.to(tl.float64), acc, input_precision="ieee",
                       out_dtype=tl.float64)
+    elif PRECISION == "tf32_split_a":
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+        high = _tf32_high_part(a)
+        low = tl.dot(a - high, b, input_precision="tf32")
+        low = tl.where(low != low, 0.0, low)
+        return tl.dot(high, b, acc + low, input_precision="tf32")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
 

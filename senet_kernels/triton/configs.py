@@ -43,14 +43,23 @@ EXPAND_BLOCK_R = 32
 # splits' partial products in split order (deterministic) and runs the epilogue.
 GEMM_PROGRAMS_PER_SM = 2
 MAX_K_SPLITS = 8
-#: tl.dot input precision of the excitation GEMMs: three TF32 products per product
-#: ("tf32x3"), float32-level accuracy on tensor cores. Plain TF32 put float16 weight
-#: gradients at 2.7e-3 relative error on an H200, over float16's 2e-3.
+#: tl.dot input precision of the excitation GEMMs (see dot_precision): float32-level
+#: accuracy on tensor cores. Plain TF32 put float16 weight gradients at 2.7e-3 relative
+#: error on an H200, over float16's 2e-3.
 DOT_PRECISION = "tf32x3"
+#: The same accuracy in two TF32 products instead of three where the GEMM's B operand, a
+#: weight matrix in every excitation GEMM, is exact in TF32 (common.dot_acc).
+DOT_PRECISION_EXACT_WEIGHTS = "tf32_split_a"
 # Where the per-sample path reads more weight bytes than this fraction of the activation
 # bytes of the same pass, the batched path is faster (measured on an H200, see
 # use_batched_excitation). The per-sample path reads W1 and W2 once per sample.
 WEIGHT_TRAFFIC_LIMIT = 0.1
+
+
+def dot_precision(half_precision_weights):
+    """PRECISION of the excitation GEMMs: float16 / bfloat16 weights are exact in TF32 (their
+    mantissas have at most TF32's 10 bits), so only the other operand needs splitting."""
+    return DOT_PRECISION_EXACT_WEIGHTS if half_precision_weights else DOT_PRECISION
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,7 @@ class _Shape:
     acc_dtype: object    # torch.float32 / torch.float64 (reference.compute_dtype)
     batched: bool
     num_sms: int
+    dot_precision: str   # of the excitation GEMMs (configs.dot_precision)
 
     @staticmethod
     def of(x, w1):
@@ -174,7 +175,8 @@ class _Shape:
                       compute_dtype(x.dtype),
                       configs.use_batched_excitation(n, c, cr, hw, x.element_size(),
                                                      w1.element_size()),
-                      _num_sms(x.device))
+                      _num_sms(x.device),
+                      configs.dot_precision(w1.dtype in (torch.float16, torch.bfloat16)))
 
     @property
     def acc(self):
@@ -214,7 +216,7 @@ class _Shape:
                           has_bias=has_bias, act=act, gate=gate),
                      dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
                           BLOCK_R=configs.BATCH_BLOCK_R, BLOCK_K=configs.BATCH_BLOCK_K,
-                          PRECISION=configs.DOT_PRECISION, ACC=self.acc), device)
+                          PRECISION=self.dot_precision, ACC=self.acc), device)
 
     def r_to_c_site(self, w_strides, has_bias, *, act, gate, backward, device):
         """The [N, Cr] -> [N, C] GEMM: forward FC2 + gate (V = W2^T), backward through FC1
@@ -226,7 +228,7 @@ class _Shape:
                           v_stride_c=w_strides[1], has_bias=has_bias, act=act, gate=gate),
                      dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
                           BLOCK_C=configs.EXPAND_BLOCK_C, BLOCK_R=configs.EXPAND_BLOCK_R,
-                          PRECISION=configs.DOT_PRECISION, ACC=self.acc), device)
+                          PRECISION=self.dot_precision, ACC=self.acc), device)
 
 
 @dataclass
