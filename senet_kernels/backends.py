@@ -37,6 +37,10 @@ def _triton_status():
     except Exception as e:  # ImportError, or a broken install
         return BackendStatus(False, f"triton cannot be imported: {e}")
     if interpreting():
+        from .triton.interpreter_check import interpreter_problem
+        problem = interpreter_problem()
+        if problem is not None:
+            return BackendStatus(False, f"TRITON_INTERPRET=1, but {problem}")
         return BackendStatus(True, "TRITON_INTERPRET=1: Triton kernels run on CPU tensors, interpreted")
     if not torch.cuda.is_available():
         return BackendStatus(False, "no CUDA GPU is visible (set TRITON_INTERPRET=1 to interpret on the CPU)")

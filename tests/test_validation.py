@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from senet_kernels import available_backends, squeeze_excite
+from senet_kernels.interpreter import interpreting
 
 from cases import make_inputs
 
@@ -89,3 +90,22 @@ def test_available_backends_reports_every_backend():
     assert set(status) == {"triton", "cuda", "cpu", "reference"}
     assert status["reference"].available
     assert all(isinstance(s.reason, str) and s.reason for s in status.values())
+
+
+@pytest.mark.skipif(not interpreting(), reason="probes Triton's interpreter (no GPU here)")
+def test_triton_interpreter_probe(monkeypatch):
+    """The interpreter probe passes with this Triton and numpy, and a failing interpreter
+    (Triton 3.6 with numpy >= 2.4 fails so) makes the backend unavailable, saying why."""
+    from senet_kernels import backends
+    from senet_kernels.triton import interpreter_check
+    assert interpreter_check.interpreter_problem() is None
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args):
+                raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+            return launch
+    monkeypatch.setattr(interpreter_check, "_loop_bounded_by_program_id", Broken())
+    status = backends._triton_status()
+    assert not status.available
+    assert "only 0-dimensional arrays" in status.reason and "numpy<2.4" in status.reason
