@@ -13,7 +13,8 @@ the backward's two streaming kernels carry most of a training step's SE time.
 
 With ``--sweep-reduce-tiles`` it times instead the two reductions (the forward's squeeze,
 kernel A, and the backward's, kernel A') on the same weight-heavy shapes with every tile of
-``configs.SWEEP_REDUCE_TILES`` forced, each as GB/s of the bytes it must read (x; and in the
+``configs.SWEEP_REDUCE_TILES`` forced (block sizes, warps, and whether the loop over H*W is
+software-pipelined), each as GB/s of the bytes it must read (x; and in the
 backward the gradient, and with the ReLU tail the output, writing the masked gradient) beside
 a copy's: what to put in ``configs.reduce_tile``. With ``--sweep-k-splits`` it times the
 batched path with the FC1 GEMM split over 1, 2, 4, 8 and 16 channel ranges (past the
@@ -130,11 +131,13 @@ def sweep_reduce_tiles(n, calls, json_path=None):
                 gbps = tensors_moved * x.numel() * x.element_size() / us / 1e3
                 rows.append(dict(family=family, shape=[n, c, hw, hw], kernel=kernel,
                                  tile=[tile.block_c, tile.block_hw], num_warps=tile.num_warps,
+                                 num_stages=tile.num_stages,
                                  picked=tile == configs.reduce_tile(True, hw * hw), us=us,
                                  gbps=gbps, of_copy=gbps / copy_gbps))
                 r = rows[-1]
                 print(f"{family:>15} {n}x{c}x{hw}x{hw} {kernel.removeprefix('se_'):>20} tile "
-                      f"{tile.block_c:>3}x{tile.block_hw:<3} {tile.num_warps} warps"
+                      f"{tile.block_c:>3}x{tile.block_hw:<3} {tile.num_warps} warps "
+                      f"{tile.num_stages} stage{'s' if tile.num_stages > 1 else ' '}"
                       f"{' (picked)' if r['picked'] else '         '}"
                       f": {us:7.1f} us {gbps:6.0f} GB/s = {r['of_copy']:4.0%} of a copy", flush=True)
         if json_path:

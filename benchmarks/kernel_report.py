@@ -49,8 +49,11 @@ def main():
     print(f"| kernel configuration (sm_{args.arch}) | regs | spill B | smem B | global loads (bits:count) | global stores |")
     print("|---|---|---|---|---|---|")
     for label, usage, widths in rows:
+        loads = _widths(widths["ld"])
+        if widths["async"]:  # a software-pipelined loop loads through cp.async
+            loads += f" (cp.async {_widths(widths['async'])})"
         print(f"| {label} | {usage['registers']} | {usage['spill_bytes']} | {usage['shared_bytes']} "
-              f"| {_widths(widths['ld'])} | {_widths(widths['st'])} |")
+              f"| {loads} | {_widths(widths['st'])} |")
     spilling = [label for label, usage, _ in rows if usage["spill_bytes"]]
     print(f"\n{len(rows)} configurations, {len(spilling)} with spills" +
           (": " + ", ".join(spilling) if spilling else ""))

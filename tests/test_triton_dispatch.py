@@ -174,7 +174,7 @@ def test_split_k_gemm(device, c, k_splits, dtype, channels_last, poison):
 
 
 @pytest.mark.parametrize("tile", configs.SWEEP_REDUCE_TILES,
-                         ids=lambda t: f"{t.block_c}x{t.block_hw}w{t.num_warps}")
+                         ids=lambda t: f"{t.block_c}x{t.block_hw}w{t.num_warps}s{t.num_stages}")
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_forced_reduce_tiles(device, tile, channels_last, poison):
     """Every tile the GPU sweep times (kernel_breakdown.py --sweep-reduce-tiles) computes the
@@ -191,6 +191,7 @@ def test_forced_reduce_tiles(device, tile, channels_last, poison):
         assert len(reductions) == 2
         assert all(l.constexprs["BLOCK_C"] == tile.block_c and
                    l.constexprs["BLOCK_HW"] == tile.block_hw and
+                   l.constexprs["REDUCE_STAGES"] == tile.num_stages and
                    l.num_warps == tile.num_warps for l in reductions)
     with pytest.raises(ValueError, match="ReduceTile"):
         with configs.force_reduce_tile((64, 32)):
@@ -389,3 +390,17 @@ def test_aot_compile_every_configuration_for_sm80_and_sm90(triton_dir):
         assert lines[0].startswith("triton 3.6.") and triton_dir in lines[0], lines[0]
     summary = lines[-1]
     assert summary.startswith("compiled ") and "targets [80, 90]" in summary, summary
+
+
+def test_global_access_widths_counts_vector_loads_stores_and_async_copies():
+    from senet_kernels.triton.aot import global_access_widths
+    ptx = """
+        ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];
+        @%p1 ld.global.b16 %rs1, [%rd2];
+        st.global.v2.f32 [%rd3], {%f1, %f2};
+        cp.async.cg.shared.global [ %r19 + 0 ], [ %rd3 + 0 ], 0x10, %r20;
+        cp.async.ca.shared.global [ %r21 + 0 ], [ %rd4 + 0 ], 4, %r22;
+        cp.async.commit_group;
+    """
+    assert global_access_widths(ptx) == {"ld": {128: 1, 16: 1}, "st": {64: 1},
+                                         "async": {128: 1, 32: 1}}

@@ -99,7 +99,32 @@ def _record_cases():
                                                         post_relu)
                 se_backward(torch.randn_like(x), x, out if post_relu else None, w1, w2, pooled,
                             hidden, scale, residual, "relu", "sigmoid")
+        _record_sweep_tiles()
     return launches
+
+
+def _record_sweep_tiles():
+    """The reductions of ``configs.SWEEP_REDUCE_TILES`` as a GPU run of kernel_breakdown.py
+    --sweep-reduce-tiles launches them: bf16, channels_last, SE + residual + ReLU, forward and
+    backward, on the weight-heavy shapes at batch 256 (their H*W splits, hence specializations,
+    differ by shape and tile). Nothing runs: the tensors are only allocated."""
+    from ..bench import EFFICIENTNET_SE, RESNET_STAGES
+    from . import configs
+    from .se_op import se_backward, se_forward
+
+    shapes = [(c, hw, c // 16) for c, hw in RESNET_STAGES] + list(EFFICIENTNET_SE)
+    n = 256
+    for c, hw, cr in shapes:
+        if not configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
+            continue
+        x = torch.empty(n, c, hw, hw, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        w1, w2 = torch.empty(cr, c, dtype=torch.bfloat16), torch.empty(c, cr, dtype=torch.bfloat16)
+        b1, b2 = torch.empty(cr, dtype=torch.bfloat16), torch.empty(c, dtype=torch.bfloat16)
+        for tile in configs.SWEEP_REDUCE_TILES:
+            with configs.force_reduce_tile(tile):
+                out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, x, "relu", "sigmoid",
+                                                        True)
+                se_backward(x, x, out, w1, w2, pooled, hidden, scale, True, "relu", "sigmoid")
 
 
 def dispatcher_configs():
@@ -144,14 +169,22 @@ def resource_usage(compiled, arch):
 
 
 _ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z]+)*?(?:\.v(\d))?\.(?:b|f|u|s)(\d+)\b")
+# Asynchronous global -> shared copies of a software-pipelined loop: cp.async.{ca,cg}.shared
+# .global [dst], [src], bytes
+_ASYNC_COPY = re.compile(r"\bcp\.async\.c[ag]\.shared\.global\s*\[[^]]*\],\s*\[[^]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
 
 
 def global_access_widths(ptx):
-    """{"ld": {bits: count}, "st": {bits: count}} of the global loads/stores in PTX."""
-    widths = {"ld": {}, "st": {}}
+    """{"ld": {bits: count}, "st": {bits: count}, "async": {bits: count}} of the global
+    loads / stores in PTX, and of the asynchronous copies from global to shared memory
+    (which load instead of ld.global where the compiler pipelines a loop)."""
+    widths = {"ld": {}, "st": {}, "async": {}}
     for op, vec, bits in _ACCESS.findall(ptx):
         width = int(vec or 1) * int(bits)
         widths[op][width] = widths[op].get(width, 0) + 1
+    for size in _ASYNC_COPY.findall(ptx):
+        width = 8 * int(size, 0)
+        widths["async"][width] = widths["async"].get(width, 0) + 1
     return widths
 
 

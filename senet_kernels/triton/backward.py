@@ -33,11 +33,12 @@ def se_squeeze_excite_bwd(
     C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, act, gate,
     EXCITE: tl.constexpr, POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-    FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    REDUCE_STAGES: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     n = reduce_slab_share(x_ptr, grad_ptr, out_ptr, grad_res_ptr, partial_ptr, C, HW, HW_PER_SPLIT,
                           NUM_SPLITS, 2 if POST_RELU else 1, WRITE_GRAD_RESIDUAL, CHANNELS_LAST,
-                          BLOCK_C, BLOCK_HW, ACC)
+                          BLOCK_C, BLOCK_HW, REDUCE_STAGES, ACC)
     if EXCITE:
         if arrive_last(counter_ptr + n, tl.cdiv(C, BLOCK_C) * NUM_SPLITS):
             fc_c = tl.arange(0, FC_BLOCK_C)

@@ -154,7 +154,8 @@ def matvec_block(w_ptr, v_ptr, o, o_mask, OUT, K, TRANSPOSED: tl.constexpr, act,
 @triton.jit
 def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
                       MODE: tl.constexpr, STORE_MASKED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                      BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+                      BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr,
+                      ACC: tl.constexpr):
     """Sum over hw in [hw_start, hw_end) of one sample's channels ``c_offs``.
 
     MODE 0 sums x (the squeeze); MODE 1 sums g * x and MODE 2 sums gy * x with
@@ -162,11 +163,13 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_star
     a NaN output passes g). With STORE_MASKED (MODE 2) gy is also stored to ``masked_ptr``, in
     g's dtype: it is the residual's gradient, and the grad_x pass then reads it instead of g
     and out. Pointers point at the sample's first element; the tile is [BLOCK_C, BLOCK_HW] in
-    both layouts and the compiler orders it by which axis is contiguous.
+    both layouts and the compiler orders it by which axis is contiguous. STAGES > 1 has the
+    compiler software-pipeline the loop (loads of the next STAGES - 1 tiles in flight through
+    shared memory while one is summed); 1 leaves it a plain loop, one tile load at a time.
     """
     hw_range = tl.arange(0, BLOCK_HW)
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-    for hw0 in range(hw_start, hw_end, BLOCK_HW):
+    for hw0 in tl.range(hw_start, hw_end, BLOCK_HW, num_stages=STAGES):
         hw = hw0 + hw_range
         mask = c_mask[:, None] & (hw < hw_end)[None, :]
         if CHANNELS_LAST:
@@ -190,7 +193,7 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_star
 def reduce_slab_share(x_ptr, g_ptr, out_ptr, masked_ptr, partial_ptr, C, HW, HW_PER_SPLIT,
                       NUM_SPLITS, MODE: tl.constexpr, STORE_MASKED: tl.constexpr,
                       CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
-                      BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+                      BLOCK_HW: tl.constexpr, STAGES: tl.constexpr, ACC: tl.constexpr):
     """The reduction phase of kernels A and A' (grid: channel blocks * HW splits, N).
 
     Sums this program's [channel block, HW split] share of sample n (see channel_block_sum for
@@ -207,7 +210,7 @@ def reduce_slab_share(x_ptr, g_ptr, out_ptr, masked_ptr, partial_ptr, C, HW, HW_
     base = n.to(tl.int64) * C * HW
     sums = channel_block_sum(x_ptr + base, g_ptr + base, out_ptr + base, masked_ptr + base, c_offs,
                              c_mask, hw_start, hw_end, C, HW, MODE, STORE_MASKED, CHANNELS_LAST,
-                             BLOCK_C, BLOCK_HW, ACC)
+                             BLOCK_C, BLOCK_HW, STAGES, ACC)
     tl.store(partial_ptr + (n * NUM_SPLITS + split) * C + c_offs, sums, mask=c_mask)
     return n
 

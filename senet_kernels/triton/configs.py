@@ -64,11 +64,13 @@ def dot_precision(half_precision_weights):
 
 @dataclass(frozen=True)
 class ReduceTile:
-    """[block_c, block_hw] tile of the per-channel reductions (kernels A and A'), and the
-    warps of a program."""
+    """[block_c, block_hw] tile of the per-channel reductions (kernels A and A'), the warps of
+    a program, and the software-pipeline stages of its loop over H*W (1: none, one tile load
+    in flight per program; 3: two more tiles' loads in flight, through shared memory)."""
     block_c: int
     block_hw: int
     num_warps: int = NUM_WARPS
+    num_stages: int = 1
 
 
 #: NHWC: channels are contiguous, so a wide channel block gives full 128-byte rows.
@@ -80,13 +82,17 @@ REDUCE_TILES = (CHANNELS_LAST_TILE, NCHW_TILE, NCHW_SMALL_MAP_TILE)
 
 
 #: Tiles a GPU run of benchmarks/kernel_breakdown.py --sweep-reduce-tiles times in place of
-#: reduce_tile's pick (forced with force_reduce_tile; not picked by the dispatcher, so not
-#: compiled ahead of time). At SE-ResNet-50's 2048x7x7, channels_last, the squeeze with
-#: CHANNELS_LAST_TILE ran at about a third of the read bandwidth on an H200.
+#: reduce_tile's pick (forced with force_reduce_tile; compiled ahead of time for bf16
+#: channels_last, the sweep's case, by aot.py). On an H200 the squeeze (kernel A, one tensor
+#: read) ran at 35-55% of the streaming bandwidth on the weight-heavy channels_last shapes
+#: (a third at 2048x7x7) while kernel A', which loads three tensors per step of the same loop,
+#: reached 80-90% on the SE-ResNet ones: a program has too few bytes in flight. Hence wider
+#: tiles, and the same tiles with the loop software-pipelined (num_stages).
 SWEEP_REDUCE_TILES = (ReduceTile(64, 32), ReduceTile(32, 64), ReduceTile(64, 64),
                       ReduceTile(128, 16), ReduceTile(128, 32), ReduceTile(128, 64),
-                      ReduceTile(256, 16), ReduceTile(16, 64), ReduceTile(128, 64, 8),
-                      ReduceTile(256, 32, 8))
+                      ReduceTile(256, 16), ReduceTile(128, 64, 8), ReduceTile(256, 32, 8),
+                      ReduceTile(64, 32, num_stages=3), ReduceTile(128, 32, num_stages=3),
+                      ReduceTile(64, 64, num_stages=3))
 #: None: reduce_tile decides; a ReduceTile: every reduction uses it (the sweep above).
 forced_reduce_tile = None
 

@@ -23,10 +23,11 @@ def se_squeeze_excite_fwd(
     partial_ptr, counter_ptr, pooled_ptr, hidden_ptr, scale_ptr,
     C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, has_b1, has_b2, act, gate,
     EXCITE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_HW: tl.constexpr, REDUCE_STAGES: tl.constexpr, FC_BLOCK_C: tl.constexpr,
+    FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
 ):
     n = reduce_slab_share(x_ptr, x_ptr, x_ptr, x_ptr, partial_ptr, C, HW, HW_PER_SPLIT, NUM_SPLITS,
-                          0, False, CHANNELS_LAST, BLOCK_C, BLOCK_HW, ACC)
+                          0, False, CHANNELS_LAST, BLOCK_C, BLOCK_HW, REDUCE_STAGES, ACC)
     if EXCITE:
         if arrive_last(counter_ptr + n, tl.cdiv(C, BLOCK_C) * NUM_SPLITS):
             fc_c = tl.arange(0, FC_BLOCK_C)

@@ -264,8 +264,8 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
         dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, has_b1=has_b1,
              has_b2=has_b2, **flags),
         dict(EXCITE=not s.batched, CHANNELS_LAST=s.channels_last, BLOCK_C=tile.block_c,
-             BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R,
-             ACC=s.acc), device, tile.num_warps)
+             BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages, FC_BLOCK_C=configs.FC_BLOCK_C,
+             FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device, tile.num_warps)
     scale = _site(se_scale_fwd, s.streaming_grid(), "x_ptr res_ptr scale_ptr out_ptr",
                   dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
                   dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu,
@@ -420,8 +420,9 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
         dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, **flags),
         dict(EXCITE=not s.batched, POST_RELU=post_relu,
              WRITE_GRAD_RESIDUAL=grad_res_in_reduction, CHANNELS_LAST=s.channels_last,
-             BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, FC_BLOCK_C=configs.FC_BLOCK_C,
-             FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device, tile.num_warps)
+             BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages,
+             FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device,
+        tile.num_warps)
     grad_pass = _site(se_scale_bwd, s.streaming_grid(),
                       "grad_ptr out_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
                       dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
