@@ -142,7 +142,27 @@ def sweep_reduce_tiles(n, calls, json_path=None):
                       f": {us:7.1f} us {gbps:6.0f} GB/s = {r['of_copy']:4.0%} of a copy", flush=True)
         if json_path:
             write_json(result, json_path, quiet=True)
+    for line in best_tile_lines(rows):
+        print(line, flush=True)
     return result
+
+
+def best_tile_lines(rows):
+    """Per shape and reduction: the fastest tile of the sweep against the one reduce_tile
+    picks, as lines to read configs.reduce_tile's next values from."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["family"], tuple(r["shape"]), r["kernel"]), []).append(r)
+    lines = []
+    for (family, shape, kernel), group in groups.items():
+        best = min(group, key=lambda r: r["us"])
+        picked = next((r for r in group if r["picked"]), None)
+        gain = f", {picked['us'] / best['us']:.2f}x the picked tile's speed" if picked else ""
+        lines.append(f"best {family} {'x'.join(map(str, shape))} {kernel.removeprefix('se_')}: "
+                     f"tile {best['tile'][0]}x{best['tile'][1]} {best['num_warps']} warps "
+                     f"{best['num_stages']} stages, {best['us']:.1f} us "
+                     f"({best['of_copy']:.0%} of a copy){gain}")
+    return lines
 
 
 #: Split counts the K-split sweep asks for (fewer where C has fewer blocks of channels).
@@ -173,7 +193,24 @@ def sweep_k_splits(n, calls, json_path=None):
                 print(format_row(rows[-1]), flush=True)
         if json_path:
             write_json(result, json_path, quiet=True)
+    for line in best_split_lines(rows):
+        print(line, flush=True)
     return result
+
+
+def best_split_lines(rows):
+    """Per shape and pass: the split count with the least total GPU time against the picked."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["family"], tuple(r["shape"]), r["pass_name"]), []).append(r)
+    lines = []
+    for (family, shape, pass_name), group in groups.items():
+        best = min(group, key=lambda r: r["total_us"])
+        picked = next((r for r in group if r["picked"]), None)
+        gain = f" (picked {picked['k_splits']}: {picked['total_us']:.1f} us)" if picked else ""
+        lines.append(f"best {family} {'x'.join(map(str, shape))} {pass_name}: "
+                     f"K-splits {best['k_splits']}, {best['total_us']:.1f} us{gain}")
+    return lines
 
 
 def copy_bandwidth(x, calls=20):
