@@ -14,7 +14,8 @@ the backward's two streaming kernels carry most of a training step's SE time.
 With ``--sweep-reduce-tiles`` it times instead the two reductions (the forward's squeeze,
 kernel A, and the backward's, kernel A') on the same weight-heavy shapes with every tile of
 ``configs.SWEEP_REDUCE_TILES`` forced (block sizes, warps, and whether the loop over H*W is
-software-pipelined), each as GB/s of the bytes it must read (x; and in the
+software-pipelined), and on SE-ResNet-50's first stage the picked tile pipelined or not
+(``SWEEP_FIRST_STAGE_TILES``), each as GB/s of the bytes it must read (x; and in the
 backward the gradient, and with the ReLU tail the output, writing the masked gradient) beside
 a copy's: what to put in ``configs.reduce_tile``. With ``--sweep-k-splits`` it times the
 batched path with the FC1 GEMM split over 1, 2, 4, 8 and 16 channel ranges (past the
@@ -29,7 +30,7 @@ from collections import defaultdict
 
 import torch
 
-from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json
+from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, reduce_tile_sweep_cases, write_json
 from senet_kernels.testing import make_inputs
 from senet_kernels.triton import configs
 
@@ -105,10 +106,12 @@ def run(n, calls, json_path=None):
 
 
 def sweep_reduce_tiles(n, calls, json_path=None):
-    """GPU time of kernels A and A' per forced reduce tile, on the weight-heavy shapes."""
+    """GPU time of kernels A and A' per forced reduce tile, on the weight-heavy shapes (and a
+    few tiles on SE-ResNet-50's first stage): bench.reduce_tile_sweep_cases."""
     result = _new_result()
     rows = result["rows"]
-    for family, n, c, hw, cr in weight_heavy_shapes(n):
+    for shape, tiles in reduce_tile_sweep_cases(n):
+        family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
         tail = family == "se_resnet50"
         tensors = _inputs(n, c, hw, cr)
         x = tensors[0]
@@ -116,7 +119,7 @@ def sweep_reduce_tiles(n, calls, json_path=None):
         # bytes each reduction moves: A reads x; A' reads grad and x (+ out, and writes the
         # masked grad, with the ReLU tail)
         moved = {"se_squeeze_excite_fwd": 1, "se_squeeze_excite_bwd": 4 if tail else 2}
-        for tile in configs.SWEEP_REDUCE_TILES:
+        for tile in tiles:
             try:
                 with configs.force_reduce_tile(tile):
                     times = kernel_us(step(triton, tensors, tail, True, None), calls)

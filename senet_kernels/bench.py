@@ -68,6 +68,22 @@ def shapes(sizes):
             [Shape("efficientnet_b0", n, c, hw, cr) for c, hw, cr in EFFICIENTNET_SE])
 
 
+def reduce_tile_sweep_cases(n):
+    """[(Shape, tiles)] a GPU run of benchmarks/kernel_breakdown.py --sweep-reduce-tiles times
+    (and the ahead-of-time compile covers): every tile of ``configs.SWEEP_REDUCE_TILES`` on the
+    shapes the traffic model sends down the batched path, and ``SWEEP_FIRST_STAGE_TILES`` on
+    SE-ResNet-50's first stage (the per-sample path)."""
+    from .triton import configs
+    cases = []
+    for shape in shapes("gpu"):
+        shape = Shape(shape.family, n, shape.c, shape.hw, shape.cr)
+        if configs.use_batched_excitation(n, shape.c, shape.cr, shape.hw * shape.hw, 2, 2):
+            cases.append((shape, configs.SWEEP_REDUCE_TILES))
+        elif shape.family == "se_resnet50" and shape.c == RESNET_STAGES[0][0]:
+            cases.append((shape, configs.SWEEP_FIRST_STAGE_TILES))
+    return cases
+
+
 def passes_for(shape):
     return ("fwd", "res_relu_fwd", "fwd_bwd") if shape.family == "se_resnet50" else ("fwd", "fwd_bwd")
 

@@ -173,7 +173,8 @@ def test_split_k_gemm(device, c, k_splits, dtype, channels_last, poison):
     assert all(not t.any() for t in counters.values())
 
 
-@pytest.mark.parametrize("tile", configs.SWEEP_REDUCE_TILES,
+@pytest.mark.parametrize("tile", sorted(set(configs.SWEEP_REDUCE_TILES +
+                                             configs.SWEEP_FIRST_STAGE_TILES), key=repr),
                          ids=lambda t: f"{t.block_c}x{t.block_hw}w{t.num_warps}s{t.num_stages}")
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_forced_reduce_tiles(device, tile, channels_last, poison):

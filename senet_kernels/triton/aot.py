@@ -104,23 +104,20 @@ def _record_cases():
 
 
 def _record_sweep_tiles():
-    """The reductions of ``configs.SWEEP_REDUCE_TILES`` as a GPU run of kernel_breakdown.py
-    --sweep-reduce-tiles launches them: bf16, channels_last, SE + residual + ReLU, forward and
-    backward, on the weight-heavy shapes at batch 256 (their H*W splits, hence specializations,
+    """The reductions of the GPU tile sweep (``bench.reduce_tile_sweep_cases``) as
+    kernel_breakdown.py --sweep-reduce-tiles launches them: bf16, channels_last, SE + residual
+    + ReLU, forward and backward, at batch 256 (their H*W splits, hence specializations,
     differ by shape and tile). Nothing runs: the tensors are only allocated."""
-    from ..bench import EFFICIENTNET_SE, RESNET_STAGES
+    from ..bench import reduce_tile_sweep_cases
     from . import configs
     from .se_op import se_backward, se_forward
 
-    shapes = [(c, hw, c // 16) for c, hw in RESNET_STAGES] + list(EFFICIENTNET_SE)
-    n = 256
-    for c, hw, cr in shapes:
-        if not configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
-            continue
+    for shape, tiles in reduce_tile_sweep_cases(256):
+        n, c, hw, cr = shape.n, shape.c, shape.hw, shape.cr
         x = torch.empty(n, c, hw, hw, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
         w1, w2 = torch.empty(cr, c, dtype=torch.bfloat16), torch.empty(c, cr, dtype=torch.bfloat16)
         b1, b2 = torch.empty(cr, dtype=torch.bfloat16), torch.empty(c, dtype=torch.bfloat16)
-        for tile in configs.SWEEP_REDUCE_TILES:
+        for tile in tiles:
             with configs.force_reduce_tile(tile):
                 out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, x, "relu", "sigmoid",
                                                         True)

@@ -93,7 +93,12 @@ SWEEP_REDUCE_TILES = (ReduceTile(64, 32), ReduceTile(32, 64), ReduceTile(64, 64)
                       ReduceTile(256, 16), ReduceTile(128, 64, 8), ReduceTile(256, 32, 8),
                       ReduceTile(64, 32, num_stages=3), ReduceTile(128, 32, num_stages=3),
                       ReduceTile(64, 64, num_stages=3))
-#: None: reduce_tile decides; a ReduceTile: every reduction uses it (the sweep above).
+#: SE-ResNet-50's first stage (256x56x56 at batch 256, the per-sample path: most of a training
+#: step's SE time, kernel A at ~80% of the streaming bandwidth there and A' at ~87%): the tile
+#: reduce_tile picks, and the same with its loop over H*W software-pipelined.
+SWEEP_FIRST_STAGE_TILES = (CHANNELS_LAST_TILE, ReduceTile(64, 32, num_stages=2),
+                           ReduceTile(64, 32, num_stages=3))
+#: None: reduce_tile decides; a ReduceTile: every reduction uses it (the sweeps above).
 forced_reduce_tile = None
 
 
