@@ -6,6 +6,7 @@ synthetic images, 4 steps over 2 epochs of 3 steps, warm-up and a step decay ins
 the learning rate changes every step and an epoch boundary is crossed).
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -27,6 +28,13 @@ RUN = ["--synthetic", "--model", "test_efficientnet", "--image-size", "32", "--n
        "--synthetic-size", "24", "--epochs", "2", "--warmup-epochs", "1", "--lr-step-epochs",
        "1", "--workers", "0", "--no-progress"]
 TIMEOUT = 180
+# RUN trains a timm model; the ImageFolder data path needs torchvision and Pillow (all three
+# are in requirements-dev.txt; a bare torch install skips these tests, saying why).
+needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None,
+                                reason="timm is not installed (requirements-dev.txt)")
+needs_image_folder = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None or importlib.util.find_spec("PIL") is None,
+    reason="torchvision and Pillow are not installed (requirements-dev.txt)")
 # run() is wrapped by torchrun's @record, which cannot enable faulthandler on captured stderr.
 pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
 
@@ -61,6 +69,7 @@ def ddp_run(tmp_path_factory):
     return out
 
 
+@needs_timm
 def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(ddp_run, tmp_path):
     # One process, batch 4 x 2 accumulation steps = the same micro-batches as 2 ranks x 4
     # (BatchNorm statistics are per micro-batch in both; torch's SyncBatchNorm has no CPU
@@ -110,6 +119,7 @@ def crashed_run(tmp_path_factory):
     return result, out
 
 
+@needs_timm
 def test_a_failing_rank_fails_the_job_with_its_error(crashed_run):
     result, out = crashed_run
     assert result.returncode != 0
@@ -118,6 +128,7 @@ def test_a_failing_rank_fails_the_job_with_its_error(crashed_run):
     assert load(out / "checkpoint-last.pt")["step"] == 2
 
 
+@needs_timm
 def test_resume_after_a_crash_continues_bit_for_bit(crashed_run, ddp_run, tmp_path):
     # The crashed job's step-2 checkpoint is the uninterrupted run's (--keep-checkpoints).
     crashed = load(crashed_run[1] / "checkpoint-last.pt")
@@ -180,6 +191,7 @@ def test_bad_options_stop_before_training(argv, message, no_process_group, capsy
     assert "python -m senet_kernels train: error:" in err and message in err
 
 
+@needs_image_folder
 def test_data_dir_without_images_is_a_clear_error(no_process_group, capsys, tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)  # a class folder with no image
     assert main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
@@ -194,6 +206,8 @@ def test_sync_bn_on_cpu_processes_is_refused(no_process_group, capsys, tmp_path,
     assert "SyncBatchNorm raises on CPU tensors" in capsys.readouterr().err
 
 
+@needs_timm
+@needs_image_folder
 def test_image_folder_training_and_validation(tmp_path):
     from PIL import Image
 
@@ -248,12 +262,14 @@ def test_help_documents_the_paper_defaults(capsys):
         assert phrase in text, phrase
 
 
+@needs_timm
 def test_resume_with_another_global_batch_is_refused(ddp_run, no_process_group, capsys, tmp_path):
     assert main(["train", *RUN, "--batch-size", "2", "--output", str(tmp_path),
                  "--resume", str(ddp_run / "checkpoint-last.pt")]) == 2
     assert "the checkpoint's global batch is 8, this run's 2" in capsys.readouterr().err
 
 
+@needs_timm
 def test_adamw_cosine_label_smoothing_in_one_process(tmp_path):
     with torch.random.fork_rng(devices=[]):
         assert main(["train", *RUN, "--batch-size", "4", "--max-steps", "3", "--optimizer",
@@ -292,6 +308,7 @@ def test_default_lr_scales_with_the_global_batch():
     assert lr(["--lr", "0.1"], 8) == 0.1
 
 
+@needs_timm
 def test_eager_backend_keeps_timm_se_modules():
     """--backend eager: the unfused baseline (a timm model's own SE modules)."""
     from senet_kernels import FusedSEBlock
