@@ -40,3 +40,8 @@ def test_best_split_per_shape_and_pass():
     assert kernel_breakdown.best_split_lines(rows) == [
         "best se_resnet50 256x2048x7x7 fwd: K-splits 16, 85.0 us (picked 5: 92.5 us)",
         "best se_resnet50 256x2048x7x7 fwd_bwd: K-splits 5, 226.5 us (picked 5: 226.5 us)"]
+
+
+def test_the_k_split_sweep_stays_within_what_the_epilogue_reads():
+    from senet_kernels.triton import configs
+    assert max(kernel_breakdown.K_SPLIT_SWEEP) <= configs.K_SPLIT_LIMIT

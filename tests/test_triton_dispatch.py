@@ -148,9 +148,12 @@ def test_gemm_k_splits_tile_the_channels():
             assert (splits - 1) * per_split < c <= splits * per_split
     with configs.force_k_splits(3):
         assert configs.gemm_k_splits(256, 2048, 128, 132) == (704, 3)
-    with pytest.raises(ValueError, match="positive int"):
-        with configs.force_k_splits(0):
-            pass
+    # The c_to_r epilogue reads at most K_SPLIT_LIMIT products: no call may ask for more.
+    assert configs.MAX_K_SPLITS <= configs.K_SPLIT_LIMIT
+    for bad in (0, configs.K_SPLIT_LIMIT + 1):
+        with pytest.raises(ValueError, match="splits must be an int in"):
+            with configs.force_k_splits(bad):
+                pass
 
 
 @pytest.mark.parametrize("c,k_splits", [(130, 3), (200, 4)])

@@ -49,7 +49,8 @@ def se_excite_gemm_c_to_r(
     partial_ptr, scale_ptr, w_ptr, b_ptr, hidden_ptr, vec_ptr, ksum_ptr, counter_ptr, out_ptr,
     N, C, CR, HW, NUM_SPLITS, K_PER_SPLIT, K_SPLITS, w_stride_c, w_stride_r, has_bias, act, gate,
     BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_LIMIT: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """out = epilogue(U @ V) for one [BLOCK_N samples, BLOCK_R hidden units] tile.
 
@@ -61,7 +62,10 @@ def se_excite_gemm_c_to_r(
     Program (i, j, k) sums channels [k * K_PER_SPLIT, (k + 1) * K_PER_SPLIT). With
     K_SPLITS > 1 it stores its product to ksum [K_SPLITS, N, CR]; the tile's last program to
     arrive (counter per tile, left zeroed) adds the K_SPLITS products in split order and runs
-    the epilogue, so the result does not depend on which program finished last.
+    the epilogue, so the result does not depend on which program finished last. It reads them
+    in one unrolled step of SPLIT_LIMIT (>= K_SPLITS) masked loads: the loads do not wait on
+    each other, so that costs one L2 round trip, not one per split, on the GEMM's critical
+    path (the last tile's epilogue ends the kernel).
     """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -99,8 +103,9 @@ def se_excite_gemm_c_to_r(
         counter = counter_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         if arrive_last(counter, K_SPLITS):
             total = tl.zeros([BLOCK_N, BLOCK_R], dtype=ACC)
-            for split in range(0, K_SPLITS):  # read past L1, which may be stale
-                total += tl.load(ksum_ptr + split * N * CR + tile_ptrs, mask=out_mask, other=0.0,
+            for split in tl.static_range(SPLIT_LIMIT):  # read past L1, which may be stale
+                total += tl.load(ksum_ptr + split * N * CR + tile_ptrs,
+                                 mask=out_mask & (split < K_SPLITS), other=0.0,
                                  cache_modifier=".cg")
             _c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
                              act, BACKWARD, ACC)

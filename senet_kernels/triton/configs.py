@@ -43,6 +43,10 @@ EXPAND_BLOCK_R = 32
 # splits' partial products in split order (deterministic) and runs the epilogue.
 GEMM_PROGRAMS_PER_SM = 2
 MAX_K_SPLITS = 8
+#: The most splits any call may ask for (force_k_splits, the GPU sweep's 16 included): the
+#: tile's last program reads every split's product in one unrolled step of this many masked
+#: loads (batched.py), one L2 round trip instead of one per split.
+K_SPLIT_LIMIT = 16
 #: tl.dot input precision of the excitation GEMMs (see dot_precision): float32-level
 #: accuracy on tensor cores. Plain TF32 put float16 weight gradients at 2.7e-3 relative
 #: error on an H200, over float16's 2e-3.
@@ -183,8 +187,8 @@ def force_k_splits(splits):
     """Make every batched call inside the block ask for ``splits`` K-splits of its c_to_r GEMM
     (at most one per BATCH_BLOCK_K channels, see gemm_k_splits); 1 turns split-K off."""
     global forced_k_splits
-    if not isinstance(splits, int) or splits < 1:
-        raise ValueError(f"splits must be a positive int, got {splits!r}")
+    if not isinstance(splits, int) or not 1 <= splits <= K_SPLIT_LIMIT:
+        raise ValueError(f"splits must be an int in [1, {K_SPLIT_LIMIT}], got {splits!r}")
     previous, forced_k_splits = forced_k_splits, splits
     try:
         yield

@@ -205,6 +205,7 @@ class _Shape:
     def c_to_r_site(self, num_splits, w_strides, has_bias, *, act, gate, backward, device):
         """The [N, C] -> [N, Cr] GEMM: forward FC1 (V = W1^T), backward through FC2 (V = W2)."""
         per_split, k_splits = self.k_split()
+        assert k_splits <= configs.K_SPLIT_LIMIT  # the epilogue reads at most that many
         grid = (configs.cdiv(self.n, configs.BATCH_BLOCK_N),
                 configs.cdiv(self.cr, configs.BATCH_BLOCK_R), k_splits)
         return _site(se_excite_gemm_c_to_r, grid,
@@ -216,7 +217,8 @@ class _Shape:
                           has_bias=has_bias, act=act, gate=gate),
                      dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
                           BLOCK_R=configs.BATCH_BLOCK_R, BLOCK_K=configs.BATCH_BLOCK_K,
-                          PRECISION=self.dot_precision, ACC=self.acc), device)
+                          SPLIT_LIMIT=configs.K_SPLIT_LIMIT, PRECISION=self.dot_precision,
+                          ACC=self.acc), device)
 
     def r_to_c_site(self, w_strides, has_bias, *, act, gate, backward, device):
         """The [N, Cr] -> [N, C] GEMM: forward FC2 + gate (V = W2^T), backward through FC1
