@@ -150,16 +150,21 @@ def sweep_reduce_tiles(n, calls, json_path=None):
     return result
 
 
+def _best_per_group(rows, group_key, cost):
+    """[(key, fastest row, picked row or None)] per group of rows, in first-seen order."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(group_key(r), []).append(r)
+    return [(key, min(group, key=cost), next((r for r in group if r["picked"]), None))
+            for key, group in groups.items()]
+
+
 def best_tile_lines(rows):
     """Per shape and reduction: the fastest tile of the sweep against the one reduce_tile
     picks, as lines to read configs.reduce_tile's next values from."""
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["family"], tuple(r["shape"]), r["kernel"]), []).append(r)
     lines = []
-    for (family, shape, kernel), group in groups.items():
-        best = min(group, key=lambda r: r["us"])
-        picked = next((r for r in group if r["picked"]), None)
+    for (family, shape, kernel), best, picked in _best_per_group(
+            rows, lambda r: (r["family"], tuple(r["shape"]), r["kernel"]), lambda r: r["us"]):
         gain = f", {picked['us'] / best['us']:.2f}x the picked tile's speed" if picked else ""
         lines.append(f"best {family} {'x'.join(map(str, shape))} {kernel.removeprefix('se_')}: "
                      f"tile {best['tile'][0]}x{best['tile'][1]} {best['num_warps']} warps "
@@ -203,13 +208,10 @@ def sweep_k_splits(n, calls, json_path=None):
 
 def best_split_lines(rows):
     """Per shape and pass: the split count with the least total GPU time against the picked."""
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["family"], tuple(r["shape"]), r["pass_name"]), []).append(r)
     lines = []
-    for (family, shape, pass_name), group in groups.items():
-        best = min(group, key=lambda r: r["total_us"])
-        picked = next((r for r in group if r["picked"]), None)
+    for (family, shape, pass_name), best, picked in _best_per_group(
+            rows, lambda r: (r["family"], tuple(r["shape"]), r["pass_name"]),
+            lambda r: r["total_us"]):
         gain = f" (picked {picked['k_splits']}: {picked['total_us']:.1f} us)" if picked else ""
         lines.append(f"best {family} {'x'.join(map(str, shape))} {pass_name}: "
                      f"K-splits {best['k_splits']}, {best['total_us']:.1f} us{gain}")
