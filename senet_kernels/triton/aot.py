@@ -39,6 +39,8 @@ class KernelConfig:
     constexprs: dict
     attrs: dict
     num_warps: int
+    #: Only the GPU tile sweep launches it, on the lent H100 / H200 machines: sm_90 only.
+    sweep_only: bool = False
 
     @property
     def label(self):
@@ -99,8 +101,9 @@ def _record_cases():
                                                         post_relu)
                 se_backward(torch.randn_like(x), x, out if post_relu else None, w1, w2, pooled,
                             hidden, scale, residual, "relu", "sigmoid")
+    with recording_launches(run_too=False) as sweep_launches:
         _record_sweep_tiles()
-    return launches
+    return launches, sweep_launches
 
 
 def _record_sweep_tiles():
@@ -125,14 +128,17 @@ def _record_sweep_tiles():
 
 
 def dispatcher_configs():
-    """Every distinct (kernel, argument types, divisibility, constexprs) the dispatcher launches."""
+    """Every distinct (kernel, argument types, divisibility, constexprs) the dispatcher launches,
+    then those only the GPU tile sweep launches (``sweep_only``)."""
     configs = {}
-    for launch in _record_cases():
-        signature, attrs, constexprs = _signature(launch)
-        key = (launch.kernel.__name__, tuple(signature.items()), tuple(sorted(attrs)),
-               tuple((k, _short(v)) for k, v in constexprs.items()))
-        configs.setdefault(key, KernelConfig(launch.kernel, signature, constexprs, attrs,
-                                             launch.num_warps))
+    launches, sweep_launches = _record_cases()
+    for sweep_only, recorded in ((False, launches), (True, sweep_launches)):
+        for launch in recorded:
+            signature, attrs, constexprs = _signature(launch)
+            key = (launch.kernel.__name__, tuple(signature.items()), tuple(sorted(attrs)),
+                   tuple((k, _short(v)) for k, v in constexprs.items()))
+            configs.setdefault(key, KernelConfig(launch.kernel, signature, constexprs, attrs,
+                                                 launch.num_warps, sweep_only))
     return list(configs.values())
 
 
@@ -209,7 +215,8 @@ def main(argv=None):
     import triton
     print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})", flush=True)
     _jobs_configs[:] = dispatcher_configs()
-    jobs = [(i, arch) for arch in args.arch for i in range(len(_jobs_configs))]
+    jobs = [(i, arch) for arch in args.arch for i, config in enumerate(_jobs_configs)
+            if arch == 90 or not config.sweep_only]
     if args.jobs > 1:
         import multiprocessing
         # fork: workers inherit the configurations (kernels are not picklable); no CUDA is used
@@ -221,8 +228,10 @@ def main(argv=None):
         print(f"sm_{arch} {_jobs_configs[index].label}: {status}")
     failures = sum(status != "ok" for status in statuses)
     total = len(jobs)
+    sweep = sum(config.sweep_only for config in _jobs_configs)
     print(f"compiled {total - failures} of {total} kernel configurations "
-          f"({len(_jobs_configs)} per target, targets {args.arch})")
+          f"({len(_jobs_configs) - sweep} the dispatcher picks, per target, and {sweep} of the GPU "
+          f"tile sweep, for sm_90; targets {args.arch})")
     return 1 if failures else 0
 
 
