@@ -30,18 +30,12 @@ from collections import defaultdict
 
 import torch
 
-from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, reduce_tile_sweep_cases, write_json
+from senet_kernels.bench import (first_stage, reduce_tile_sweep_cases, weight_heavy_shapes,
+                                  write_json)
 from senet_kernels.testing import make_inputs
 from senet_kernels.triton import configs
 
 from excitation_paths import step, triton
-
-
-def weight_heavy_shapes(n):
-    """(family, N, C, H, Cr) of the shapes the traffic model sends down the batched path."""
-    shapes = [("se_resnet50", n, c, hw, c // 16) for c, hw in RESNET_STAGES]
-    shapes += [("efficientnet_b0", n, c, hw, cr) for c, hw, cr in EFFICIENTNET_SE]
-    return [s for s in shapes if configs.use_batched_excitation(s[1], s[2], s[4], s[3] * s[3], 2, 2)]
 
 
 def kernel_us(call, calls):
@@ -84,8 +78,8 @@ def run(n, calls, json_path=None):
     result = _new_result()
     rows = result["rows"]
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    first_stage = ("se_resnet50", n, *RESNET_STAGES[0], RESNET_STAGES[0][0] // 16)
-    for family, n, c, hw, cr in weight_heavy_shapes(n) + [first_stage]:
+    for shape in weight_heavy_shapes(n) + [first_stage(n)]:
+        family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
         tail = family == "se_resnet50"
         tensors = _inputs(n, c, hw, cr)
         if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
@@ -183,7 +177,8 @@ def sweep_k_splits(n, calls, json_path=None):
     result = _new_result()
     rows = result["rows"]
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for family, n, c, hw, cr in weight_heavy_shapes(n):
+    for shape in weight_heavy_shapes(n):
+        family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
         tail = family == "se_resnet50"
         tensors = _inputs(n, c, hw, cr)
         picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]

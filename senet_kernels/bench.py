@@ -68,20 +68,26 @@ def shapes(sizes):
             [Shape("efficientnet_b0", n, c, hw, cr) for c, hw, cr in EFFICIENTNET_SE])
 
 
+def weight_heavy_shapes(n):
+    """The GPU run's shapes at batch n that the traffic model sends down the batched path (bf16)."""
+    from .triton import configs
+    return [s for s in (Shape(s.family, n, s.c, s.hw, s.cr) for s in shapes("gpu"))
+            if configs.use_batched_excitation(n, s.c, s.cr, s.hw * s.hw, 2, 2)]
+
+
+def first_stage(n):
+    """SE-ResNet-50's first stage at batch n (the per-sample path)."""
+    c, hw = RESNET_STAGES[0]
+    return Shape("se_resnet50", n, c, hw, c // 16)
+
+
 def reduce_tile_sweep_cases(n):
     """[(Shape, tiles)] a GPU run of benchmarks/kernel_breakdown.py --sweep-reduce-tiles times
     (and the ahead-of-time compile covers): every tile of ``configs.SWEEP_REDUCE_TILES`` on the
-    shapes the traffic model sends down the batched path, and ``SWEEP_FIRST_STAGE_TILES`` on
-    SE-ResNet-50's first stage (the per-sample path)."""
+    weight-heavy shapes, and ``SWEEP_FIRST_STAGE_TILES`` on SE-ResNet-50's first stage."""
     from .triton import configs
-    cases = []
-    for shape in shapes("gpu"):
-        shape = Shape(shape.family, n, shape.c, shape.hw, shape.cr)
-        if configs.use_batched_excitation(n, shape.c, shape.cr, shape.hw * shape.hw, 2, 2):
-            cases.append((shape, configs.SWEEP_REDUCE_TILES))
-        elif shape.family == "se_resnet50" and shape.c == RESNET_STAGES[0][0]:
-            cases.append((shape, configs.SWEEP_FIRST_STAGE_TILES))
-    return cases
+    return ([(shape, configs.SWEEP_REDUCE_TILES) for shape in weight_heavy_shapes(n)] +
+            [(first_stage(n), configs.SWEEP_FIRST_STAGE_TILES)])
 
 
 def passes_for(shape):

@@ -83,7 +83,6 @@ def _signature(launch):
 def _record_cases():
     """Run the dispatcher over every configuration-relevant case, recording the launches."""
     from . import configs
-    from .se_op import se_backward, se_forward
 
     with recording_launches(run_too=False) as launches:
         for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
@@ -97,10 +96,7 @@ def _record_cases():
             w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
             b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
             with configs.force_excitation_path(path):
-                out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, res, "relu", "sigmoid",
-                                                        post_relu)
-                se_backward(torch.randn_like(x), x, out if post_relu else None, w1, w2, pooled,
-                            hidden, scale, residual, "relu", "sigmoid")
+                _forward_backward(x, w1, b1, w2, b2, res, post_relu, torch.randn_like(x))
     with recording_launches(run_too=False) as sweep_launches:
         _record_sweep_tiles()
     return launches, sweep_launches
@@ -113,7 +109,6 @@ def _record_sweep_tiles():
     differ by shape and tile). Nothing runs: the tensors are only allocated."""
     from ..bench import reduce_tile_sweep_cases
     from . import configs
-    from .se_op import se_backward, se_forward
 
     for shape, tiles in reduce_tile_sweep_cases(256):
         n, c, hw, cr = shape.n, shape.c, shape.hw, shape.cr
@@ -122,9 +117,16 @@ def _record_sweep_tiles():
         b1, b2 = torch.empty(cr, dtype=torch.bfloat16), torch.empty(c, dtype=torch.bfloat16)
         for tile in tiles:
             with configs.force_reduce_tile(tile):
-                out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, x, "relu", "sigmoid",
-                                                        True)
-                se_backward(x, x, out, w1, w2, pooled, hidden, scale, True, "relu", "sigmoid")
+                _forward_backward(x, w1, b1, w2, b2, x, True, x)
+
+
+def _forward_backward(x, w1, b1, w2, b2, residual, post_relu, grad):
+    """One forward and one backward through the dispatcher (ReLU, sigmoid)."""
+    from .se_op import se_backward, se_forward
+    out, pooled, hidden, scale = se_forward(x, w1, b1, w2, b2, residual, "relu", "sigmoid",
+                                            post_relu)
+    se_backward(grad, x, out if post_relu else None, w1, w2, pooled, hidden, scale,
+                residual is not None, "relu", "sigmoid")
 
 
 def dispatcher_configs():
