@@ -9,7 +9,8 @@ bench: the check, then timings of every available backend beside eager PyTorch a
 torch.compile (see senet_kernels/bench.py) as a table, with --json / --plot outputs. On a GPU
 it times batch-256 shapes in bfloat16 by default, on the CPU batch 8 in float32. On a GPU the
 check runs in a process of its own while worker processes compile and this one times
-(bench_warmup.py); its printout comes before the table. On the CPU it runs first.
+(bench_warmup.py); its printout comes before the table. On the CPU it runs first. Nothing
+starts after --budget seconds (bench_schedule.py); the summary names what that left out.
 """
 
 import argparse
@@ -76,6 +77,12 @@ def check(args):
     return 1 if failures else 0
 
 
+#: Seconds after the start past which the main job times nothing more (--budget): on a GPU the
+#: job then ends within a minute of its command (imports, the part being timed, the report),
+#: its untimed parts named in the summary; on the CPU it takes about 1.5 minutes in all.
+DEFAULT_BUDGET = {"cuda": 50.0, "cpu": 170.0}
+
+
 def bench(args):
     import time
 
@@ -91,11 +98,15 @@ def bench(args):
     min_run_time = args.min_run_time
     if min_run_time is None:
         min_run_time = 0.05 if args.sizes == "gpu" else 0.2
+    budget = args.budget
+    if budget is None:
+        budget = DEFAULT_BUDGET[device.type]
+    deadline = start + budget if budget > 0 else None
     cases = bench_module.cases(args.sizes, args.dtype, args.layout)
     workers = args.warm_workers
     if workers is None:
         workers = default_workers(device, compile_groups(cases))
-    warm_up = WarmUp.start(cases, workers)
+    warm_up = WarmUp.start(cases, workers, time_limit=budget if budget > 0 else 120.0)
     # With workers (a GPU), the check runs in a process of its own beside the compiling and
     # the timing (CheckProcess); without (the CPU's two cores), first, on its own.
     check_process = CheckProcess.start() if warm_up and not args.skip_check else None
@@ -111,8 +122,8 @@ def bench(args):
     # each case is timed as soon as a worker has compiled it, the rest after them
     try:
         result = bench_module.run(cases, args.sizes, min_run_time=min_run_time,
-                                  progress=not args.no_progress,
-                                  first=warm_up.ready() if warm_up else ())
+                                  progress=not args.no_progress, source=warm_up,
+                                  deadline=deadline)
     finally:  # workers still compiling when the timing fails must not outlive it
         warmed = warm_up.finish() if warm_up else None
     if warmed:
@@ -124,7 +135,8 @@ def bench(args):
         if failures is None:  # a check that could not run is a failed check
             failures = 1
     result["phases"].update(check_seconds=check_seconds, check_beside_timing=bool(check_process),
-                            warm_up=warmed, total_seconds=time.perf_counter() - start)
+                            warm_up=warmed, budget_seconds=budget or None,
+                            total_seconds=time.perf_counter() - start)
     print()
     print(bench_module.format_table(result))
     print()
@@ -187,6 +199,10 @@ def main(argv=None):
     b.add_argument("--plot", help="write a PNG of the floor fraction per shape and backend here")
     b.add_argument("--skip-check", action="store_true", help="skip the correctness check")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--budget", type=float, default=None,
+                   help="seconds after the start past which no more is timed; what is left "
+                        "is named in the summary (default: 50 on a GPU, 170 on the CPU; "
+                        "0: no limit)")
     b.add_argument("--warm-workers", type=int, default=None,
                    help="worker processes compiling (warming the compiler caches) while "
                         "this one times; default: on a GPU one per compile group (10 in the "

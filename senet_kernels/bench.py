@@ -39,6 +39,7 @@ import torch.utils.benchmark as benchmark
 
 from . import available_backends, squeeze_excite
 from .baselines import eager_se, linear_se
+from .bench_schedule import PARTS, Schedule, part_of
 from .testing import make_inputs
 
 
@@ -318,27 +319,32 @@ def compile_cache_counters():
             "aot_autograd_miss": counters["aot_autograd"]["autograd_cache_miss"]}
 
 
-def run(todo, sizes, min_run_time=0.2, progress=True, first=()):
+def run(todo, sizes, min_run_time=0.2, progress=True, source=None, deadline=None):
     """Time every case of ``todo`` (from ``cases``, of the batch sizes ``sizes``); returns the
     result dict written by --json, rows in ``todo``'s order.
 
-    ``first``: indices into ``todo`` of cases to time before the others, in the order it
-    yields them (the cases the warm-up workers have compiled, as they report them)."""
+    Each case is timed in two parts, in the order of bench_schedule.Schedule: ``source``
+    reports the parts the warm-up workers have compiled (None: no workers), and no part starts
+    after ``deadline`` (a time.perf_counter() value; None: no limit). A case whose baseline
+    part was not timed has no torch.compile rows and no speedup vs compile; the result's
+    ``untimed`` lists such cases per part."""
     configure_compiler()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     impls = implementations(device)
-    bar = progress_bar(len(todo), progress, "bench")
+    bar = progress_bar(len(todo) * len(PARTS), progress, "bench")
     cache_before = compile_cache_counters()
     start = time.perf_counter()
-    rows_of, bandwidth, scheduled = {}, {}, _Schedule(len(todo), first)
-    for index, position in enumerate(scheduled, 1):
+    # per position: wall and GPU seconds per implementation, and the traffic of the pass
+    times, gpu_times, traffic, bandwidth = {}, {}, {}, {}
+    schedule = Schedule(len(todo), source, deadline)
+    for index, (position, part) in enumerate(schedule, 1):
         case = todo[position]
-        rows = rows_of[position] = []
-        shape, pass_name = case.shape, case.pass_name
         tensors, activation, with_residual, backward = case_inputs(case, device)
         x = tensors[0]
-        times, gpu_times, spent = {}, {}, []
+        spent = []
         for name, fn in case_implementations(case, impls):
+            if part_of(name) != part:
+                continue
             bar.set_postfix_str(f"{case.label}: {name}")
             step = make_step(fn, tensors, activation, with_residual, backward)
             began = time.perf_counter()
@@ -346,56 +352,54 @@ def run(todo, sizes, min_run_time=0.2, progress=True, first=()):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             warm = time.perf_counter()
+            seconds = times.setdefault(position, {})
             if device.type == "cuda":
-                times[name] = cuda_wall_seconds(step, min_run_time)
-                gpu_times[name] = cuda_graph_seconds(step, times[name])
+                seconds[name] = cuda_wall_seconds(step, min_run_time)
+                gpu_times.setdefault(position, {})[name] = cuda_graph_seconds(step, seconds[name])
             else:
-                times[name] = median_seconds(step, min_run_time)
+                seconds[name] = median_seconds(step, min_run_time)
             spent.append(f"{name} {warm - began:.1f}+{time.perf_counter() - warm:.1f}")
         key = (x.numel(), x.dtype)
         if key not in bandwidth:
             bandwidth[key] = copy_bandwidth(*key, device, min_run_time)
-        nbytes = traffic_tensors(pass_name, with_residual) * x.numel() * x.element_size()
-        for name, seconds in times.items():
-            floor_seconds = gpu_times.get(name) or seconds
-            gbps = nbytes / floor_seconds / 1e9
-            rows.append(dict(backend=name, shape=[shape.n, shape.c, shape.hw, shape.hw],
-                             rd_channels=shape.cr, family=shape.family, dtype=case.dtype,
-                             layout=case.layout, **{"pass": pass_name}, median_ms=seconds * 1e3,
-                             gpu_ms=None if gpu_times.get(name) is None else gpu_times[name] * 1e3,
-                             speedup_vs_eager=times["eager"] / seconds,
-                             speedup_vs_compile=times["compile"] / seconds, gbps=gbps,
-                             floor_fraction=gbps * 1e9 / bandwidth[key]))
+        traffic[position] = (traffic_tensors(case.pass_name, with_residual) * x.numel()
+                             * x.element_size(), bandwidth[key])
         bar.update(1)
-        if not progress:  # a log line per case instead: where a slow run spends its time
+        if not progress:  # a log line per part instead: where a slow run spends its time
             # (seconds of each implementation's first call, which compiles, + of its timing)
-            print(f"[{index}/{len(todo)}] {case.label}: {time.perf_counter() - start:.0f} s "
-                  f"({', '.join(spent)} s)", flush=True)
+            print(f"[{index}/{len(todo) * len(PARTS)}] {case.label} {part}: "
+                  f"{time.perf_counter() - start:.0f} s ({', '.join(spent)} s)", flush=True)
     bar.close()
     cache_after = compile_cache_counters()
+    rows = [row for position in sorted(times) for row in _rows(
+        todo[position], times[position], gpu_times.get(position, {}), *traffic[position])]
     return {"device": describe_device(device), "date": time.strftime("%Y-%m-%d"),
             "versions": versions(), "sizes": sizes, "backends": timed_backends(device),
-            "rows": [row for position in sorted(rows_of) for row in rows_of[position]],
+            "rows": rows,
             "phases": {"timing_seconds": time.perf_counter() - start,
-                       "cases_timed_as_compiled": scheduled.from_first},
+                       "parts_timed_as_compiled": schedule.from_workers,
+                       "out_of_time": schedule.out_of_time},
+            "untimed": {part: [todo[p].label for p in schedule.remaining(part)] for part in PARTS},
             "compile_cache": {k: cache_after[k] - cache_before[k] for k in cache_after}}
 
 
-class _Schedule:
-    """Positions 0..total-1: those ``first`` yields (each once), then the rest in order;
-    ``from_first`` counts the former."""
-
-    def __init__(self, total, first):
-        self.total, self.first, self.from_first = total, first, 0
-
-    def __iter__(self):
-        seen = set()
-        for position in self.first:
-            if position not in seen:
-                seen.add(position)
-                self.from_first += 1
-                yield position
-        yield from (p for p in range(self.total) if p not in seen)
+def _rows(case, times, gpu_times, nbytes, bandwidth):
+    """The table rows of one case: one per implementation timed."""
+    shape = case.shape
+    rows = []
+    for name, seconds in times.items():
+        floor_seconds = gpu_times.get(name) or seconds
+        gbps = nbytes / floor_seconds / 1e9
+        rows.append(dict(backend=name, shape=[shape.n, shape.c, shape.hw, shape.hw],
+                         rd_channels=shape.cr, family=shape.family, dtype=case.dtype,
+                         layout=case.layout, **{"pass": case.pass_name},
+                         median_ms=seconds * 1e3,
+                         gpu_ms=None if gpu_times.get(name) is None else gpu_times[name] * 1e3,
+                         speedup_vs_eager=times["eager"] / seconds,
+                         speedup_vs_compile=(times["compile"] / seconds if "compile" in times
+                                             else None),
+                         gbps=gbps, floor_fraction=gbps * 1e9 / bandwidth))
+    return rows
 
 
 def describe_device(device):
@@ -445,8 +449,12 @@ def format_table(result):
         gpu = "-" if r.get("gpu_ms") is None else f"{r['gpu_ms']:.3f}"
         lines.append(f"| {r['family']} {n}x{c}x{h}x{h} | {r['pass']} | {r['dtype']} | {r['layout']} | "
                      f"{r['backend']} | {r['median_ms']:.3f} | {gpu} | {r['speedup_vs_eager']:.2f}x | "
-                     f"{r['speedup_vs_compile']:.2f}x | {r['gbps']:.1f} | {r['floor_fraction']:.0%} |")
+                     f"{_ratio(r['speedup_vs_compile'])} | {r['gbps']:.1f} | {r['floor_fraction']:.0%} |")
     return "\n".join(lines)
+
+
+def _ratio(value):
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def phase_lines(result):
@@ -463,10 +471,11 @@ def phase_lines(result):
                          f"{warm['seconds']:.0f} s ({warm['cases_done']}/{warm['cases']} cases"
                          f"{', stopped at the time limit' if warm['timed_out'] else ''})")
         parts.append(f"timing {phases['timing_seconds']:.0f} s")
-        if phases.get("cases_timed_as_compiled"):
-            parts.append(f"{phases['cases_timed_as_compiled']} cases timed as the workers "
+        if phases.get("parts_timed_as_compiled"):
+            parts.append(f"{phases['parts_timed_as_compiled']} case parts timed as the workers "
                          f"compiled them, beside their compiling")
         lines.append("main job: " + ", ".join(parts))
+        lines.extend(untimed_lines(result))
         for error in (warm or {}).get("errors", []):
             lines.append(f"  a warm-up worker failed (its cases compiled while timing): {error}")
     cache = result.get("compile_cache")
@@ -474,6 +483,22 @@ def phase_lines(result):
         lines.append(f"torch.compile graphs while timing: {cache['fxgraph_miss']} compiled, "
                      f"{cache['fxgraph_hit']} from Inductor's cache; AOTAutograd cache "
                      f"{cache['aot_autograd_hit']} hits, {cache['aot_autograd_miss']} misses")
+    return lines
+
+
+def untimed_lines(result):
+    """What the time budget left out, if anything."""
+    untimed = result.get("untimed") or {}
+    kernels, baseline = untimed.get("kernels", []), untimed.get("baseline", [])
+    if not kernels and not baseline:
+        return []
+    budget = result.get("phases", {}).get("budget_seconds")
+    why = f"the {budget:g} s time budget" if budget else "the time budget"
+    lines = [f"NOT TIMED within {why} (--budget 0 times everything): "
+             f"{len(kernels)} cases entirely, {len(baseline)} cases' torch.compile baseline "
+             f"(their speedups vs compile are missing)"]
+    lines += [f"  untimed: {label}" for label in kernels]
+    lines += [f"  no torch.compile timing: {label}" for label in baseline if label not in kernels]
     return lines
 
 
@@ -494,11 +519,14 @@ def summary(result):
             if not sel:
                 continue
             eager = [r["speedup_vs_eager"] for r in sel]
-            comp = [r["speedup_vs_compile"] for r in sel]
+            comp = [r["speedup_vs_compile"] for r in sel if r["speedup_vs_compile"] is not None]
             floor = [r["floor_fraction"] for r in sel]
+            vs_compile = (f"vs compile min {min(comp):.2f}x median {statistics.median(comp):.2f}x"
+                          f"{'' if len(comp) == len(sel) else f' ({len(comp)} of {len(sel)} rows)'}"
+                          if comp else "vs compile -")
             lines.append(f"{backend:>7} {pass_name:>13}: vs eager min {min(eager):.2f}x median "
-                         f"{statistics.median(eager):.2f}x | vs compile min {min(comp):.2f}x median "
-                         f"{statistics.median(comp):.2f}x | floor fraction median {statistics.median(floor):.0%}")
+                         f"{statistics.median(eager):.2f}x | {vs_compile} | floor fraction "
+                         f"median {statistics.median(floor):.0%}")
     return "\n".join(lines)
 
 

@@ -10,12 +10,13 @@ compiled graph spread over the workers; the correctness check runs in a process 
 Both compilers keep what they build in on-disk caches (Inductor's FX-graph and AOTAutograd
 caches, Triton's kernel cache), where the timing process then finds it.
 
-The timing process times each case as soon as a worker reports it compiled (``ready``), so
-timing overlaps the compilation of the other groups instead of waiting for all of it. The
-workers then use CPU cores the timing process does not need, and the GPU for one step per
-case: a timed wall-time row may share the GPU with such a step, while the GPU-time column
-(CUDA graph replays, milliseconds) rarely does. A worker that fails only costs time: the timed
-run compiles what is missing itself.
+Each worker reports each part of a case (bench_schedule: our kernels, the baseline) as soon
+as it has compiled it, and the timing process takes it then, so timing overlaps the
+compilation of the other groups instead of waiting for all of it. The workers then use CPU
+cores the timing process does not need, and the GPU for one step per case: a timed wall-time
+row may share the GPU with such a step, while the GPU-time column (CUDA graph replays,
+milliseconds) rarely does. A worker that fails only costs time: the timed run compiles what
+is missing itself.
 """
 
 import multiprocessing
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import bench
+from .bench_schedule import BASELINE, PARTS, part_of
 
 #: Implementations whose first call compiles something worth doing in a worker.
 COMPILED = {"triton", "compile", "compile_static"}
@@ -70,8 +72,10 @@ def compile_groups(cases):
 
 
 def _worker(indexed_cases, messages):
-    """Run one step of each compiled implementation on each case; report every case done
-    (by its index in the run's list of cases)."""
+    """Compile both parts of each case (bench_schedule): first our Triton kernels of every
+    case, one untimed step each (seconds in all), then the baseline's graphs (Inductor, tens
+    of seconds per compile group); report each part done, with the case's index in the run's
+    list of cases."""
     try:
         import torch._inductor.config as inductor_config
         # The workers together use the cores: each compiles in its own process, without a
@@ -80,12 +84,14 @@ def _worker(indexed_cases, messages):
         bench.configure_compiler()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         impls = [(name, fn) for name, fn in bench.implementations(device) if name in COMPILED]
-        for index, case in indexed_cases:
-            tensors, activation, with_residual, backward = bench.case_inputs(case, device)
-            for _name, fn in bench.case_implementations(case, impls):  # + its static check
-                bench.make_step(fn, tensors, activation, with_residual, backward)()
-            del tensors
-            messages.put(("case", index))
+        for part in PARTS:
+            for index, case in indexed_cases:
+                tensors, activation, with_residual, backward = bench.case_inputs(case, device)
+                for name, fn in bench.case_implementations(case, impls):  # + its static check
+                    if part_of(name) == part:
+                        bench.make_step(fn, tensors, activation, with_residual, backward)()
+                del tensors
+                messages.put((part, index))
     except BaseException:  # noqa: BLE001 - reported to the parent, which compiles instead
         messages.put(("error", traceback.format_exc()))
     finally:
@@ -94,21 +100,25 @@ def _worker(indexed_cases, messages):
 
 @dataclass
 class WarmUp:
-    """Worker processes warming the caches (``start``); ``ready`` yields the cases they have
-    compiled, as they do; ``finish`` stops them and sums up."""
+    """Worker processes warming the caches (``start``); ``poll`` returns the parts of cases
+    they have compiled since the last call (the ``source`` of bench_schedule.Schedule);
+    ``finish`` stops them and sums up. Workers still compiling ``time_limit`` seconds after
+    the start are stopped: the timing process compiles what they did not (a slow warm-up
+    costs time, never the run)."""
     processes: list
     messages: object
     total: int
+    time_limit: float = 120.0
     started: float = field(default_factory=time.perf_counter)
-    done: int = 0
+    done: int = 0  # cases with both parts compiled
     errors: list = field(default_factory=list)
     running: int = 0  # workers that have not said they exit
     timed_out: bool = False
     stopped: bool = False
-    ended: float = None  # when ready() saw the last worker done, or finish() stopped them
+    ended: float = None  # when poll() saw the last worker done, or the workers were stopped
 
     @classmethod
-    def start(cls, cases, workers):
+    def start(cls, cases, workers, time_limit=120.0):
         """Start ``workers`` processes over ``cases``; None when there is nothing to do."""
         index_of = {id(case): i for i, case in enumerate(cases)}
         shares = share_out(cases, workers) if workers > 0 else []
@@ -121,34 +131,52 @@ class WarmUp:
             [(index_of[id(c)], c) for c in share], messages)) for share in shares]
         for process in processes:
             process.start()
-        return cls(processes, messages, sum(len(s) for s in shares), running=len(processes))
+        return cls(processes, messages, sum(len(s) for s in shares), time_limit=time_limit,
+                   running=len(processes))
 
-    def ready(self, timeout=120):
-        """Yield the index of each case a worker has compiled, as they report them, until all
-        workers are done; ``timeout`` seconds after their start, stop those still running
-        (the timing process compiles what they did not: a slow warm-up costs time, never
-        the run)."""
-        deadline = self.started + timeout
-        while self.running and time.perf_counter() < deadline:
+    @property
+    def active(self):
+        """Whether a worker may still report a compiled part."""
+        return not self.stopped and self.running > 0
+
+    def poll(self, timeout=0.0):
+        """[(part, case index)] reported since the last call, waiting up to ``timeout``
+        seconds for the first; stops the workers past the time limit."""
+        reported = []
+        wait_until = time.perf_counter() + timeout
+        limit = self.started + self.time_limit
+        while self.active:
+            now = time.perf_counter()
+            if now >= limit:
+                self._stop()
+                break
             try:
-                kind, payload = self.messages.get(
-                    timeout=max(0.1, min(5.0, deadline - time.perf_counter())))
+                if reported:  # take what is queued already, wait no more
+                    kind, payload = self.messages.get_nowait()
+                else:
+                    kind, payload = self.messages.get(
+                        timeout=max(0.0, min(wait_until, limit, now + 5.0) - now))
             except queue_module.Empty:
                 if not any(p.is_alive() for p in self.processes):
+                    self._stop()  # crashed without a word: _stop says so
+                    break
+                if reported or time.perf_counter() >= wait_until:
                     break
                 continue
-            if kind == "case":
-                self.done += 1
-                yield payload
+            if kind in PARTS:
+                self.done += kind == BASELINE
+                reported.append((kind, payload))
             elif kind == "error":
                 self.errors.append(payload)
             else:
                 self.running -= 1
-        self._stop()
+        if self.running == 0:
+            self._stop()
+        return reported
 
     def _stop(self):
-        """Join the workers; stop those still compiling (past the deadline of ``ready``, or
-        when its caller stopped asking)."""
+        """Join the workers; stop those still compiling (past the time limit, or when the
+        timing is over)."""
         if self.stopped:
             return
         self.stopped = True
@@ -158,11 +186,15 @@ class WarmUp:
             self.timed_out = True
         elif self.running:
             self.errors.append(f"{self.running} worker(s) ended without a word (crashed?)")
+        if still_working:  # all at once: the run waits for none of them
+            for process in self.processes:
+                if process.is_alive():
+                    process.terminate()
         for process in self.processes:
-            # a worker that said it is done only has to exit; one still working is stopped
-            process.join(timeout=1 if still_working else 60)
+            # a worker that said it is done only has to exit
+            process.join(timeout=60)
             if process.is_alive():
-                process.terminate()
+                process.kill()
                 process.join()
 
     def finish(self):

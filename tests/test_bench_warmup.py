@@ -78,8 +78,9 @@ def test_worker_compile_is_found_by_the_timing_process(tmp_path, monkeypatch, co
     compiles the same case from that cache (a hit, no compile of its own)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the worker inherits it
     case = bench.Case(bench.Shape("se_resnet50", 2, 24, 3, 6), "res_relu_fwd", "float32", "nchw")
-    warm_up = WarmUp.start([case], workers=1)
-    list(warm_up.ready(timeout=600))
+    warm_up = WarmUp.start([case], workers=1, time_limit=600)
+    reported = _drain(warm_up)
+    assert sorted(reported) == [("baseline", 0), ("kernels", 0)]
     summary = warm_up.finish()
     assert summary["errors"] == [] and summary["cases_done"] == 1 and not summary["timed_out"]
     before = bench.compile_cache_counters()
@@ -90,43 +91,44 @@ def test_worker_compile_is_found_by_the_timing_process(tmp_path, monkeypatch, co
     assert after["fxgraph_miss"] == before["fxgraph_miss"]
 
 
+def _drain(warm_up):
+    """Every (part, index) the workers report until none is left working."""
+    reported = []
+    while warm_up.active:
+        reported += warm_up.poll(timeout=5.0)
+    return reported
+
+
 def test_warm_up_past_its_time_limit_is_stopped():
-    """Workers still compiling at the limit are stopped, and the summary says so."""
+    """Workers still compiling at the limit are stopped at once, and the summary says so."""
     case = bench.Case(bench.Shape("efficientnet_b0", 2, 20, 3, 5), "fwd", "float32", "nchw")
-    warm_up = WarmUp.start([case], workers=1)
-    list(warm_up.ready(timeout=0.5))  # a worker takes seconds to import torch
+    warm_up = WarmUp.start([case], workers=1, time_limit=0.5)
+    assert warm_up.poll(timeout=30.0) == []  # a worker takes seconds to import torch
+    assert not warm_up.active
     summary = warm_up.finish()
-    assert summary["timed_out"] and summary["cases_done"] == 0
+    assert summary["timed_out"] and summary["cases_done"] == 0 and summary["seconds"] < 5
     assert not any(p.is_alive() for p in warm_up.processes)
 
 
 def test_cases_are_timed_as_the_workers_compile_them(tmp_path, monkeypatch, compiler_settings):
-    """With ``first=warm_up.ready()`` the timing loop takes each case as a worker reports it
-    compiled, then the rest; rows come back in the run's order, and its compiles are cache
-    hits."""
+    """With the workers as the schedule's source, the timing loop takes each part as a worker
+    reports it compiled; rows come back in the run's order, with every column, and its
+    compiles are cache hits."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     shape = bench.Shape("se_resnet50", 2, 24, 3, 6)
     cases = [bench.Case(shape, "fwd", "float32", "nchw"),
              bench.Case(shape, "res_relu_fwd", "float32", "channels_last")]
-    warm_up = WarmUp.start(cases[1:], workers=1)  # the first case is left to the timing loop
-    order = []
-
-    def reported():
-        for position in warm_up.ready(timeout=600):
-            order.append(position)
-            yield position + 1  # positions in cases[1:] -> in cases
-    result = bench.run(cases, "cpu", min_run_time=0.01, progress=False, first=reported())
+    warm_up = WarmUp.start(cases, workers=1, time_limit=600)
+    result = bench.run(cases, "cpu", min_run_time=0.01, progress=False, source=warm_up)
     summary = warm_up.finish()
-    assert summary["errors"] == [] and summary["cases_done"] == 1 and not summary["timed_out"]
-    assert order == [0] and result["phases"]["cases_timed_as_compiled"] == 1
+    assert summary["errors"] == [] and summary["cases_done"] == 2 and not summary["timed_out"]
+    assert result["phases"]["parts_timed_as_compiled"] >= 1
+    assert result["untimed"] == {"kernels": [], "baseline": []}
     passes = [row["pass"] for row in result["rows"]]
     assert passes.index("fwd") < passes.index("res_relu_fwd")  # todo's order
+    assert {row["backend"] for row in result["rows"]} >= {"eager", "compile"}
+    assert all(row["speedup_vs_compile"] is not None for row in result["rows"])
     assert result["compile_cache"]["fxgraph_hit"] >= 1
-
-
-def test_schedule_takes_the_first_positions_once_then_the_rest():
-    scheduled = bench._Schedule(5, iter([3, 1, 3]))
-    assert list(scheduled) == [3, 1, 0, 2, 4] and scheduled.from_first == 2
 
 
 def test_check_process_reports_the_checks_result():
