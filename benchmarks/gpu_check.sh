@@ -115,7 +115,7 @@ build_pid=$!
 
 # The GPU-relevant test files. Not the hypothesis property test: on a GPU each of its
 # examples compiles kernels of its own, and the Triton step ran past 150 s with it.
-tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py tests/test_dot_precision.py"
+tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py tests/test_dot_precision.py tests/test_squeeze_fc1.py"
 # -v with the PASSED lines dropped: a failure is logged as it happens, so a step cut by its
 # limit still names its failures (pytest's own summary comes only at the end). A worker that
 # crashes is restarted at most twice.
@@ -185,9 +185,10 @@ step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bflo
   --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
 pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extension.py \
   tests/test_extension_checks.py tests/test_modules.py -k "not triton and not aot"
-# Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not
-# (the log keeps it: the results folder is at its 8 files).
-step "kernel breakdown" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
+# Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not,
+# and of the squeeze_fc1 candidate path (its last lines: whether it beats the picked path;
+# the log keeps it: the results folder is at its 8 files).
+step "kernel breakdown" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
 # The squeeze ran at a third to a half of the read bandwidth on the weight-heavy shapes: the
 # reductions' GB/s with each candidate tile (12; 3 more on the first stage), to pick
 # configs.reduce_tile from.

@@ -5,7 +5,9 @@
 Where ``configs.use_batched_excitation`` picks the batched path (SE-ResNet-50's C = 1024 and
 2048 stages, EfficientNet-B0's late SE), bf16, channels_last: the forward (SE-ResNet: with
 residual + ReLU) and forward + backward, with the c_to_r GEMM split over channels as
-``configs.gemm_k_splits`` picks and unsplit (``configs.force_k_splits(1)``). Each row gives
+``configs.gemm_k_splits`` picks and unsplit (``configs.force_k_splits(1)``), and the
+squeeze_fc1 path (FC1 folded into the squeeze, forced: a candidate the dispatcher does not
+pick yet; the last lines compare it with the picked path). Each row gives
 the mean GPU time per call of every kernel (torch.profiler) and their sum, so a GPU run
 says which kernel stands between a shape and its copy floor, and what split-K buys. One more
 row: SE-ResNet-50's first stage (256x56x56, the per-sample path), forward + backward, where
@@ -68,10 +70,11 @@ def _inputs(n, c, hw, cr):
 
 
 def _path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times):
-    """A row of per-kernel times of one pass (format_row prints it)."""
+    """A row of per-kernel times of one pass (format_row prints it); ``picked``: whether it is
+    what the dispatcher runs."""
     return dict(family=family, shape=[n, c, hw, hw], cr=cr, path=path,
                 pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
-                picked=k_splits == picked, kernel_us=times, total_us=sum(times.values()))
+                picked=picked, kernel_us=times, total_us=sum(times.values()))
 
 
 def run(n, calls, json_path=None):
@@ -84,19 +87,43 @@ def run(n, calls, json_path=None):
         tensors = _inputs(n, c, hw, cr)
         if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
             picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
-            variants = [(False, k) for k in sorted({picked, 1}, reverse=True)]
-            variants += [(True, k) for k in sorted({picked, 1}, reverse=True)]
+            # (backward, path, K-splits): the batched path as picked and unsplit, and the
+            # squeeze_fc1 candidate (its backward is the batched one, as picked)
+            variants = [(backward, path, k) for backward in (False, True) for path, k in
+                        [("batched", k) for k in sorted({picked, 1}, reverse=True)]
+                        + [("squeeze_fc1", picked)]]
         else:  # the per-sample path: no GEMM to split
-            picked, variants = None, [(True, None)]
-        for backward, k_splits in variants:
+            picked, variants = None, [(True, "per_sample", None)]
+        for backward, path, k_splits in variants:
             with configs.force_k_splits(k_splits or 1):
-                path = "batched" if k_splits else "per_sample"
                 times = kernel_us(step(triton, tensors, tail, backward, path), calls)
-            rows.append(_path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times))
+            is_picked = path != "squeeze_fc1" and k_splits == picked
+            rows.append(_path_row(family, n, c, hw, cr, path, backward, k_splits, is_picked,
+                                  times))
             print(format_row(rows[-1]), flush=True)
         if json_path:  # after each shape: a run stopped by a time limit keeps what it measured
             write_json(result, json_path, quiet=True)
+    for line in candidate_lines(rows):
+        print(line, flush=True)
     return result
+
+
+def candidate_lines(rows):
+    """Per shape and pass: the squeeze_fc1 candidate's total GPU time against the path the
+    dispatcher picks (whether configs.excitation_path should take it)."""
+    lines = []
+    for (family, shape, pass_name), best, picked in _best_per_group(
+            rows, lambda r: (r["family"], tuple(r["shape"]), r["pass_name"]),
+            lambda r: r["total_us"]):
+        candidate = next((r for r in rows if r["path"] == "squeeze_fc1" and r["family"] == family
+                          and tuple(r["shape"]) == shape and r["pass_name"] == pass_name), None)
+        if candidate is None or picked is None:
+            continue
+        lines.append(f"squeeze_fc1 {family} {'x'.join(map(str, shape))} {pass_name}: "
+                     f"{candidate['total_us']:.1f} us vs {picked['total_us']:.1f} us picked "
+                     f"({picked['total_us'] / candidate['total_us']:.2f}x); fastest: "
+                     f"{best['path']}, {best['total_us']:.1f} us")
+    return lines
 
 
 def sweep_reduce_tiles(n, calls, json_path=None):
@@ -191,8 +218,8 @@ def sweep_k_splits(n, calls, json_path=None):
                         continue
                     done.add(splits)
                     times = kernel_us(step(triton, tensors, tail, backward, "batched"), calls)
-                rows.append(_path_row(family, n, c, hw, cr, "batched", backward, splits, picked,
-                                      times))
+                rows.append(_path_row(family, n, c, hw, cr, "batched", backward, splits,
+                                      splits == picked, times))
                 print(format_row(rows[-1]), flush=True)
         if json_path:
             write_json(result, json_path, quiet=True)
@@ -224,8 +251,11 @@ def format_row(r):
     n, c, h, _ = r["shape"]
     kernels = ", ".join(f"{name.removeprefix('se_')} {us:.1f}"
                         for name, us in sorted(r["kernel_us"].items(), key=lambda kv: -kv[1]))
-    if r["k_splits"] is None:
+    if r["path"] == "per_sample":
         variant = "per-sample path"
+    elif r["path"] == "squeeze_fc1":
+        variant = "squeeze_fc1 path" + (f" (backward K-splits {r['k_splits']})"
+                                        if r["pass_name"] == "fwd_bwd" else "")
     else:
         variant = f"K-splits {r['k_splits']}" + (" (picked)" if r["picked"] else "")
     return (f"{r['family']:>15} {n}x{c}x{h}x{h} Cr={r['cr']:<3} {r['pass_name']:>7} "

@@ -106,18 +106,30 @@ def _record_sweep_tiles():
     """The reductions of the GPU tile sweep (``bench.reduce_tile_sweep_cases``) as
     kernel_breakdown.py --sweep-reduce-tiles launches them: bf16, channels_last, SE + residual
     + ReLU, forward and backward, at batch 256 (their H*W splits, hence specializations,
-    differ by shape and tile). Nothing runs: the tensors are only allocated."""
-    from ..bench import reduce_tile_sweep_cases
+    differ by shape and tile); and the squeeze_fc1 path on the weight-heavy shapes, as
+    kernel_breakdown.py times it. Nothing runs: the tensors are only allocated."""
+    from ..bench import reduce_tile_sweep_cases, weight_heavy_shapes
     from . import configs
 
     for shape, tiles in reduce_tile_sweep_cases(256):
-        n, c, hw, cr = shape.n, shape.c, shape.hw, shape.cr
-        x = torch.empty(n, c, hw, hw, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
-        w1, w2 = torch.empty(cr, c, dtype=torch.bfloat16), torch.empty(c, cr, dtype=torch.bfloat16)
-        b1, b2 = torch.empty(cr, dtype=torch.bfloat16), torch.empty(c, dtype=torch.bfloat16)
+        x, w1, b1, w2, b2 = _empty_gpu_case(shape)
         for tile in tiles:
             with configs.force_reduce_tile(tile):
                 _forward_backward(x, w1, b1, w2, b2, x, True, x)
+    # the squeeze_fc1 path, which kernel_breakdown.py times beside the batched one
+    for shape in weight_heavy_shapes(256):
+        x, w1, b1, w2, b2 = _empty_gpu_case(shape)
+        with configs.force_excitation_path("squeeze_fc1"):
+            _forward_backward(x, w1, b1, w2, b2, x, True, x)
+
+
+def _empty_gpu_case(shape):
+    """x (bf16, channels_last), w1, b1, w2, b2 of a GPU run's shape, allocated, not filled."""
+    n, c, hw, cr = shape.n, shape.c, shape.hw, shape.cr
+    x = torch.empty(n, c, hw, hw, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    w1, w2 = torch.empty(cr, c, dtype=torch.bfloat16), torch.empty(c, cr, dtype=torch.bfloat16)
+    b1, b2 = torch.empty(cr, dtype=torch.bfloat16), torch.empty(c, dtype=torch.bfloat16)
+    return x, w1, b1, w2, b2
 
 
 def _forward_backward(x, w1, b1, w2, b2, residual, post_relu, grad):

@@ -5,7 +5,7 @@ check that every configuration compiles for real GPU targets (tests/test_triton_
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NUM_WARPS = 4
 # The per-sample excitation tail walks W1 / W2 in [FC_BLOCK_R, FC_BLOCK_C] tiles.
@@ -162,9 +162,12 @@ def activation_bytes(n, c, hw, x_size):
     return n * c * hw * x_size
 
 
-#: None: the traffic model decides; "per_sample" / "batched": forced (tests, benchmarks).
+#: None: the traffic model decides; a name of EXCITATION_PATHS: forced (tests, benchmarks).
 forced_path = None
-EXCITATION_PATHS = ("per_sample", "batched")
+#: "squeeze_fc1" (squeeze_fc1.py) is the batched path with FC1 folded into the squeeze: a
+#: candidate for the weight-heavy shapes, taken only where forced until a GPU run has timed it
+#: against "batched" (benchmarks/kernel_breakdown.py, excitation_paths.py).
+EXCITATION_PATHS = ("per_sample", "batched", "squeeze_fc1")
 #: None: gemm_k_splits decides; an int: the split count asked for (tests, benchmarks).
 forced_k_splits = None
 
@@ -210,13 +213,48 @@ def gemm_k_splits(n, c, cr, num_sms):
     return per_split, cdiv(c, per_split)
 
 
-def use_batched_excitation(n, c, cr, hw, x_size, param_size):
-    """True when the per-sample excitation's weight traffic outweighs WEIGHT_TRAFFIC_LIMIT of
-    one activation tensor, i.e. 2 * Cr * param_size > WEIGHT_TRAFFIC_LIMIT * HW * x_size
-    (independent of n: both sides grow with it). SE-ResNet-50 (Cr = C / 16), bf16: C = 2048 at
-    7x7 reads 5.2x its activations in weights per sample, C = 1024 at 14x14 0.65x, C = 512 at
-    28x28 0.08x; EfficientNet-B0's late SE (C = 1152, Cr = 48, 7x7) 2.0x."""
+def excitation_path(n, c, cr, hw, x_size, param_size):
+    """The path of EXCITATION_PATHS a shape takes: "batched" when the per-sample excitation's
+    weight traffic outweighs WEIGHT_TRAFFIC_LIMIT of one activation tensor, i.e.
+    2 * Cr * param_size > WEIGHT_TRAFFIC_LIMIT * HW * x_size (independent of n: both sides
+    grow with it), else "per_sample"; the forced path if one is. SE-ResNet-50 (Cr = C / 16),
+    bf16: C = 2048 at 7x7 reads 5.2x its activations in weights per sample, C = 1024 at 14x14
+    0.65x, C = 512 at 28x28 0.08x; EfficientNet-B0's late SE (C = 1152, Cr = 48, 7x7) 2.0x."""
     if forced_path is not None:
-        return forced_path == "batched"
+        return forced_path
     per_sample = weight_bytes(c, cr, param_size) * weight_reads(n, False)
-    return per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
+    heavy = per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
+    return "batched" if heavy else "per_sample"
+
+
+def use_batched_excitation(n, c, cr, hw, x_size, param_size):
+    """True where the excitation runs as GEMMs over tiles of samples (the "batched" and
+    "squeeze_fc1" paths, whose backward is the same), see excitation_path."""
+    return excitation_path(n, c, cr, hw, x_size, param_size) != "per_sample"
+
+
+@dataclass(frozen=True)
+class SqueezeFc1Tile:
+    """Blocks of the squeeze_fc1 kernel: samples per tile (block_n, >= 16 for tl.dot), channels
+    (block_c) and H*W (block_hw) per load, hidden units per FC1 product (block_r), the
+    software-pipeline stages of its loop over (sample, H*W block) pairs, warps, and how many
+    channel blocks' products the tile's last program reads per step (sum_chunk)."""
+    block_n: int = 16
+    block_c: int = 64
+    block_hw: int = 64
+    block_r: int = 32
+    num_stages: int = 3
+    num_warps: int = NUM_WARPS
+    sum_chunk: int = 8
+
+
+#: The default tile; maps of <= 32 or <= 16 pixels take block_hw 32 / 16 (squeeze_fc1_tile).
+SQUEEZE_FC1_TILE = SqueezeFc1Tile()
+
+
+def squeeze_fc1_tile(hw):
+    """The squeeze_fc1 tile for maps of hw pixels: block_hw no wider than the map needs."""
+    block_hw = SQUEEZE_FC1_TILE.block_hw
+    while block_hw > 16 and block_hw // 2 >= hw:
+        block_hw //= 2
+    return replace(SQUEEZE_FC1_TILE, block_hw=block_hw)

@@ -52,6 +52,7 @@ from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
 from .batched import se_excite_gemm_c_to_r, se_excite_gemm_r_to_c
 from .forward import se_scale_fwd, se_squeeze_excite_fwd
 from .launcher import KernelLaunch, is_recording_only
+from .squeeze_fc1 import se_squeeze_fc1_fwd
 
 #: Grid axis 1 is the sample index (or sample tile); CUDA bounds it.
 MAX_BATCH = 65535
@@ -163,7 +164,7 @@ class _Shape:
     hw: int
     channels_last: bool
     acc_dtype: object    # torch.float32 / torch.float64 (reference.compute_dtype)
-    batched: bool
+    path: str            # configs.excitation_path
     num_sms: int
     dot_precision: str   # of the excitation GEMMs (configs.dot_precision)
 
@@ -173,10 +174,16 @@ class _Shape:
         cr, hw = w1.shape[0], h * w
         return _Shape(n, c, cr, hw, is_channels_last(x),
                       compute_dtype(x.dtype),
-                      configs.use_batched_excitation(n, c, cr, hw, x.element_size(),
-                                                     w1.element_size()),
+                      configs.excitation_path(n, c, cr, hw, x.element_size(),
+                                              w1.element_size()),
                       _num_sms(x.device),
                       configs.dot_precision(w1.dtype in (torch.float16, torch.bfloat16)))
+
+    @property
+    def batched(self):
+        """Whether the excitation runs as GEMMs over sample tiles: the batched path, and the
+        squeeze_fc1 path, whose backward is the batched one."""
+        return self.path != "per_sample"
 
     @property
     def acc(self):
@@ -219,6 +226,22 @@ class _Shape:
                           BLOCK_R=configs.BATCH_BLOCK_R, BLOCK_K=configs.BATCH_BLOCK_K,
                           SPLIT_LIMIT=configs.K_SPLIT_LIMIT, PRECISION=self.dot_precision,
                           ACC=self.acc), device)
+
+    def squeeze_fc1_site(self, has_b1, device):
+        """The squeeze with FC1 folded in (squeeze_fc1.py): pooled, hidden."""
+        tile = configs.squeeze_fc1_tile(self.hw)
+        return _site(se_squeeze_fc1_fwd, self.squeeze_fc1_grid(),
+                     "x_ptr w1_ptr b1_ptr pooled_ptr ksum_ptr counter_ptr hidden_ptr",
+                     dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, has_b1=has_b1),
+                     dict(CHANNELS_LAST=self.channels_last, BLOCK_N=tile.block_n,
+                          BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, BLOCK_R=tile.block_r,
+                          STAGES=tile.num_stages, SUM_CHUNK=tile.sum_chunk,
+                          PRECISION=self.dot_precision, ACC=self.acc), device, tile.num_warps)
+
+    def squeeze_fc1_grid(self):
+        """(channel blocks, sample tiles) of the squeeze_fc1 kernel."""
+        tile = configs.squeeze_fc1_tile(self.hw)
+        return configs.cdiv(self.c, tile.block_c), configs.cdiv(self.n, tile.block_n)
 
     def r_to_c_site(self, w_strides, has_bias, *, act, gate, backward, device):
         """The [N, Cr] -> [N, C] GEMM: forward FC2 + gate (V = W2^T), backward through FC1
@@ -272,7 +295,10 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
                   dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
                   dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu,
                        CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK), device)
-    if s.batched:
+    if s.path == "squeeze_fc1":
+        fc2 = s.r_to_c_site((1, s.cr), has_b2, backward=False, device=device, **flags)
+        sites = (s.squeeze_fc1_site(has_b1, device), fc2, scale)
+    elif s.batched:
         fc1 = s.c_to_r_site(splits, (1, s.c), has_b1, backward=False, device=device, **flags)
         fc2 = s.r_to_c_site((1, s.cr), has_b2, backward=False, device=device, **flags)
         sites = (squeeze, fc1, fc2, scale)
@@ -288,13 +314,24 @@ def _is_dense(t, channels_last):
                            else torch.contiguous_format)
 
 
-def _scratch_buffers(shape, splits, device):
+def _scratch_buffers(shape, splits, device, squeeze_fc1=False):
     """A plan's scratch: partial sums [N, S, C]; int32 arrival counters, zeroed (per sample
     on the per-sample path, per c_to_r tile on the batched path when it splits K, else one
     unused element); three vectors [N, C], [N, Cr], [N, C]: in the forward pooled / hidden /
     scale of inference calls, in the backward gz / gh / gp; the c_to_r GEMM's K-split
-    products [K_SPLITS, N, Cr] (the [N, Cr] vector when it does not split)."""
+    products [K_SPLITS, N, Cr] (the [N, Cr] vector when it does not split).
+
+    ``squeeze_fc1`` (that path's forward): no partial sums, a counter per sample tile, and the
+    channel blocks' FC1 products [channel blocks, N, Cr] in place of the K-split products."""
     acc, n, c = shape.acc_dtype, shape.n, shape.c
+    vectors = [torch.empty((n, c), dtype=acc, device=device),
+               torch.empty((n, shape.cr), dtype=acc, device=device),
+               torch.empty((n, c), dtype=acc, device=device)]
+    if squeeze_fc1:
+        c_blocks, tiles = shape.squeeze_fc1_grid()
+        return (torch.empty(1, dtype=acc, device=device),
+                torch.zeros(tiles, dtype=torch.int32, device=device), *vectors,
+                torch.empty((c_blocks, n, shape.cr), dtype=acc, device=device))
     k_splits = shape.k_split()[1] if shape.batched else 1
     if not shape.batched:
         counters = torch.zeros(n, dtype=torch.int32, device=device)
@@ -302,12 +339,10 @@ def _scratch_buffers(shape, splits, device):
         counters = torch.zeros(shape.gemm_tiles(), dtype=torch.int32, device=device)
     else:
         counters = torch.empty(1, dtype=torch.int32, device=device)
-    vec_r = torch.empty((n, shape.cr), dtype=acc, device=device)
     k_products = (torch.empty((k_splits, n, shape.cr), dtype=acc, device=device) if k_splits > 1
-                  else vec_r)
-    return (torch.empty((n, splits, c), dtype=acc, device=device), counters,
-            torch.empty((n, c), dtype=acc, device=device), vec_r,
-            torch.empty((n, c), dtype=acc, device=device), k_products)
+                  else vectors[1])
+    return (torch.empty((n, splits, c), dtype=acc, device=device), counters, *vectors,
+            k_products)
 
 
 _INTERPRETER_LOCK = threading.Lock()
@@ -370,7 +405,9 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
         b1 = None if b1 is None else b1.contiguous()
         b2 = None if b2 is None else b2.contiguous()
     partials, counters, pooled, hidden, scale, k_products = _scratch(
-        plan, device, lambda: _scratch_buffers(shape, plan.splits, device), reuse_scratch)
+        plan, device, lambda: _scratch_buffers(shape, plan.splits, device,
+                                               squeeze_fc1=shape.path == "squeeze_fc1"),
+        reuse_scratch)
     if keep_vectors:
         out, pooled, hidden, scale = allocate_forward_outputs(x, w1, shape.channels_last)
     else:
@@ -379,7 +416,12 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
     b1_arg = w1 if b1 is None else b1  # an unused pointer still needs a tensor
     b2_arg = w2 if b2 is None else b2
     res_arg = x if residual is None else residual
-    if shape.batched:
+    if shape.path == "squeeze_fc1":
+        squeeze_fc1, fc2, scale_pass = plan.sites
+        _launch_with_counters(plan, squeeze_fc1, device, x, w1, b1_arg, pooled, k_products,
+                              counters, hidden)
+        fc2(hidden, w2, b2_arg, scale)
+    elif shape.batched:
         squeeze, fc1, fc2, scale_pass = plan.sites
         squeeze(x, w1, b1_arg, w2, b2_arg, partials, counters, pooled, hidden, scale)
         _launch_with_counters(plan, fc1, device, partials, partials, w1, b1_arg, hidden, pooled,
