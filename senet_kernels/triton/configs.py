@@ -174,7 +174,7 @@ forced_k_splits = None
 
 @contextmanager
 def force_excitation_path(path):
-    """Make every call inside the block take ``path`` ("per_sample" or "batched")."""
+    """Make every call inside the block take ``path`` (one of EXCITATION_PATHS)."""
     global forced_path
     if path not in EXCITATION_PATHS:
         raise ValueError(f"path must be one of {EXCITATION_PATHS}, got {path!r}")

@@ -1,6 +1,7 @@
 """The Triton backend of the SE op: picks a path per shape and launches its kernels.
 
-Two paths; ``configs.use_batched_excitation`` picks one per shape from the traffic model:
+Two paths; ``configs.excitation_path`` picks one per shape from the traffic model (a third,
+squeeze_fc1, runs where forced, see below):
 
 - per-sample (forward.py, backward.py): the last program of each sample runs that sample's
   excitation. Forward 2 launches (squeeze + excite, scale), backward 3 (gs reduction +
@@ -10,6 +11,10 @@ Two paths; ``configs.use_batched_excitation`` picks one per shape from the traff
   launches (squeeze, FC1, FC2 + gate, scale), backward 5. The [N, C] -> [N, Cr] GEMM splits
   its channels over several programs where its tiles alone would leave SMs idle
   (``configs.gemm_k_splits``).
+- squeeze_fc1 (squeeze_fc1.py): the batched path with FC1 folded into the squeeze, each
+  program reading a channel block of a tile of samples. Forward 3 launches (squeeze + FC1,
+  FC2 + gate, scale), backward the batched path's. A candidate for the weight-heavy shapes
+  the dispatcher does not pick until a GPU run has timed it against the batched path.
 
 Nothing else runs on the device. Outputs are ``torch.empty``. The scratch buffers (split
 partial sums, the backward's [N, C] vectors, the arrival counters (per sample on the per-sample
