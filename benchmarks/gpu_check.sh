@@ -18,9 +18,10 @@
 #   3. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
 #   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
 #   5. the CUDA extension's tests and the rest
-#   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes, then
-#      the reductions' bandwidth with each candidate tile (--sweep-reduce-tiles) and the
-#      batched path with the FC1 GEMM split 1-16 ways (--sweep-k-splits)
+#   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes (the
+#      squeeze_fc1 candidate path beside the picked one), then the reductions' bandwidth with
+#      each candidate tile (--sweep-reduce-tiles), the batched path with the FC1 GEMM split
+#      1-16 ways (--sweep-k-splits) and the squeeze_fc1 tiles (--sweep-squeeze-fc1)
 #   7. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py,
 #      benchmarks/train_throughput.sh (the train command under torchrun on one GPU)
 #   8. summary.md; the short summary is printed last
@@ -198,6 +199,10 @@ step "reduce tile sweep" 90 python benchmarks/kernel_breakdown.py --batch 256 --
 # lever on the 2048x7x7 forward.
 step "K-split sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
   --sweep-k-splits
+# The squeeze_fc1 candidate's forward with each tile of its sweep (8): what to put in
+# configs.SQUEEZE_FC1_TILE.
+step "squeeze_fc1 tile sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
+  --sweep-squeeze-fc1
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
 # Why converted EfficientNet-B0 was slower in eager mode (host time in its SE modules, launches,
 # waits for the GPU); the log keeps it.

@@ -21,7 +21,9 @@ software-pipelined), and on SE-ResNet-50's first stage the picked tile pipelined
 backward the gradient, and with the ReLU tail the output, writing the masked gradient) beside
 a copy's: what to put in ``configs.reduce_tile``. With ``--sweep-k-splits`` it times the
 batched path with the FC1 GEMM split over 1, 2, 4, 8 and 16 channel ranges (past the
-dispatcher's MAX_K_SPLITS): what to set GEMM_PROGRAMS_PER_SM and MAX_K_SPLITS to. Needs a
+dispatcher's MAX_K_SPLITS): what to set GEMM_PROGRAMS_PER_SM and MAX_K_SPLITS to. With
+``--sweep-squeeze-fc1`` it times the squeeze_fc1 forward with every tile of
+``configs.SWEEP_SQUEEZE_FC1_TILES``: what to put in ``configs.SQUEEZE_FC1_TILE``. Needs a
 CUDA GPU.
 """
 
@@ -194,6 +196,55 @@ def best_tile_lines(rows):
     return lines
 
 
+def sweep_squeeze_fc1(n, calls, json_path=None):
+    """GPU time of the squeeze_fc1 forward per forced tile (configs.SWEEP_SQUEEZE_FC1_TILES)
+    on the weight-heavy shapes: the squeeze + FC1 kernel alone (GB/s of x beside a copy's)
+    and the whole forward."""
+    result = _new_result()
+    rows = result["rows"]
+    for shape in weight_heavy_shapes(n):
+        family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
+        tail = family == "se_resnet50"
+        tensors = _inputs(n, c, hw, cr)
+        x = tensors[0]
+        copy_gbps = copy_bandwidth(x)
+        picked = configs.squeeze_fc1_tile(hw * hw)
+        for tile in configs.SWEEP_SQUEEZE_FC1_TILES:
+            try:
+                with configs.force_squeeze_fc1_tile(tile):
+                    times = kernel_us(step(triton, tensors, tail, False, "squeeze_fc1"), calls)
+            except Exception as e:  # noqa: BLE001 - one tile that fails is a row, not the end
+                print(f"{family:>15} {n}x{c}x{hw}x{hw} squeeze_fc1 tile {tile}: FAILED "
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                      flush=True)
+                continue
+            us = times.get("se_squeeze_fc1_fwd")
+            if us is None:
+                continue
+            gbps = x.numel() * x.element_size() / us / 1e3
+            rows.append(dict(family=family, shape=[n, c, hw, hw], tile=_tile_name(tile),
+                             picked=tile == picked, us=us, total_us=sum(times.values()),
+                             gbps=gbps, of_copy=gbps / copy_gbps))
+            r = rows[-1]
+            print(f"{family:>15} {n}x{c}x{hw}x{hw} squeeze_fc1 {r['tile']:>22}"
+                  f"{' (picked)' if r['picked'] else '         '}: {us:7.1f} us "
+                  f"{gbps:6.0f} GB/s = {r['of_copy']:4.0%} of a copy; forward {r['total_us']:.1f} us",
+                  flush=True)
+        if json_path:
+            write_json(result, json_path, quiet=True)
+    for (family, shape), best, picked in _best_per_group(
+            rows, lambda r: (r["family"], tuple(r["shape"])), lambda r: r["total_us"]):
+        gain = f" (picked: {picked['total_us']:.1f} us)" if picked else ""
+        print(f"best squeeze_fc1 {family} {'x'.join(map(str, shape))} fwd: tile {best['tile']}, "
+              f"{best['total_us']:.1f} us{gain}", flush=True)
+    return result
+
+
+def _tile_name(tile):
+    return (f"n{tile.block_n} c{tile.block_c} hw{tile.block_hw} s{tile.num_stages} "
+            f"w{tile.num_warps}")
+
+
 #: Split counts the K-split sweep asks for (fewer where C has fewer blocks of channels).
 K_SPLIT_SWEEP = (1, 2, 4, 8, 16)
 
@@ -271,6 +322,9 @@ def main():
                         help="time the reductions with every tile of configs.SWEEP_REDUCE_TILES")
     parser.add_argument("--sweep-k-splits", action="store_true",
                         help="time the batched path with the FC1 GEMM split 1-16 ways")
+    parser.add_argument("--sweep-squeeze-fc1", action="store_true",
+                        help="time the squeeze_fc1 forward with every tile of "
+                             "configs.SWEEP_SQUEEZE_FC1_TILES")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_breakdown.py profiles GPU kernels: it needs a CUDA GPU")
@@ -278,6 +332,8 @@ def main():
         sweep_reduce_tiles(args.batch, args.calls, args.json)
     elif args.sweep_k_splits:
         sweep_k_splits(args.batch, args.calls, args.json)
+    elif args.sweep_squeeze_fc1:
+        sweep_squeeze_fc1(args.batch, args.calls, args.json)
     else:
         run(args.batch, args.calls, args.json)
     if args.json:  # run() wrote it after each shape

@@ -116,3 +116,25 @@ def test_tile_narrows_for_small_maps(path):
     assert configs.squeeze_fc1_tile(9).block_hw == 16
     assert configs.squeeze_fc1_tile(1).block_hw == 16
     assert configs.squeeze_fc1_tile(196).block_hw == 64
+
+
+@pytest.mark.parametrize("tile", configs.SWEEP_SQUEEZE_FC1_TILES,
+                         ids=lambda t: (f"n{t.block_n}c{t.block_c}hw{t.block_hw}r{t.block_r}"
+                                        f"s{t.num_stages}w{t.num_warps}"))
+def test_every_swept_tile_computes_the_op(device, path, tile, poison):
+    """Each tile the GPU sweep times (kernel_breakdown.py --sweep-squeeze-fc1) gives the right
+    forward on a 7x7 map (the late stages'), with partial sample tiles and channel blocks and
+    Cr over one block of hidden units; the plan follows the forced tile."""
+    args = make_inputs(35, 150, 7, 7, 40, channels_last=True, residual=True, device=device,
+                       seed=tile.block_c + tile.num_stages)
+    expected, _ = reference64(args, post_relu=True)
+    with configs.force_squeeze_fc1_tile(tile), recording_launches() as launches:
+        out = TRITON(*args.values(), post_relu=True)
+    assert_close(out, expected, torch.float32, "out")
+    launch = next(l for l in launches if l.kernel.__name__ == "se_squeeze_fc1_fwd")
+    assert (launch.constexprs["BLOCK_N"], launch.constexprs["BLOCK_C"],
+            launch.constexprs["BLOCK_HW"], launch.constexprs["STAGES"], launch.num_warps) == (
+        tile.block_n, tile.block_c, tile.block_hw, tile.num_stages, tile.num_warps)
+    with pytest.raises(ValueError, match="SqueezeFc1Tile"):
+        with configs.force_squeeze_fc1_tile((16, 64)):
+            pass

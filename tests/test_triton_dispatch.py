@@ -399,6 +399,9 @@ def test_aot_compile_every_configuration_for_sm80_and_sm90(triton_dir):
         assert lines[0].startswith("triton 3.6.") and triton_dir in lines[0], lines[0]
     summary = lines[-1]
     assert summary.startswith("compiled ") and "targets [80, 90]" in summary, summary
+    # the sweeps' 8-warp tiles are compiled as such, not folded into their 4-warp twins
+    assert any(line.startswith("sm_90 se_squeeze_fc1_fwd") and "num_warps=8" in line
+               for line in lines)
 
 
 def test_global_access_widths_counts_vector_loads_stores_and_async_copies():

@@ -49,7 +49,9 @@ class KernelConfig:
         consts = ",".join(f"{k}={_short(v)}" for k, v in self.constexprs.items())
         unaligned = [k for i, k in enumerate(self.kernel.arg_names)
                      if self.signature[k] == "i32" and (i,) not in self.attrs]
-        return f"{self.kernel.__name__}[{consts}]({types}){{not %16: {','.join(unaligned)}}}"
+        warps = "" if self.num_warps == 4 else f" num_warps={self.num_warps}"
+        return (f"{self.kernel.__name__}[{consts}]({types}){{not %16: {','.join(unaligned)}}}"
+                f"{warps}")
 
 
 def _short(v):
@@ -107,7 +109,8 @@ def _record_sweep_tiles():
     kernel_breakdown.py --sweep-reduce-tiles launches them: bf16, channels_last, SE + residual
     + ReLU, forward and backward, at batch 256 (their H*W splits, hence specializations,
     differ by shape and tile); and the squeeze_fc1 path on the weight-heavy shapes, as
-    kernel_breakdown.py times it. Nothing runs: the tensors are only allocated."""
+    kernel_breakdown.py times it, with each tile of its sweep too. Nothing runs: the tensors
+    are only allocated."""
     from ..bench import reduce_tile_sweep_cases, weight_heavy_shapes
     from . import configs
 
@@ -116,11 +119,16 @@ def _record_sweep_tiles():
         for tile in tiles:
             with configs.force_reduce_tile(tile):
                 _forward_backward(x, w1, b1, w2, b2, x, True, x)
-    # the squeeze_fc1 path, which kernel_breakdown.py times beside the batched one
+    # the squeeze_fc1 path, which kernel_breakdown.py times beside the batched one, and with
+    # each tile of its sweep (forward only: the backward is the batched path's)
+    from .se_op import se_forward
     for shape in weight_heavy_shapes(256):
         x, w1, b1, w2, b2 = _empty_gpu_case(shape)
         with configs.force_excitation_path("squeeze_fc1"):
             _forward_backward(x, w1, b1, w2, b2, x, True, x)
+            for tile in configs.SWEEP_SQUEEZE_FC1_TILES:
+                with configs.force_squeeze_fc1_tile(tile):
+                    se_forward(x, w1, b1, w2, b2, x, "relu", "sigmoid", True)
 
 
 def _empty_gpu_case(shape):
@@ -149,8 +157,9 @@ def dispatcher_configs():
     for sweep_only, recorded in ((False, launches), (True, sweep_launches)):
         for launch in recorded:
             signature, attrs, constexprs = _signature(launch)
+            # num_warps too: the sweeps time some tiles at 4 and 8 warps
             key = (launch.kernel.__name__, tuple(signature.items()), tuple(sorted(attrs)),
-                   tuple((k, _short(v)) for k, v in constexprs.items()))
+                   tuple((k, _short(v)) for k, v in constexprs.items()), launch.num_warps)
             configs.setdefault(key, KernelConfig(launch.kernel, signature, constexprs, attrs,
                                                  launch.num_warps, sweep_only))
     return list(configs.values())

@@ -250,10 +250,35 @@ class SqueezeFc1Tile:
 
 #: The default tile; maps of <= 32 or <= 16 pixels take block_hw 32 / 16 (squeeze_fc1_tile).
 SQUEEZE_FC1_TILE = SqueezeFc1Tile()
+#: Tiles a GPU run of benchmarks/kernel_breakdown.py --sweep-squeeze-fc1 times on the
+#: weight-heavy shapes (compiled ahead of time for them by aot.py): pipeline depth, wider and
+#: narrower channel blocks (fewer / more programs, fewer / more products to add), 8 warps,
+#: 32-sample tiles, and H*W blocks of 32 (at 7x7: 2 steps a sample, less of each load masked).
+SWEEP_SQUEEZE_FC1_TILES = (
+    SQUEEZE_FC1_TILE, SqueezeFc1Tile(num_stages=2), SqueezeFc1Tile(num_stages=4),
+    SqueezeFc1Tile(block_c=128), SqueezeFc1Tile(block_c=128, num_warps=8),
+    SqueezeFc1Tile(block_n=32), SqueezeFc1Tile(block_c=32), SqueezeFc1Tile(block_hw=32))
+#: None: squeeze_fc1_tile decides; a SqueezeFc1Tile: every squeeze_fc1 call uses it (the sweep).
+forced_squeeze_fc1_tile = None
+
+
+@contextmanager
+def force_squeeze_fc1_tile(tile):
+    """Make every squeeze_fc1 launch inside the block use ``tile``."""
+    global forced_squeeze_fc1_tile
+    if not isinstance(tile, SqueezeFc1Tile):
+        raise ValueError(f"tile must be a SqueezeFc1Tile, got {tile!r}")
+    previous, forced_squeeze_fc1_tile = forced_squeeze_fc1_tile, tile
+    try:
+        yield
+    finally:
+        forced_squeeze_fc1_tile = previous
 
 
 def squeeze_fc1_tile(hw):
     """The squeeze_fc1 tile for maps of hw pixels: block_hw no wider than the map needs."""
+    if forced_squeeze_fc1_tile is not None:
+        return forced_squeeze_fc1_tile
     block_hw = SQUEEZE_FC1_TILE.block_hw
     while block_hw > 16 and block_hw // 2 >= hw:
         block_hw //= 2

@@ -279,7 +279,7 @@ def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
             None if residual is None else residual.stride(), activation, gate, post_relu,
             x.data_ptr() % 16, w1.data_ptr() % 16, w2.data_ptr() % 16, _offset16(b1), _offset16(b2),
             _offset16(residual), configs.forced_path, configs.forced_k_splits,
-            configs.forced_reduce_tile)
+            configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile)
 
 
 def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
