@@ -14,9 +14,7 @@ starts after --budget seconds (bench_schedule.py); the summary names what that l
 """
 
 import argparse
-import functools
 import os
-import platform
 import sys
 
 import torch
@@ -35,43 +33,8 @@ def _ensure_triton_interpreter_without_gpu(argv):
     os.execve(sys.executable, [sys.executable, "-m", "senet_kernels", *argv], env)
 
 
-CHECK_SHAPES = [  # (N, C, H, W, Cr): SE-ResNet stages in miniature, an EfficientNet-like Cr
-    (2, 64, 14, 14, 4),
-    (2, 256, 7, 7, 16),
-    (3, 40, 5, 5, 10),
-]
-CHECK_VARIANTS = [  # (activation, gate, residual + post_relu)
-    ("relu", "sigmoid", True),
-    ("silu", "sigmoid", False),
-    ("relu", "hardsigmoid", False),
-]
-
-
-def _check_backend(backend, device):
-    from . import squeeze_excite
-    from .testing import forward_backward_vs_reference, make_inputs
-
-    rows = []
-    for shape in CHECK_SHAPES:
-        for activation, gate, tail in CHECK_VARIANTS:
-            for dtype in (torch.float32, torch.bfloat16):
-                for channels_last in (False, True):
-                    args = make_inputs(*shape, dtype=dtype, channels_last=channels_last,
-                                       residual=tail, device=device, seed=len(rows))
-                    results = forward_backward_vs_reference(
-                        functools.partial(squeeze_excite, backend=backend), args,
-                        seed=len(rows), activation=activation, gate=gate, post_relu=tail)
-                    errs = [r.errors() for r in results]
-                    worst = max(e[0] for e in errs)
-                    failing = [f"{r.name}: rel {e[0]:.2e}, max {e[1]:.2e}"
-                               for r, e in zip(results, errs) if not r.within_tolerance(dtype)]
-                    ok = not failing
-                    rows.append((shape, activation, gate, tail, dtype, channels_last, worst, ok,
-                                 "; ".join(failing)))
-    return rows
-
-
 def check(args):
+    from .check import run_checks
     failures = run_checks()
     print("\nall checks passed" if not failures else f"\n{failures} checks FAILED")
     return 1 if failures else 0
@@ -87,7 +50,7 @@ def bench(args):
     import time
 
     from . import bench as bench_module
-    from .bench_warmup import CheckProcess, WarmUp, compile_groups, default_workers
+    from .bench_warmup import CheckProcess, WarmUp, check_shards, compile_groups, default_workers
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,7 +72,8 @@ def bench(args):
     warm_up = WarmUp.start(cases, workers, time_limit=budget if budget > 0 else 120.0)
     # With workers (a GPU), the check runs in a process of its own beside the compiling and
     # the timing (CheckProcess); without (the CPU's two cores), first, on its own.
-    check_process = CheckProcess.start() if warm_up and not args.skip_check else None
+    check_process = (CheckProcess.start(check_shards(workers))
+                     if warm_up and not args.skip_check else None)
     if warm_up:
         print(f"{len(cases)} cases on {bench_module.describe_device(device)}: "
               f"{len(warm_up.processes)} worker processes compile, each case is timed once "
@@ -117,6 +81,7 @@ def bench(args):
               flush=True)
     failures, check_seconds = 0, None
     if not warm_up and not args.skip_check:
+        from .check import run_checks
         failures = run_checks()
         check_seconds = time.perf_counter() - start
     # each case is timed as soon as a worker has compiled it, the rest after them
@@ -149,34 +114,6 @@ def bench(args):
     if failures:
         print(f"\n{failures} correctness checks FAILED")
     return 1 if failures else 0
-
-
-def run_checks():
-    """Hardware, backends, and every available backend against the float64 reference.
-    Returns the number of failed cases."""
-    from . import available_backends
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    print(f"device: {hw}; torch {torch.__version__}; python {platform.python_version()}")
-    status = available_backends()
-    for name, s in status.items():
-        print(f"  {name:10} {'available' if s.available else 'unavailable'}: {s.reason}")
-
-    kernel_backends = [b for b in ("triton", "cuda", "cpu") if status[b].available]
-    # The C++ CPU kernels run on CPU tensors; Triton on the GPU (or interpreted on the CPU).
-    backend_device = {"cpu": torch.device("cpu"), "cuda": device, "triton": device, "reference": device}
-    failures = 0
-    for backend in kernel_backends + ["reference"]:
-        rows = _check_backend(backend, backend_device[backend])
-        bad = [r for r in rows if not r[7]]
-        failures += len(bad)
-        worst = max(r[6] for r in rows)
-        print(f"check {backend:10} on {backend_device[backend].type}: {len(rows) - len(bad)}/{len(rows)} cases within "
-              f"tolerance (forward + all gradients vs float64; worst relative error {worst:.2e})")
-        for shape, act, gate, tail, dtype, cl, err, _, failing in bad:
-            print(f"  FAILED {shape} {act}/{gate} tail={tail} {dtype} channels_last={cl}: {failing}")
-    return failures
 
 
 def main(argv=None):

@@ -205,55 +205,73 @@ class WarmUp:
                 "errors": [e.strip().splitlines()[-1] for e in self.errors]}
 
 
-def _check_worker(messages):
-    """The main job's correctness check (``python -m senet_kernels check``), its printout
-    captured: (failures, text, seconds), or (None, traceback, seconds) when it raised."""
-    import contextlib
-    import io
+def check_shards(workers):
+    """How many processes share the main job's check on a GPU: the cores the warm-up workers
+    and the timing process leave, at most 4 (the check's cases compile about a hundred Triton
+    kernel configurations, one after the other in each process)."""
+    return max(1, min(4, (os.cpu_count() or 2) - workers - 1))
+
+
+def _check_worker(messages, shard, shards):
+    """One shard of the main job's correctness check (senet_kernels/check.py): puts
+    (shard, {backend: results}, seconds), or (shard, traceback text, seconds) if it raised."""
     started = time.perf_counter()
     try:
-        from .__main__ import run_checks
-        text = io.StringIO()
-        with contextlib.redirect_stdout(text):
-            failures = run_checks()
-        messages.put((failures, text.getvalue(), time.perf_counter() - started))
+        from . import check
+        messages.put((shard, check.run(shard, shards), time.perf_counter() - started))
     except BaseException:  # noqa: BLE001 - reported to the parent
-        messages.put((None, traceback.format_exc(), time.perf_counter() - started))
+        messages.put((shard, traceback.format_exc(), time.perf_counter() - started))
 
 
 @dataclass
 class CheckProcess:
-    """The correctness check in a process of its own, beside the warm-up workers and the
-    timing, on a GPU: most of its time is Triton compiling the kernels of its 36 small cases
-    (CPU work), while its kernels keep the GPU busy for a fraction of a millisecond per case.
-    ``result`` waits for it."""
-    process: object
+    """The correctness check in processes of its own (``shards`` of them, each a share of the
+    cases), beside the warm-up workers and the timing, on a GPU: most of its time is Triton
+    compiling the kernels of its 36 small cases (CPU work), while its kernels keep the GPU
+    busy for a fraction of a millisecond per case. ``result`` waits for them."""
+    processes: list
     messages: object
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls):
+    def start(cls, shards=1):
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()
-        process = context.Process(target=_check_worker, args=(messages,))
-        process.start()
-        return cls(process, messages)
+        processes = [context.Process(target=_check_worker, args=(messages, shard, shards))
+                     for shard in range(shards)]
+        for process in processes:
+            process.start()
+        return cls(processes, messages)
 
     def result(self):
-        """(failures, printout, seconds the check took); failures is None if it crashed."""
-        while True:
+        """(failures, printout, seconds the check took); failures is None if a shard crashed
+        or raised (the printout then says why)."""
+        from . import check
+        merged, errors, seconds = {}, [], 0.0
+        waiting = set(range(len(self.processes)))
+        while waiting:
             try:
-                failures, text, seconds = self.messages.get(timeout=1.0)
-                break
+                shard, results, took = self.messages.get(timeout=1.0)
             except queue_module.Empty:
-                if self.process.is_alive():
+                if any(self.processes[s].is_alive() for s in waiting):
                     continue
                 try:  # a result put just before the process ended
-                    failures, text, seconds = self.messages.get(timeout=1.0)
+                    shard, results, took = self.messages.get(timeout=1.0)
                 except queue_module.Empty:
-                    failures, text = None, ("the check process ended without a result (exit "
-                                            f"code {self.process.exitcode})")
+                    codes = ", ".join(str(self.processes[s].exitcode) for s in sorted(waiting))
+                    errors.append(f"the check process ended without a result (exit code "
+                                  f"{codes})")
                     seconds = time.perf_counter() - self.started
-                break
-        self.process.join()
-        return failures, text, seconds
+                    break
+            waiting.discard(shard)
+            seconds = max(seconds, took)
+            if isinstance(results, str):
+                errors.append(results)
+                continue
+            for backend, rows in results.items():
+                merged.setdefault(backend, []).extend(rows)
+        for process in self.processes:
+            process.join()
+        failures, lines = check.report(merged)
+        text = "\n".join(check.header_lines() + lines + errors)
+        return (None if errors else failures), text, seconds

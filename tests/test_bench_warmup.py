@@ -132,20 +132,29 @@ def test_cases_are_timed_as_the_workers_compile_them(tmp_path, monkeypatch, comp
 
 
 def test_check_process_reports_the_checks_result():
-    """The check in its own process (the GPU main job's): its printout and failure count come
-    back to the parent."""
+    """The check in processes of its own (the GPU main job's), two shards here: every case
+    checked once, the printout and failure count merged in the parent."""
     from senet_kernels.bench_warmup import CheckProcess
-    failures, text, seconds = CheckProcess.start().result()
+    failures, text, seconds = CheckProcess.start(shards=2).result()
     assert failures == 0, text
     assert "check reference" in text and "36/36 cases within tolerance" in text and seconds > 0
+    assert text.startswith("device: ")
 
 
 def test_check_process_that_dies_is_a_failure():
     from senet_kernels.bench_warmup import CheckProcess
-    check = CheckProcess.start()
-    check.process.kill()
+    check = CheckProcess.start(shards=2)
+    check.processes[1].kill()
     failures, text, _ = check.result()
     assert failures is None and "ended without a result" in text
+
+
+def test_check_shards_use_the_cores_left(monkeypatch):
+    from senet_kernels import bench_warmup
+    monkeypatch.setattr(bench_warmup.os, "cpu_count", lambda: 16)
+    assert bench_warmup.check_shards(10) == 4  # 16 cores - 10 workers - the timing process
+    assert bench_warmup.check_shards(13) == 2
+    assert bench_warmup.check_shards(15) == 1
 
 
 def test_default_workers(monkeypatch):
