@@ -20,8 +20,8 @@
 #   5. the CUDA extension's tests and the rest
 #   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes (the
 #      squeeze_fc1 candidate path beside the picked one), then the reductions' bandwidth with
-#      each candidate tile (--sweep-reduce-tiles), the batched path with the FC1 GEMM split
-#      1-16 ways (--sweep-k-splits) and the squeeze_fc1 tiles (--sweep-squeeze-fc1)
+#      each candidate tile (--sweep-reduce-tiles), the squeeze_fc1 tiles (--sweep-squeeze-fc1)
+#      and the batched path with the FC1 GEMM split 1-16 ways (--sweep-k-splits)
 #   7. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py,
 #      benchmarks/train_throughput.sh (the train command under torchrun on one GPU)
 #   8. summary.md; the short summary is printed last
@@ -189,20 +189,20 @@ pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extens
 # Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not,
 # and of the squeeze_fc1 candidate path (its last lines: whether it beats the picked path;
 # the log keeps it: the results folder is at its 8 files).
-step "kernel breakdown" 60 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
+step "kernel breakdown" 70 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
 # The squeeze ran at a third to a half of the read bandwidth on the weight-heavy shapes: the
 # reductions' GB/s with each candidate tile (12; 3 more on the first stage), to pick
 # configs.reduce_tile from.
 step "reduce tile sweep" 90 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
   --sweep-reduce-tiles
-# The FC1 GEMM split 1-16 ways (the dispatcher picks at most 8): the batched path's other
-# lever on the 2048x7x7 forward.
-step "K-split sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
-  --sweep-k-splits
 # The squeeze_fc1 candidate's forward with each tile of its sweep (8): what to put in
 # configs.SQUEEZE_FC1_TILE.
 step "squeeze_fc1 tile sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
   --sweep-squeeze-fc1
+# The FC1 GEMM split 1-16 ways (the dispatcher picks at most 8): the batched path's other
+# lever on the 2048x7x7 forward.
+step "K-split sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
+  --sweep-k-splits
 step "host overhead" 60 python benchmarks/host_overhead.py --calls 200 --repeats 5 --json "$results/host_overhead.json"
 # Why converted EfficientNet-B0 was slower in eager mode (host time in its SE modules, launches,
 # waits for the GPU); the log keeps it.
