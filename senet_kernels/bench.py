@@ -352,12 +352,13 @@ def run(todo, sizes, min_run_time=0.2, progress=True, source=None, deadline=None
             if device.type == "cuda":
                 torch.cuda.synchronize()
             warm = time.perf_counter()
-            seconds = times.setdefault(position, {})
+            case_times = times.setdefault(position, {})
             if device.type == "cuda":
-                seconds[name] = cuda_wall_seconds(step, min_run_time)
-                gpu_times.setdefault(position, {})[name] = cuda_graph_seconds(step, seconds[name])
+                case_times[name] = cuda_wall_seconds(step, min_run_time)
+                gpu_times.setdefault(position, {})[name] = cuda_graph_seconds(
+                    step, case_times[name])
             else:
-                seconds[name] = median_seconds(step, min_run_time)
+                case_times[name] = median_seconds(step, min_run_time)
             spent.append(f"{name} {warm - began:.1f}+{time.perf_counter() - warm:.1f}")
         key = (x.numel(), x.dtype)
         if key not in bandwidth:
