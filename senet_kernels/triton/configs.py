@@ -107,16 +107,22 @@ forced_reduce_tile = None
 
 
 @contextmanager
-def force_reduce_tile(tile):
-    """Make every reduction (kernels A and A') inside the block use ``tile``."""
-    global forced_reduce_tile
-    if not isinstance(tile, ReduceTile):
-        raise ValueError(f"tile must be a ReduceTile, got {tile!r}")
-    previous, forced_reduce_tile = forced_reduce_tile, tile
+def _forced(name, value):
+    """The module's global ``name`` set to ``value`` inside the block (the force_* helpers:
+    tests and benchmarks forcing what the dispatcher would decide)."""
+    previous = globals()[name]
+    globals()[name] = value
     try:
         yield
     finally:
-        forced_reduce_tile = previous
+        globals()[name] = previous
+
+
+def force_reduce_tile(tile):
+    """Make every reduction (kernels A and A') inside the block use ``tile``."""
+    if not isinstance(tile, ReduceTile):
+        raise ValueError(f"tile must be a ReduceTile, got {tile!r}")
+    return _forced("forced_reduce_tile", tile)
 
 
 def reduce_tile(channels_last, hw):
@@ -172,31 +178,19 @@ EXCITATION_PATHS = ("per_sample", "batched", "squeeze_fc1")
 forced_k_splits = None
 
 
-@contextmanager
 def force_excitation_path(path):
     """Make every call inside the block take ``path`` (one of EXCITATION_PATHS)."""
-    global forced_path
     if path not in EXCITATION_PATHS:
         raise ValueError(f"path must be one of {EXCITATION_PATHS}, got {path!r}")
-    previous, forced_path = forced_path, path
-    try:
-        yield
-    finally:
-        forced_path = previous
+    return _forced("forced_path", path)
 
 
-@contextmanager
 def force_k_splits(splits):
     """Make every batched call inside the block ask for ``splits`` K-splits of its c_to_r GEMM
     (at most one per BATCH_BLOCK_K channels, see gemm_k_splits); 1 turns split-K off."""
-    global forced_k_splits
     if not isinstance(splits, int) or not 1 <= splits <= K_SPLIT_LIMIT:
         raise ValueError(f"splits must be an int in [1, {K_SPLIT_LIMIT}], got {splits!r}")
-    previous, forced_k_splits = forced_k_splits, splits
-    try:
-        yield
-    finally:
-        forced_k_splits = previous
+    return _forced("forced_k_splits", splits)
 
 
 def gemm_k_splits(n, c, cr, num_sms):
@@ -262,17 +256,11 @@ SWEEP_SQUEEZE_FC1_TILES = (
 forced_squeeze_fc1_tile = None
 
 
-@contextmanager
 def force_squeeze_fc1_tile(tile):
     """Make every squeeze_fc1 launch inside the block use ``tile``."""
-    global forced_squeeze_fc1_tile
     if not isinstance(tile, SqueezeFc1Tile):
         raise ValueError(f"tile must be a SqueezeFc1Tile, got {tile!r}")
-    previous, forced_squeeze_fc1_tile = forced_squeeze_fc1_tile, tile
-    try:
-        yield
-    finally:
-        forced_squeeze_fc1_tile = previous
+    return _forced("forced_squeeze_fc1_tile", tile)
 
 
 def squeeze_fc1_tile(hw):
