@@ -1,6 +1,7 @@
 """The squeeze_fc1 path (senet_kernels/triton/squeeze_fc1.py): the squeeze with FC1 folded in,
-over tiles of samples; the batched path's backward. Forced here (``path`` parameter, see
-conftest's excitation_path fixture), as the dispatcher does not pick it yet."""
+and the backward's reduction with the gradient through FC2 folded in, over tiles of samples.
+Forced here (``path`` parameter, see conftest's excitation_path fixture), as the dispatcher
+does not pick it yet."""
 
 import functools
 
@@ -95,6 +96,20 @@ def test_repeated_calls_are_identical_and_reset_the_counters(device, path):
     counters = [l.args["counter_ptr"] for l in launches if l.kernel.__name__ == "se_squeeze_fc1_fwd"]
     assert len(counters) == 3 and counters[0].numel() == 3  # sample tiles of 16
     assert not counters[-1].any()
+
+
+def test_repeated_backward_calls_are_identical(device, path):
+    """The same for the backward's products (gh) and its counters."""
+    args = make_inputs(40, 200, 5, 5, 10, residual=True, device=device, seed=10)
+    leaves = [args[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
+    out = TRITON(*leaves, post_relu=True)
+    grad = torch.randn_like(out)
+    with recording_launches() as launches:
+        grads = [torch.autograd.grad(out, leaves, grad, retain_graph=True) for _ in range(3)]
+    for g in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(g, grads[0]))
+    counters = [l.args["counter_ptr"] for l in launches if l.kernel.__name__ == "se_squeeze_fc2_bwd"]
+    assert len(counters) == 3 and not counters[-1].any()
 
 
 def test_nan_stays_in_its_sample(device, path):

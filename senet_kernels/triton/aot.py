@@ -39,7 +39,8 @@ class KernelConfig:
     constexprs: dict
     attrs: dict
     num_warps: int
-    #: Only the GPU tile sweep launches it, on the lent H100 / H200 machines: sm_90 only.
+    #: Only the GPU sweeps or a candidate path (configs.CANDIDATE_PATHS, taken where forced)
+    #: launch it, on the lent H100 / H200 machines: sm_90 only.
     sweep_only: bool = False
 
     @property
@@ -83,25 +84,34 @@ def _signature(launch):
 
 
 def _record_cases():
-    """Run the dispatcher over every configuration-relevant case, recording the launches."""
+    """Run the dispatcher over every configuration-relevant case, recording the launches:
+    (those of the paths it picks, those of the GPU sweeps and of the candidate paths, which
+    only the lent machines' runs and tests force)."""
     from . import configs
 
+    picked = [p for p in configs.EXCITATION_PATHS if p not in configs.CANDIDATE_PATHS]
     with recording_launches(run_too=False) as launches:
-        for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
-                configs.EXCITATION_PATHS, DTYPE_PAIRS, MAP_SIZES, (False, True), (False, True),
-                (False, True)):
-            n, c, cr = 4, 64, 16
-            x = torch.randn(n, c, h, w, dtype=dtype)
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            res = torch.randn_like(x) if residual else None
-            w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
-            b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
-            with configs.force_excitation_path(path):
-                _forward_backward(x, w1, b1, w2, b2, res, post_relu, torch.randn_like(x))
+        _record_paths(picked)
     with recording_launches(run_too=False) as sweep_launches:
         _record_sweep_tiles()
+        _record_paths(configs.CANDIDATE_PATHS)
     return launches, sweep_launches
+
+
+def _record_paths(paths):
+    """Every dtype pair, map size, layout and tail of each excitation path in ``paths``."""
+    from . import configs
+    for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
+            paths, DTYPE_PAIRS, MAP_SIZES, (False, True), (False, True), (False, True)):
+        n, c, cr = 4, 64, 16
+        x = torch.randn(n, c, h, w, dtype=dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        res = torch.randn_like(x) if residual else None
+        w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
+        b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
+        with configs.force_excitation_path(path):
+            _forward_backward(x, w1, b1, w2, b2, res, post_relu, torch.randn_like(x))
 
 
 def _record_sweep_tiles():
@@ -254,7 +264,7 @@ def main(argv=None):
     sweep = sum(config.sweep_only for config in _jobs_configs)
     print(f"compiled {total - failures} of {total} kernel configurations "
           f"({len(_jobs_configs) - sweep} the dispatcher picks, per target, and {sweep} of the GPU "
-          f"tile sweep, for sm_90; targets {args.arch})")
+          f"sweeps and candidate paths, for sm_90; targets {args.arch})")
     return 1 if failures else 0
 
 

@@ -174,6 +174,9 @@ forced_path = None
 #: candidate for the weight-heavy shapes, taken only where forced until a GPU run has timed it
 #: against "batched" (benchmarks/kernel_breakdown.py, excitation_paths.py).
 EXCITATION_PATHS = ("per_sample", "batched", "squeeze_fc1")
+#: Paths the dispatcher never picks, only runs where forced (its configurations are compiled
+#: ahead of time for sm_90 only, the lent machines' target, see aot.py).
+CANDIDATE_PATHS = ("squeeze_fc1",)
 #: None: gemm_k_splits decides; an int: the split count asked for (tests, benchmarks).
 forced_k_splits = None
 

@@ -11,10 +11,12 @@ squeeze_fc1, runs where forced, see below):
   launches (squeeze, FC1, FC2 + gate, scale), backward 5. The [N, C] -> [N, Cr] GEMM splits
   its channels over several programs where its tiles alone would leave SMs idle
   (``configs.gemm_k_splits``).
-- squeeze_fc1 (squeeze_fc1.py): the batched path with FC1 folded into the squeeze, each
-  program reading a channel block of a tile of samples. Forward 3 launches (squeeze + FC1,
-  FC2 + gate, scale), backward the batched path's. A candidate for the weight-heavy shapes
-  the dispatcher does not pick until a GPU run has timed it against the batched path.
+- squeeze_fc1 (squeeze_fc1.py): the batched path with FC1 folded into the squeeze (and, in
+  the backward, the gradient through FC2 into the backward's reduction), each program
+  reading a channel block of a tile of samples. Forward 3 launches (squeeze + FC1, FC2 +
+  gate, scale), backward 4 (reduction + through FC2, through FC1, grad_x pass, weight
+  gradients). A candidate for the weight-heavy shapes the dispatcher does not pick until a
+  GPU run has timed it against the batched path.
 
 Nothing else runs on the device. Outputs are ``torch.empty``. The scratch buffers (split
 partial sums, the backward's [N, C] vectors, the arrival counters (per sample on the per-sample
@@ -57,7 +59,7 @@ from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
 from .batched import se_excite_gemm_c_to_r, se_excite_gemm_r_to_c
 from .forward import se_scale_fwd, se_squeeze_excite_fwd
 from .launcher import KernelLaunch, is_recording_only
-from .squeeze_fc1 import se_squeeze_fc1_fwd
+from .squeeze_fc1 import se_squeeze_fc1_fwd, se_squeeze_fc2_bwd
 
 #: Grid axis 1 is the sample index (or sample tile); CUDA bounds it.
 MAX_BATCH = 65535
@@ -232,16 +234,31 @@ class _Shape:
                           SPLIT_LIMIT=configs.K_SPLIT_LIMIT, PRECISION=self.dot_precision,
                           ACC=self.acc), device)
 
+    def _squeeze_fc_constexprs(self):
+        tile = configs.squeeze_fc1_tile(self.hw)
+        return tile, dict(CHANNELS_LAST=self.channels_last, BLOCK_N=tile.block_n,
+                          BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, BLOCK_R=tile.block_r,
+                          STAGES=tile.num_stages, SUM_CHUNK=tile.sum_chunk,
+                          PRECISION=self.dot_precision, ACC=self.acc)
+
     def squeeze_fc1_site(self, has_b1, device):
         """The squeeze with FC1 folded in (squeeze_fc1.py): pooled, hidden."""
-        tile = configs.squeeze_fc1_tile(self.hw)
+        tile, constexprs = self._squeeze_fc_constexprs()
         return _site(se_squeeze_fc1_fwd, self.squeeze_fc1_grid(),
                      "x_ptr w1_ptr b1_ptr pooled_ptr ksum_ptr counter_ptr hidden_ptr",
                      dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, has_b1=has_b1),
-                     dict(CHANNELS_LAST=self.channels_last, BLOCK_N=tile.block_n,
-                          BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, BLOCK_R=tile.block_r,
-                          STAGES=tile.num_stages, SUM_CHUNK=tile.sum_chunk,
-                          PRECISION=self.dot_precision, ACC=self.acc), device, tile.num_warps)
+                     constexprs, device, tile.num_warps)
+
+    def squeeze_fc2_site(self, post_relu, write_grad_res, *, act, gate, device):
+        """The backward's reduction with the gradient through FC2 folded in (squeeze_fc1.py):
+        gz, gh (and grad_residual with write_grad_res)."""
+        tile, constexprs = self._squeeze_fc_constexprs()
+        return _site(se_squeeze_fc2_bwd, self.squeeze_fc1_grid(),
+                     "grad_ptr x_ptr out_ptr grad_res_ptr w2_ptr hidden_ptr scale_ptr gz_ptr "
+                     "ksum_ptr counter_ptr gh_ptr",
+                     dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, act=act, gate=gate),
+                     dict(POST_RELU=post_relu, WRITE_GRAD_RESIDUAL=write_grad_res, **constexprs),
+                     device, tile.num_warps)
 
     def squeeze_fc1_grid(self):
         """(channel blocks, sample tiles) of the squeeze_fc1 kernel."""
@@ -326,8 +343,8 @@ def _scratch_buffers(shape, splits, device, squeeze_fc1=False):
     scale of inference calls, in the backward gz / gh / gp; the c_to_r GEMM's K-split
     products [K_SPLITS, N, Cr] (the [N, Cr] vector when it does not split).
 
-    ``squeeze_fc1`` (that path's forward): no partial sums, a counter per sample tile, and the
-    channel blocks' FC1 products [channel blocks, N, Cr] in place of the K-split products."""
+    ``squeeze_fc1`` (that path): no partial sums, a counter per sample tile, and the channel
+    blocks' products [channel blocks, N, Cr] in place of the K-split products."""
     acc, n, c = shape.acc_dtype, shape.n, shape.c
     vectors = [torch.empty((n, c), dtype=acc, device=device),
                torch.empty((n, shape.cr), dtype=acc, device=device),
@@ -479,7 +496,11 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
                            WRITE_GRAD_RESIDUAL=write_grad_res and not grad_res_in_reduction,
                            GRAD_RESIDUAL_WRITTEN=grad_res_in_reduction,
                            CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK), device)
-    if s.batched:
+    if s.path == "squeeze_fc1":
+        through_fc1 = s.r_to_c_site((s.c, 1), 0, backward=True, device=device, **flags)
+        passes = (s.squeeze_fc2_site(post_relu, grad_res_in_reduction, device=device, **flags),
+                  through_fc1, grad_pass)
+    elif s.batched:
         through_fc2 = s.c_to_r_site(splits, (s.cr, 1), 0, backward=True, device=device, **flags)
         through_fc1 = s.r_to_c_site((s.c, 1), 0, backward=True, device=device, **flags)
         passes = (squeeze, through_fc2, through_fc1, grad_pass)
@@ -537,10 +558,17 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
         pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
     device = x.device
     partials, counters, gz, gh, gp, k_products = _scratch(
-        plan, device, lambda: _scratch_buffers(shape, plan.splits, device), reuse_scratch)
+        plan, device, lambda: _scratch_buffers(shape, plan.splits, device,
+                                               squeeze_fc1=shape.path == "squeeze_fc1"),
+        reuse_scratch)
     out_arg = out if post_relu else x
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
-    if shape.batched:
+    if shape.path == "squeeze_fc1":
+        squeeze_fc2, through_fc1, grad_pass, weight_grads = plan.sites
+        _launch_with_counters(plan, squeeze_fc2, device, grad_out, x, out_arg, grad_res_arg, w2,
+                              hidden, scale, gz, k_products, counters, gh)
+        through_fc1(gh, w1, w1, gp)
+    elif shape.batched:
         squeeze, through_fc2, through_fc1, grad_pass, weight_grads = plan.sites
         squeeze(grad_out, x, out_arg, grad_res_arg, w1, w2, hidden, scale, partials, counters,
                 gz, gh, gp)
