@@ -30,7 +30,7 @@ from .common import (FLAGS, activate, activate_backward, apply_gate, arrive_last
 
 
 @triton.jit
-def _c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
+def c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
                      BACKWARD: tl.constexpr, ACC: tl.constexpr):
     """Finish and store a c_to_r tile: + b1 (forward) or * act'(hidden) (backward)."""
     if BACKWARD:
@@ -95,7 +95,7 @@ def se_excite_gemm_c_to_r(
         acc = dot_acc(u, v, acc, PRECISION)
     out_mask = row_mask[:, None] & r_mask[None, :]
     if K_SPLITS == 1:
-        _c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
+        c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
                          BACKWARD, ACC)
     else:
         tile_ptrs = rows[:, None] * CR + r[None, :]
@@ -107,7 +107,7 @@ def se_excite_gemm_c_to_r(
                 total += tl.load(ksum_ptr + split * N * CR + tile_ptrs,
                                  mask=out_mask & (split < K_SPLITS), other=0.0,
                                  cache_modifier=".cg")
-            _c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
+            c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
                              act, BACKWARD, ACC)
             tl.store(counter, 0)  # ready for the next launch
 

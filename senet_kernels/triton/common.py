@@ -176,17 +176,28 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_star
             offs = c_offs[:, None] + hw[None, :] * C
         else:
             offs = c_offs[:, None] * HW + hw[None, :]
-        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-        if MODE >= 1:
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-            if MODE == 2:
-                o = tl.load(out_ptr + offs, mask=mask, other=0.0)
-                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
-                if STORE_MASKED:
-                    tl.store(masked_ptr + offs, g, mask=mask)
-            v = v * g.to(ACC)
-        acc += v
+        acc += reduction_term(x_ptr, g_ptr, out_ptr, masked_ptr, offs, mask, MODE, STORE_MASKED,
+                              ACC)
     return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def reduction_term(x_ptr, g_ptr, out_ptr, masked_ptr, offs, mask, MODE: tl.constexpr,
+                   STORE_MASKED: tl.constexpr, ACC: tl.constexpr):
+    """The summed term at ``offs`` (mask ``mask``) of a per-channel reduction, in ACC: x
+    (MODE 0), g * x (MODE 1) or gy * x with gy = (out <= 0 ? 0 : g) (MODE 2, PyTorch's
+    threshold_backward: a NaN output passes g), gy also stored to ``masked_ptr`` in g's dtype
+    with STORE_MASKED."""
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    if MODE >= 1:
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        if MODE == 2:
+            o = tl.load(out_ptr + offs, mask=mask, other=0.0)
+            g = tl.where(o <= 0, 0.0, g).to(g.dtype)
+            if STORE_MASKED:
+                tl.store(masked_ptr + offs, g, mask=mask)
+        v = v * g.to(ACC)
+    return v
 
 
 @triton.jit

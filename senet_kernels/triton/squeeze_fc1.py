@@ -27,7 +27,8 @@ whichever finished last) and finishes them.
 import triton
 import triton.language as tl
 
-from .common import FLAGS, activate_backward, arrive_last, dot_acc, gate_backward
+from .batched import c_to_r_epilogue
+from .common import FLAGS, arrive_last, dot_acc, gate_backward, reduction_term
 
 
 @triton.jit
@@ -37,9 +38,8 @@ def _tile_channel_sums(x_ptr, g_ptr, out_ptr, masked_ptr, first, N, C, HW, c, c_
                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr,
                        ACC: tl.constexpr):
     """[BLOCK_N, BLOCK_C]: for samples first.. first + BLOCK_N - 1 and channels c, the sum
-    over H*W of x (MODE 0), g * x (MODE 1) or gy * x with gy = (out <= 0 ? 0 : g) (MODE 2,
-    PyTorch's threshold_backward: a NaN output passes g; with STORE_MASKED gy is stored to
-    masked_ptr in g's dtype). Rows past N are 0."""
+    over H*W of common.reduction_term (x, g * x or the masked gy * x, by MODE). Rows past N
+    are 0."""
     hw_range = tl.arange(0, BLOCK_HW)
     samples = tl.arange(0, BLOCK_N)
     hw_blocks = tl.cdiv(HW, BLOCK_HW)
@@ -55,18 +55,39 @@ def _tile_channel_sums(x_ptr, g_ptr, out_ptr, masked_ptr, first, N, C, HW, c, c_
         else:
             offs = c[:, None] * HW + hw[None, :]
         offs += (first + i).to(tl.int64) * C * HW
-        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-        if MODE >= 1:
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-            if MODE == 2:
-                o = tl.load(out_ptr + offs, mask=mask, other=0.0)
-                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
-                if STORE_MASKED:
-                    tl.store(masked_ptr + offs, g, mask=mask)
-            v = v * g.to(ACC)
-        part = tl.sum(v, axis=1)
+        part = tl.sum(reduction_term(x_ptr, g_ptr, out_ptr, masked_ptr, offs, mask, MODE,
+                                     STORE_MASKED, ACC), axis=1)
         sums += tl.where(samples[None, :] == i, part[:, None], 0.0)
     return tl.trans(sums)
+
+
+@triton.jit
+def _program_tile(N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(channel block, sample tile, channel blocks, first sample, rows, row mask, channels,
+    channel mask) of this program (grid: channel blocks, sample tiles)."""
+    c_block, tile = tl.program_id(0), tl.program_id(1)
+    first = tile * BLOCK_N
+    rows = first + tl.arange(0, BLOCK_N)
+    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    return c_block, tile, tl.num_programs(0), first, rows, rows < N, c, c < C
+
+
+@triton.jit
+def _finish_tile(ksum_ptr, counter_ptr, tile, num_c_blocks, rows, row_mask, b_ptr, hidden_ptr,
+                 out_ptr, N, CR, has_bias, act, BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_R: tl.constexpr, SUM_CHUNK: tl.constexpr, ACC: tl.constexpr):
+    """The tile's last program to arrive: the channel blocks' products summed in order, then
+    batched's c_to_r epilogue (+ b1 into hidden, or x act'(hidden) into gh); the counter
+    zeroed for the next launch."""
+    if arrive_last(counter_ptr + tile, num_c_blocks):
+        for r0 in range(0, CR, BLOCK_R):
+            r = r0 + tl.arange(0, BLOCK_R)
+            out_mask = row_mask[:, None] & (r < CR)[None, :]
+            total = _sum_block_products(ksum_ptr, num_c_blocks, rows, r, out_mask, N, CR,
+                                        BLOCK_N, BLOCK_R, SUM_CHUNK, ACC)
+            c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
+                            act, BACKWARD, ACC)
+        tl.store(counter_ptr + tile, 0)
 
 
 @triton.jit
@@ -113,13 +134,8 @@ def se_squeeze_fc1_fwd(
     """Grid (channel blocks, sample tiles). pooled [N, C] = mean over H*W of x; ksum
     [channel blocks, N, CR] holds each block's pooled[:, block] @ W1[:, block]^T; the tile's
     last program stores hidden [N, CR] = their sum + b1."""
-    c_block, tile = tl.program_id(0), tl.program_id(1)
-    num_c_blocks = tl.num_programs(0)
-    first = tile * BLOCK_N
-    rows = first + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    c_block, tile, num_c_blocks, first, rows, row_mask, c, c_mask = _program_tile(
+        N, C, BLOCK_N, BLOCK_C)
     pooled = _tile_channel_sums(x_ptr, x_ptr, x_ptr, x_ptr, first, N, C, HW, c, c_mask, 0,
                                 False, CHANNELS_LAST, BLOCK_N, BLOCK_C, BLOCK_HW, STAGES,
                                 ACC) / HW
@@ -127,16 +143,8 @@ def se_squeeze_fc1_fwd(
              mask=row_mask[:, None] & c_mask[None, :])
     _store_block_product(pooled, w1_ptr, 1, C, ksum_ptr, c_block, rows, row_mask, c, c_mask, N,
                          CR, BLOCK_N, BLOCK_R, PRECISION, ACC)
-    if arrive_last(counter_ptr + tile, num_c_blocks):
-        for r0 in range(0, CR, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)
-            out_mask = row_mask[:, None] & (r < CR)[None, :]
-            total = _sum_block_products(ksum_ptr, num_c_blocks, rows, r, out_mask, N, CR,
-                                        BLOCK_N, BLOCK_R, SUM_CHUNK, ACC)
-            if has_b1:
-                total += tl.load(b1_ptr + r, mask=r < CR, other=0.0).to(ACC)[None, :]
-            tl.store(hidden_ptr + rows[:, None] * CR + r[None, :], total, mask=out_mask)
-        tl.store(counter_ptr + tile, 0)  # ready for the next launch
+    _finish_tile(ksum_ptr, counter_ptr, tile, num_c_blocks, rows, row_mask, b1_ptr, hidden_ptr,
+                 hidden_ptr, N, CR, has_b1, 0, False, BLOCK_N, BLOCK_R, SUM_CHUNK, ACC)
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -153,13 +161,8 @@ def se_squeeze_fc2_bwd(
     grad_res with WRITE_GRAD_RESIDUAL); gz [N, C] = gs * gate'(scale); ksum holds each
     block's gz[:, block] @ W2[block, :]; the tile's last program stores gh [N, CR] =
     (their sum) * act'(hidden)."""
-    c_block, tile = tl.program_id(0), tl.program_id(1)
-    num_c_blocks = tl.num_programs(0)
-    first = tile * BLOCK_N
-    rows = first + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    c_block, tile, num_c_blocks, first, rows, row_mask, c, c_mask = _program_tile(
+        N, C, BLOCK_N, BLOCK_C)
     gs = _tile_channel_sums(x_ptr, grad_ptr, out_ptr, grad_res_ptr, first, N, C, HW, c, c_mask,
                             2 if POST_RELU else 1, WRITE_GRAD_RESIDUAL, CHANNELS_LAST, BLOCK_N,
                             BLOCK_C, BLOCK_HW, STAGES, ACC)
@@ -169,13 +172,5 @@ def se_squeeze_fc2_bwd(
     tl.store(gz_ptr + rows[:, None] * C + c[None, :], gz, mask=vec_mask)
     _store_block_product(gz, w2_ptr, CR, 1, ksum_ptr, c_block, rows, row_mask, c, c_mask, N, CR,
                          BLOCK_N, BLOCK_R, PRECISION, ACC)
-    if arrive_last(counter_ptr + tile, num_c_blocks):
-        for r0 in range(0, CR, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)
-            out_mask = row_mask[:, None] & (r < CR)[None, :]
-            total = _sum_block_products(ksum_ptr, num_c_blocks, rows, r, out_mask, N, CR,
-                                        BLOCK_N, BLOCK_R, SUM_CHUNK, ACC)
-            h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
-            tl.store(gh_ptr + rows[:, None] * CR + r[None, :], activate_backward(total, h, act),
-                     mask=out_mask)
-        tl.store(counter_ptr + tile, 0)  # ready for the next launch
+    _finish_tile(ksum_ptr, counter_ptr, tile, num_c_blocks, rows, row_mask, w2_ptr, hidden_ptr,
+                 gh_ptr, N, CR, 0, act, True, BLOCK_N, BLOCK_R, SUM_CHUNK, ACC)
