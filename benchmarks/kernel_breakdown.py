@@ -90,10 +90,10 @@ def run(n, calls, json_path=None):
         if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
             picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
             # (backward, path, K-splits): the batched path as picked and unsplit, and the
-            # squeeze_fc1 candidate (its backward is the batched one, as picked)
+            # squeeze_fc1 candidate (no c_to_r GEMM, forward or backward: nothing to split)
             variants = [(backward, path, k) for backward in (False, True) for path, k in
                         [("batched", k) for k in sorted({picked, 1}, reverse=True)]
-                        + [("squeeze_fc1", picked)]]
+                        + [("squeeze_fc1", None)]]
         else:  # the per-sample path: no GEMM to split
             picked, variants = None, [(True, "per_sample", None)]
         for backward, path, k_splits in variants:
@@ -305,8 +305,7 @@ def format_row(r):
     if r["path"] == "per_sample":
         variant = "per-sample path"
     elif r["path"] == "squeeze_fc1":
-        variant = "squeeze_fc1 path" + (f" (backward K-splits {r['k_splits']})"
-                                        if r["pass_name"] == "fwd_bwd" else "")
+        variant = "squeeze_fc1 path"
     else:
         variant = f"K-splits {r['k_splits']}" + (" (picked)" if r["picked"] else "")
     return (f"{r['family']:>15} {n}x{c}x{h}x{h} Cr={r['cr']:<3} {r['pass_name']:>7} "

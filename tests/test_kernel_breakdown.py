@@ -52,14 +52,14 @@ def test_candidate_path_against_the_picked_one():
         return dict(family="se_resnet50", shape=list(shape), path=path, pass_name=pass_name,
                     k_splits=splits, picked=picked, total_us=total, cr=128, kernel_us={})
     rows = [row("batched", "fwd", 5, 92.5, picked=True), row("batched", "fwd", 1, 114.1),
-            row("squeeze_fc1", "fwd", 5, 70.0),
-            row("batched", "fwd_bwd", 5, 226.5, picked=True), row("squeeze_fc1", "fwd_bwd", 5, 240.0),
+            row("squeeze_fc1", "fwd", None, 70.0),
+            row("batched", "fwd_bwd", 5, 226.5, picked=True), row("squeeze_fc1", "fwd_bwd", None, 240.0),
             row("per_sample", "fwd_bwd", None, 1028.2, picked=True, shape=(256, 256, 56, 56))]
     assert kernel_breakdown.candidate_lines(rows) == [
         "squeeze_fc1 se_resnet50 256x2048x7x7 fwd: 70.0 us vs 92.5 us picked (1.32x); "
         "fastest: squeeze_fc1, 70.0 us",
         "squeeze_fc1 se_resnet50 256x2048x7x7 fwd_bwd: 240.0 us vs 226.5 us picked (0.94x); "
         "fastest: batched, 226.5 us"]
-    assert "squeeze_fc1 path (backward K-splits 5): 240.0 us" in kernel_breakdown.format_row(rows[4])
+    assert "fwd_bwd squeeze_fc1 path: 240.0 us" in kernel_breakdown.format_row(rows[4])
     assert "squeeze_fc1 path: 70.0 us" in kernel_breakdown.format_row(rows[2])
     assert "per-sample path" in kernel_breakdown.format_row(rows[5])

@@ -130,7 +130,7 @@ def _record_sweep_tiles():
             with configs.force_reduce_tile(tile):
                 _forward_backward(x, w1, b1, w2, b2, x, True, x)
     # the squeeze_fc1 path, which kernel_breakdown.py times beside the batched one, and with
-    # each tile of its sweep (forward only: the backward is the batched path's)
+    # each tile of its sweep (which times the forward only)
     from .se_op import se_forward
     for shape in weight_heavy_shapes(256):
         x, w1, b1, w2, b2 = _empty_gpu_case(shape)
@@ -160,8 +160,8 @@ def _forward_backward(x, w1, b1, w2, b2, residual, post_relu, grad):
 
 
 def dispatcher_configs():
-    """Every distinct (kernel, argument types, divisibility, constexprs) the dispatcher launches,
-    then those only the GPU tile sweep launches (``sweep_only``)."""
+    """Every distinct (kernel, argument types, divisibility, constexprs, warps) the dispatcher
+    launches, then those only the GPU sweeps and the candidate paths launch (``sweep_only``)."""
     configs = {}
     launches, sweep_launches = _record_cases()
     for sweep_only, recorded in ((False, launches), (True, sweep_launches)):

@@ -31,7 +31,7 @@ from .common import (FLAGS, activate, activate_backward, apply_gate, arrive_last
 
 @triton.jit
 def c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
-                     BACKWARD: tl.constexpr, ACC: tl.constexpr):
+                    BACKWARD: tl.constexpr, ACC: tl.constexpr):
     """Finish and store a c_to_r tile: + b1 (forward) or * act'(hidden) (backward)."""
     if BACKWARD:
         h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
@@ -96,7 +96,7 @@ def se_excite_gemm_c_to_r(
     out_mask = row_mask[:, None] & r_mask[None, :]
     if K_SPLITS == 1:
         c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
-                         BACKWARD, ACC)
+                        BACKWARD, ACC)
     else:
         tile_ptrs = rows[:, None] * CR + r[None, :]
         tl.store(ksum_ptr + tl.program_id(2) * N * CR + tile_ptrs, acc, mask=out_mask)
@@ -108,7 +108,7 @@ def se_excite_gemm_c_to_r(
                                  mask=out_mask & (split < K_SPLITS), other=0.0,
                                  cache_modifier=".cg")
             c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
-                             act, BACKWARD, ACC)
+                            act, BACKWARD, ACC)
             tl.store(counter, 0)  # ready for the next launch
 
 

@@ -226,7 +226,7 @@ def excitation_path(n, c, cr, hw, x_size, param_size):
 
 def use_batched_excitation(n, c, cr, hw, x_size, param_size):
     """True where the excitation runs as GEMMs over tiles of samples (the "batched" and
-    "squeeze_fc1" paths, whose backward is the same), see excitation_path."""
+    "squeeze_fc1" paths), see excitation_path."""
     return excitation_path(n, c, cr, hw, x_size, param_size) != "per_sample"
 
 

@@ -189,7 +189,7 @@ class _Shape:
     @property
     def batched(self):
         """Whether the excitation runs as GEMMs over sample tiles: the batched path, and the
-        squeeze_fc1 path, whose backward is the batched one."""
+        squeeze_fc1 path (its products per channel block)."""
         return self.path != "per_sample"
 
     @property
