@@ -133,6 +133,18 @@ def test_tile_narrows_for_small_maps(path):
     assert configs.squeeze_fc1_tile(196).block_hw == 64
 
 
+def test_tile_narrows_for_wide_elements(path):
+    """A [block_c, block_hw] load spans at most SQUEEZE_FC1_LOAD_BYTES per tensor (float32 at
+    64 x 64 spilled in the backward with the ReLU tail), never under 16 pixels."""
+    assert configs.squeeze_fc1_tile(49, 2).block_hw == 64
+    assert configs.squeeze_fc1_tile(49, 4).block_hw == 32
+    assert configs.squeeze_fc1_tile(49, 8).block_hw == 16
+    assert configs.squeeze_fc1_tile(9, 4).block_hw == 16
+    for x_size in (2, 4, 8):
+        tile = configs.squeeze_fc1_tile(196, x_size)
+        assert tile.block_c * tile.block_hw * x_size <= configs.SQUEEZE_FC1_LOAD_BYTES
+
+
 @pytest.mark.parametrize("tile", configs.SWEEP_SQUEEZE_FC1_TILES,
                          ids=lambda t: (f"n{t.block_n}c{t.block_c}hw{t.block_hw}r{t.block_r}"
                                         f"s{t.num_stages}w{t.num_warps}"))

@@ -247,6 +247,11 @@ class SqueezeFc1Tile:
 
 #: The default tile; maps of <= 32 or <= 16 pixels take block_hw 32 / 16 (squeeze_fc1_tile).
 SQUEEZE_FC1_TILE = SqueezeFc1Tile()
+#: The most bytes one [block_c, block_hw] load of one tensor may span (squeeze_fc1_tile): the
+#: default tile's in 16-bit types. The backward with the ReLU tail loads three tensors per
+#: step; in float32 at 64 x 64 (16 KB each) the sm_90 compile needed 255 registers and spilled
+#: 520 bytes (892 in float64), so 4- and 8-byte types take narrower H*W blocks.
+SQUEEZE_FC1_LOAD_BYTES = 8192
 #: Tiles a GPU run of benchmarks/kernel_breakdown.py --sweep-squeeze-fc1 times on the
 #: weight-heavy shapes (compiled ahead of time for them by aot.py): pipeline depth, wider and
 #: narrower channel blocks (fewer / more programs, fewer / more products to add), 8 warps,
@@ -266,11 +271,14 @@ def force_squeeze_fc1_tile(tile):
     return _forced("forced_squeeze_fc1_tile", tile)
 
 
-def squeeze_fc1_tile(hw):
-    """The squeeze_fc1 tile for maps of hw pixels: block_hw no wider than the map needs."""
+def squeeze_fc1_tile(hw, x_size=2):
+    """The squeeze_fc1 tile for maps of hw pixels of x_size-byte elements: block_hw no wider
+    than the map needs, nor than SQUEEZE_FC1_LOAD_BYTES allows (at least 16, for tl.dot)."""
     if forced_squeeze_fc1_tile is not None:
         return forced_squeeze_fc1_tile
-    block_hw = SQUEEZE_FC1_TILE.block_hw
-    while block_hw > 16 and block_hw // 2 >= hw:
+    tile = SQUEEZE_FC1_TILE
+    block_hw = tile.block_hw
+    while block_hw > 16 and (block_hw // 2 >= hw
+                             or tile.block_c * block_hw * x_size > SQUEEZE_FC1_LOAD_BYTES):
         block_hw //= 2
-    return replace(SQUEEZE_FC1_TILE, block_hw=block_hw)
+    return replace(tile, block_hw=block_hw)

@@ -174,6 +174,7 @@ class _Shape:
     path: str            # configs.excitation_path
     num_sms: int
     dot_precision: str   # of the excitation GEMMs (configs.dot_precision)
+    x_size: int          # bytes per element of x
 
     @staticmethod
     def of(x, w1):
@@ -184,7 +185,8 @@ class _Shape:
                       configs.excitation_path(n, c, cr, hw, x.element_size(),
                                               w1.element_size()),
                       _num_sms(x.device),
-                      configs.dot_precision(w1.dtype in (torch.float16, torch.bfloat16)))
+                      configs.dot_precision(w1.dtype in (torch.float16, torch.bfloat16)),
+                      x.element_size())
 
     @property
     def batched(self):
@@ -235,7 +237,7 @@ class _Shape:
                           ACC=self.acc), device)
 
     def _squeeze_fc_constexprs(self):
-        tile = configs.squeeze_fc1_tile(self.hw)
+        tile = configs.squeeze_fc1_tile(self.hw, self.x_size)
         return tile, dict(CHANNELS_LAST=self.channels_last, BLOCK_N=tile.block_n,
                           BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, BLOCK_R=tile.block_r,
                           STAGES=tile.num_stages, SUM_CHUNK=tile.sum_chunk,
@@ -262,7 +264,7 @@ class _Shape:
 
     def squeeze_fc1_grid(self):
         """(channel blocks, sample tiles) of the squeeze_fc1 kernel."""
-        tile = configs.squeeze_fc1_tile(self.hw)
+        tile = configs.squeeze_fc1_tile(self.hw, self.x_size)
         return configs.cdiv(self.c, tile.block_c), configs.cdiv(self.n, tile.block_n)
 
     def r_to_c_site(self, w_strides, has_bias, *, act, gate, backward, device):
@@ -305,14 +307,18 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     flags = dict(act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate])
     has_b1, has_b2 = int(b1 is not None), int(b2 is not None)
     tile, per_split, splits, grid = s.reduce_grid()
-    squeeze = _site(
-        se_squeeze_excite_fwd, grid,
-        "x_ptr w1_ptr b1_ptr w2_ptr b2_ptr partial_ptr counter_ptr pooled_ptr hidden_ptr scale_ptr",
-        dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, has_b1=has_b1,
-             has_b2=has_b2, **flags),
-        dict(EXCITE=not s.batched, CHANNELS_LAST=s.channels_last, BLOCK_C=tile.block_c,
-             BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages, FC_BLOCK_C=configs.FC_BLOCK_C,
-             FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device, tile.num_warps)
+
+    def squeeze():  # kernel A (not on the squeeze_fc1 path)
+        return _site(
+            se_squeeze_excite_fwd, grid,
+            "x_ptr w1_ptr b1_ptr w2_ptr b2_ptr partial_ptr counter_ptr pooled_ptr hidden_ptr "
+            "scale_ptr",
+            dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits,
+                 has_b1=has_b1, has_b2=has_b2, **flags),
+            dict(EXCITE=not s.batched, CHANNELS_LAST=s.channels_last, BLOCK_C=tile.block_c,
+                 BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages,
+                 FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc),
+            device, tile.num_warps)
     scale = _site(se_scale_fwd, s.streaming_grid(), "x_ptr res_ptr scale_ptr out_ptr",
                   dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
                   dict(HAS_RESIDUAL=residual is not None, POST_RELU=post_relu,
@@ -323,9 +329,9 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
     elif s.batched:
         fc1 = s.c_to_r_site(splits, (1, s.c), has_b1, backward=False, device=device, **flags)
         fc2 = s.r_to_c_site((1, s.cr), has_b2, backward=False, device=device, **flags)
-        sites = (squeeze, fc1, fc2, scale)
+        sites = (squeeze(), fc1, fc2, scale)
     else:
-        sites = (squeeze, scale)
+        sites = (squeeze(), scale)
     dense = (_is_dense(x, s.channels_last) and (residual is None or _is_dense(residual, s.channels_last))
              and all(t is None or t.is_contiguous() for t in (w1, b1, w2, b2)))
     return _Plan(s, splits, sites, dense)
@@ -479,16 +485,18 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     grad_res_in_reduction = write_grad_res and grad_out.dtype == x.dtype
     flags = dict(act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate])
     tile, per_split, splits, grid = s.reduce_grid()
-    squeeze = _site(
-        se_squeeze_excite_bwd, grid,
-        "grad_ptr x_ptr out_ptr grad_res_ptr w1_ptr w2_ptr hidden_ptr scale_ptr partial_ptr "
-        "counter_ptr gz_ptr gh_ptr gp_ptr",
-        dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, **flags),
-        dict(EXCITE=not s.batched, POST_RELU=post_relu,
-             WRITE_GRAD_RESIDUAL=grad_res_in_reduction, CHANNELS_LAST=s.channels_last,
-             BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages,
-             FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc), device,
-        tile.num_warps)
+
+    def squeeze():  # kernel A' (not on the squeeze_fc1 path)
+        return _site(
+            se_squeeze_excite_bwd, grid,
+            "grad_ptr x_ptr out_ptr grad_res_ptr w1_ptr w2_ptr hidden_ptr scale_ptr partial_ptr "
+            "counter_ptr gz_ptr gh_ptr gp_ptr",
+            dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, **flags),
+            dict(EXCITE=not s.batched, POST_RELU=post_relu,
+                 WRITE_GRAD_RESIDUAL=grad_res_in_reduction, CHANNELS_LAST=s.channels_last,
+                 BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages,
+                 FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc),
+            device, tile.num_warps)
     grad_pass = _site(se_scale_bwd, s.streaming_grid(),
                       "grad_ptr out_ptr scale_ptr gp_ptr grad_x_ptr grad_res_ptr",
                       dict(C=s.c, HW=s.hw, SAMPLE_NUMEL=s.c * s.hw),
@@ -503,9 +511,9 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
     elif s.batched:
         through_fc2 = s.c_to_r_site(splits, (s.cr, 1), 0, backward=True, device=device, **flags)
         through_fc1 = s.r_to_c_site((s.c, 1), 0, backward=True, device=device, **flags)
-        passes = (squeeze, through_fc2, through_fc1, grad_pass)
+        passes = (squeeze(), through_fc2, through_fc1, grad_pass)
     else:
-        passes = (squeeze, grad_pass)
+        passes = (squeeze(), grad_pass)
     m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
     tiles = configs.cdiv(s.c, m) * configs.cdiv(s.cr, k) + configs.cdiv(s.cr, m) * configs.cdiv(s.c, k)
     weight_grads = _site(se_weight_grads, (tiles,),
