@@ -9,8 +9,9 @@ forced (``configs.force_excitation_path``), and where the batched one is picked 
 squeeze_fc1 candidate (FC1 folded into the squeeze), beside the eager SE users run
 (``baselines.eager_se``). Times are GPU times: each call is captured in a CUDA graph and
 replayed (``triton.testing.do_bench_cudagraph``), so host overhead is excluded. The last
-columns say which path the traffic model picks (``configs.use_batched_excitation``) and how
-much slower its pick is than the fastest path. Needs a CUDA GPU.
+columns say which path the dispatcher picks (``configs.excitation_path``: the traffic model,
+and where the weights are heavy the GPU's tuning, see ``triton/tuning.py``) and how much
+slower its pick is than the fastest path. Needs a CUDA GPU.
 """
 
 import argparse
@@ -23,7 +24,7 @@ from senet_kernels import squeeze_excite
 from senet_kernels.baselines import eager_se
 from senet_kernels.bench import EFFICIENTNET_SE, RESNET_STAGES, write_json
 from senet_kernels.testing import make_inputs
-from senet_kernels.triton import configs
+from senet_kernels.triton import configs, tuning
 
 
 def shapes(batches, channels=None):
@@ -85,17 +86,20 @@ def run(batches, rep_ms, layouts=("channels_last", "nchw"), channels=None, json_
                                  channels_last=layout == "channels_last", residual=True,
                                  device="cuda", seed=c, draw_on_device=True)
             tensors = [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
-            batched = configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2)  # hw is H = W
-            # the squeeze_fc1 candidate where the batched path is picked (weight-heavy shapes)
-            timed = impls + ([("squeeze_fc1", triton, "squeeze_fc1")] if batched else [])
+            # hw is H = W; the path the dispatcher takes with this GPU's tuning
+            picks = configs.excitation_path(n, c, cr, hw * hw, 2, 2,
+                                            tuning.for_device(tensors[0].device))
+            # squeeze_fc1 too where the weights are heavy (it is built for those shapes only)
+            heavy = picks != "per_sample"
+            timed = impls + ([("squeeze_fc1", triton, "squeeze_fc1")] if heavy else [])
             for backward in (False, True):
                 times = {name: gpu_ms(step(fn, tensors, tail, backward, path), rep_ms)
                          for name, fn, path in timed}
-                picked = times["batched" if batched else "per_sample"]
+                picked = times[picks]
                 best = min(t for name, t in times.items() if name != "eager")
                 rows.append(dict(family=family, shape=[n, c, hw, hw], cr=cr, layout=layout,
                                  pass_name="fwd_bwd" if backward else "fwd", ms=times,
-                                 model_picks="batched" if batched else "per_sample",
+                                 model_picks=picks,
                                  pick_vs_best=picked / best,
                                  pick_vs_eager=times["eager"] / picked))
                 print(format_row(rows[-1]), flush=True)

@@ -12,20 +12,25 @@
 # own limit never cuts the run short. GPU_CHECK_SKIP is a bash regular expression: the steps
 # whose names match it are skipped (e.g. "model bench|train", to spend a short lease on the
 # rest). The steps come in order of what a run must answer:
-#   1. build the extension for this GPU only, in the background while the Triton tests run
-#      (pytest -n 8; each failure logged as it happens)
-#   2. one rejected extension call per device, each in its own process (its checks crashed)
-#   3. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
-#   4. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
-#   5. the CUDA extension's tests and the rest
-#   6. benchmarks/kernel_breakdown.py: GPU time per kernel on the weight-heavy shapes (the
-#      squeeze_fc1 candidate path beside the picked one), then the reductions' bandwidth with
-#      each candidate tile (--sweep-reduce-tiles), the squeeze_fc1 tiles (--sweep-squeeze-fc1)
-#      and the batched path with the FC1 GEMM split 1-16 ways (--sweep-k-splits)
-#   7. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py,
+#   1. build the extension for this GPU only, in the background while this GPU's tuning is
+#      measured (triton/tuning.py): the reductions' bandwidth with each candidate tile
+#      (kernel_breakdown.py --sweep-reduce-tiles) and the squeeze_fc1 tiles
+#      (--sweep-squeeze-fc1), against the defaults; benchmarks/tune.py picks the tiles; then
+#      GPU time per kernel on the weight-heavy shapes, batched and squeeze_fc1 paths, with
+#      those tiles (kernel_breakdown.py), and tune.py picks the path. The results folder's
+#      tuning.json is what every later step runs with (SENET_KERNELS_TUNING): copied to
+#      senet_kernels/triton/tuned/<gpu>.json, it is what this GPU model ships with.
+#   2. the Triton tests (pytest -n 8; each failure logged as it happens)
+#   3. one rejected extension call per device, each in its own process (its checks crashed)
+#   4. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
+#   5. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
+#   6. the CUDA extension's tests and the rest
+#   7. the batched path with the FC1 GEMM split 1-16 ways (kernel_breakdown.py --sweep-k-splits)
+#   8. benchmarks/host_overhead.py, benchmarks/model_host_profile.py, benchmarks/excitation_paths.py,
 #      benchmarks/train_throughput.sh (the train command under torchrun on one GPU)
-#   8. summary.md; the short summary is printed last
-# At most 8 files are written to the results folder (and copied to $OUT).
+#   9. summary.md; the short summary is printed last
+# At most 8 files are written to the results folder (and copied to $OUT): the main job's plot
+# is not among them (senet_kernels.bench.plot draws it from kernels.json on any machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -114,9 +119,39 @@ build_start=$SECONDS
   echo "$rc" > "$build_log.rc" ) &
 build_pid=$!
 
+# This GPU's tuning, measured against the defaults (SENET_KERNELS_TUNING=none; tiles are
+# forced in the sweeps anyway), while the extension builds. Intermediate JSON goes to a
+# scratch folder: the results folder keeps to 8 files.
+scratch=$(mktemp -d)
+tuning_file="$results/tuning.json"
+step "tune: reduce tile sweep" 90 env SENET_KERNELS_TUNING=none python benchmarks/kernel_breakdown.py \
+  --batch 256 --calls 10 --sweep-reduce-tiles --json "$scratch/reduce_tiles.json"
+step "tune: squeeze_fc1 tile sweep" 50 env SENET_KERNELS_TUNING=none python benchmarks/kernel_breakdown.py \
+  --batch 256 --calls 10 --sweep-squeeze-fc1 --json "$scratch/squeeze_fc1_tiles.json"
+sweeps=()
+[ -f "$scratch/reduce_tiles.json" ] && sweeps+=(--reduce-tiles "$scratch/reduce_tiles.json")
+[ -f "$scratch/squeeze_fc1_tiles.json" ] && sweeps+=(--squeeze-fc1-tiles "$scratch/squeeze_fc1_tiles.json")
+step "tune: tiles" 30 python benchmarks/tune.py --out "$tuning_file" "${sweeps[@]}"
+# Per-kernel GPU time of the weight-heavy shapes, batched (c_to_r split over K and not) and
+# squeeze_fc1, with the tiles just chosen (its last lines: squeeze_fc1 against batched).
+step "kernel breakdown" 70 env SENET_KERNELS_TUNING="$([ -f "$tuning_file" ] && echo "$PWD/$tuning_file" || echo none)" \
+  python benchmarks/kernel_breakdown.py --batch 256 --calls 20 --json "$scratch/paths.json"
+if [ -f "$tuning_file" ] && [ -f "$scratch/paths.json" ]; then
+  step "tune: path" 30 python benchmarks/tune.py --base "$tuning_file" --paths "$scratch/paths.json" \
+    --out "$tuning_file"
+fi
+if [ -f "$tuning_file" ]; then
+  export SENET_KERNELS_TUNING="$PWD/$tuning_file"
+  echo "== every later step runs with $tuning_file:" | tee -a "$log"
+  python -c "import sys; from senet_kernels.triton import tuning; print(tuning.describe(tuning.load(sys.argv[1])))" \
+    "$tuning_file" 2>&1 | tee -a "$log"
+else
+  echo "== no tuning measured: later steps run with the shipped one or the defaults" | tee -a "$log"
+fi
+
 # The GPU-relevant test files. Not the hypothesis property test: on a GPU each of its
 # examples compiles kernels of its own, and the Triton step ran past 150 s with it.
-tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py tests/test_dot_precision.py tests/test_squeeze_fc1.py"
+tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py tests/test_dot_precision.py tests/test_squeeze_fc1.py tests/test_tuning.py"
 # -v with the PASSED lines dropped: a failure is logged as it happens, so a step cut by its
 # limit still names its failures (pytest's own summary comes only at the end). A worker that
 # crashes is restarted at most twice.
@@ -176,8 +211,7 @@ PY
 bench_start=$SECONDS
 step "main job: bench --sizes gpu" 120 env TRITON_CACHE_DIR="$(mktemp -d)" \
   TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)" python -m senet_kernels bench --sizes gpu \
-  --dtype bfloat16 --layout channels_last nchw --no-progress --json "$results/kernels.json" \
-  --plot "$results/kernels.png"
+  --dtype bfloat16 --layout channels_last nchw --no-progress --json "$results/kernels.json"
 echo "== main job wall time: $((SECONDS - bench_start)) s" | tee -a "$log"
 # The model bench (the headline: SE overhead in whole networks; measured in two runs
 # already, so after the never-finished main job) before the extension's tests, on an
@@ -186,19 +220,6 @@ step "model bench" 150 python benchmarks/model_bench.py --batch 128 --dtype bflo
   --cuda-graphs --min-run-time 0.3 --json "$results/models.json"
 pytest_step "tests: cuda extension and the rest" 120 "" $tests tests/test_extension.py \
   tests/test_extension_checks.py tests/test_modules.py -k "not triton and not aot"
-# Per-kernel GPU time of the batched path's weight-heavy shapes, c_to_r split over K and not,
-# and of the squeeze_fc1 candidate path (its last lines: whether it beats the picked path;
-# the log keeps it: the results folder is at its 8 files).
-step "kernel breakdown" 70 python benchmarks/kernel_breakdown.py --batch 256 --calls 20
-# The squeeze ran at a third to a half of the read bandwidth on the weight-heavy shapes: the
-# reductions' GB/s with each candidate tile (12; 3 more on the first stage), to pick
-# configs.reduce_tile from.
-step "reduce tile sweep" 90 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
-  --sweep-reduce-tiles
-# The squeeze_fc1 candidate's forward with each tile of its sweep (8): what to put in
-# configs.SQUEEZE_FC1_TILE.
-step "squeeze_fc1 tile sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
-  --sweep-squeeze-fc1
 # The FC1 GEMM split 1-16 ways (the dispatcher picks at most 8): the batched path's other
 # lever on the 2048x7x7 forward.
 step "K-split sweep" 45 python benchmarks/kernel_breakdown.py --batch 256 --calls 10 \
@@ -232,6 +253,10 @@ if failed:
 def load(name):
     path = os.path.join(results, name)
     return json.load(open(path)) if os.path.exists(path) else None
+from senet_kernels.triton import tuning
+if os.path.exists(os.path.join(results, "tuning.json")):
+    parts.append("tuning measured (tuning.json): "
+                 + tuning.describe(tuning.load(os.path.join(results, "tuning.json"))))
 kernels = load("kernels.json")
 if kernels:
     parts.append("kernel bench (wall-time speedups, GPU-time floor fractions):\n" + summary(kernels))

@@ -31,13 +31,14 @@ import argparse
 import sys
 import time
 from collections import defaultdict
+from dataclasses import asdict
 
 import torch
 
 from senet_kernels.bench import (first_stage, reduce_tile_sweep_cases, weight_heavy_shapes,
                                   write_json)
 from senet_kernels.testing import make_inputs
-from senet_kernels.triton import configs
+from senet_kernels.triton import configs, tuning
 
 from excitation_paths import step, triton
 
@@ -59,6 +60,11 @@ def kernel_us(call, calls):
     return dict(times)
 
 
+def _device_tuning():
+    """The tuning the dispatcher uses on this GPU (triton/tuning.py): what "picked" means."""
+    return tuning.for_device(torch.device("cuda", torch.cuda.current_device()))
+
+
 def _new_result():
     return {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "rows": []}
@@ -71,37 +77,44 @@ def _inputs(n, c, hw, cr):
     return [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
 
 
-def _path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times):
+def _path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times,
+              dispatcher_split=True):
     """A row of per-kernel times of one pass (format_row prints it); ``picked``: whether it is
-    what the dispatcher runs."""
+    what the dispatcher runs; ``dispatcher_split``: whether the path runs as the dispatcher
+    would run it (the batched path: its K-split count, see benchmarks/tune.py)."""
     return dict(family=family, shape=[n, c, hw, hw], cr=cr, path=path,
                 pass_name="fwd_bwd" if backward else "fwd", k_splits=k_splits,
-                picked=picked, kernel_us=times, total_us=sum(times.values()))
+                picked=picked, dispatcher_split=dispatcher_split, kernel_us=times,
+                total_us=sum(times.values()))
 
 
 def run(n, calls, json_path=None):
     result = _new_result()
     rows = result["rows"]
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    device_tuning = _device_tuning()
     for shape in weight_heavy_shapes(n) + [first_stage(n)]:
         family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
         tail = family == "se_resnet50"
         tensors = _inputs(n, c, hw, cr)
-        if configs.use_batched_excitation(n, c, cr, hw * hw, 2, 2):
-            picked = configs.gemm_k_splits(n, c, cr, num_sms)[1]
-            # (backward, path, K-splits): the batched path as picked and unsplit, and the
-            # squeeze_fc1 candidate (no c_to_r GEMM, forward or backward: nothing to split)
+        picked_path = configs.excitation_path(n, c, cr, hw * hw, 2, 2, device_tuning)
+        picked_k = configs.gemm_k_splits(n, c, cr, num_sms)[1]
+        if picked_path != "per_sample":
+            # (backward, path, K-splits): the batched path as the dispatcher splits it and
+            # unsplit, and the squeeze_fc1 path (no c_to_r GEMM, forward or backward: nothing
+            # to split)
             variants = [(backward, path, k) for backward in (False, True) for path, k in
-                        [("batched", k) for k in sorted({picked, 1}, reverse=True)]
+                        [("batched", k) for k in sorted({picked_k, 1}, reverse=True)]
                         + [("squeeze_fc1", None)]]
         else:  # the per-sample path: no GEMM to split
-            picked, variants = None, [(True, "per_sample", None)]
+            variants = [(True, "per_sample", None)]
         for backward, path, k_splits in variants:
             with configs.force_k_splits(k_splits or 1):
                 times = kernel_us(step(triton, tensors, tail, backward, path), calls)
-            is_picked = path != "squeeze_fc1" and k_splits == picked
-            rows.append(_path_row(family, n, c, hw, cr, path, backward, k_splits, is_picked,
-                                  times))
+            dispatcher_split = path != "batched" or k_splits == picked_k
+            rows.append(_path_row(family, n, c, hw, cr, path, backward, k_splits,
+                                  path == picked_path and dispatcher_split, times,
+                                  dispatcher_split))
             print(format_row(rows[-1]), flush=True)
         if json_path:  # after each shape: a run stopped by a time limit keeps what it measured
             write_json(result, json_path, quiet=True)
@@ -111,20 +124,24 @@ def run(n, calls, json_path=None):
 
 
 def candidate_lines(rows):
-    """Per shape and pass: the squeeze_fc1 candidate's total GPU time against the path the
-    dispatcher picks (whether configs.excitation_path should take it)."""
+    """Per shape and pass: the squeeze_fc1 path's total GPU time against the batched path's
+    (as the dispatcher splits it), and which the dispatcher picks (the GPU's
+    Tuning.weight_heavy_path, see benchmarks/tune.py)."""
     lines = []
     for (family, shape, pass_name), best, picked in _best_per_group(
             rows, lambda r: (r["family"], tuple(r["shape"]), r["pass_name"]),
             lambda r: r["total_us"]):
-        candidate = next((r for r in rows if r["path"] == "squeeze_fc1" and r["family"] == family
-                          and tuple(r["shape"]) == shape and r["pass_name"] == pass_name), None)
-        if candidate is None or picked is None:
+        group = [r for r in rows if r["family"] == family and tuple(r["shape"]) == shape
+                 and r["pass_name"] == pass_name and r["dispatcher_split"]]
+        candidate = next((r for r in group if r["path"] == "squeeze_fc1"), None)
+        batched = next((r for r in group if r["path"] == "batched"), None)
+        if candidate is None or batched is None:
             continue
         lines.append(f"squeeze_fc1 {family} {'x'.join(map(str, shape))} {pass_name}: "
-                     f"{candidate['total_us']:.1f} us vs {picked['total_us']:.1f} us picked "
-                     f"({picked['total_us'] / candidate['total_us']:.2f}x); fastest: "
-                     f"{best['path']}, {best['total_us']:.1f} us")
+                     f"{candidate['total_us']:.1f} us vs {batched['total_us']:.1f} us batched "
+                     f"({batched['total_us'] / candidate['total_us']:.2f}x); picked: "
+                     f"{picked['path'] if picked else '-'}; fastest: {best['path']}, "
+                     f"{best['total_us']:.1f} us")
     return lines
 
 
@@ -133,6 +150,7 @@ def sweep_reduce_tiles(n, calls, json_path=None):
     few tiles on SE-ResNet-50's first stage): bench.reduce_tile_sweep_cases."""
     result = _new_result()
     rows = result["rows"]
+    device_tuning = _device_tuning()
     for shape, tiles in reduce_tile_sweep_cases(n):
         family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
         tail = family == "se_resnet50"
@@ -158,7 +176,7 @@ def sweep_reduce_tiles(n, calls, json_path=None):
                 rows.append(dict(family=family, shape=[n, c, hw, hw], kernel=kernel,
                                  tile=[tile.block_c, tile.block_hw], num_warps=tile.num_warps,
                                  num_stages=tile.num_stages,
-                                 picked=tile == configs.reduce_tile(True, hw * hw), us=us,
+                                 picked=tile == configs.reduce_tile(True, hw * hw, device_tuning), us=us,
                                  gbps=gbps, of_copy=gbps / copy_gbps))
                 r = rows[-1]
                 print(f"{family:>15} {n}x{c}x{hw}x{hw} {kernel.removeprefix('se_'):>20} tile "
@@ -202,13 +220,14 @@ def sweep_squeeze_fc1(n, calls, json_path=None):
     and the whole forward."""
     result = _new_result()
     rows = result["rows"]
+    device_tuning = _device_tuning()
     for shape in weight_heavy_shapes(n):
         family, n, c, hw, cr = shape.family, shape.n, shape.c, shape.hw, shape.cr
         tail = family == "se_resnet50"
         tensors = _inputs(n, c, hw, cr)
         x = tensors[0]
         copy_gbps = copy_bandwidth(x)
-        picked = configs.squeeze_fc1_tile(hw * hw)
+        picked = configs.squeeze_fc1_tile(hw * hw, 2, device_tuning)
         for tile in configs.SWEEP_SQUEEZE_FC1_TILES:
             try:
                 with configs.force_squeeze_fc1_tile(tile):
@@ -223,7 +242,7 @@ def sweep_squeeze_fc1(n, calls, json_path=None):
                 continue
             gbps = x.numel() * x.element_size() / us / 1e3
             rows.append(dict(family=family, shape=[n, c, hw, hw], tile=_tile_name(tile),
-                             picked=tile == picked, us=us, total_us=sum(times.values()),
+                             tile_fields=asdict(tile), picked=tile == picked, us=us, total_us=sum(times.values()),
                              gbps=gbps, of_copy=gbps / copy_gbps))
             r = rows[-1]
             print(f"{family:>15} {n}x{c}x{hw}x{hw} squeeze_fc1 {r['tile']:>22}"

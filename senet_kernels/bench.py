@@ -376,7 +376,7 @@ def run(todo, sizes, min_run_time=0.2, progress=True, source=None, deadline=None
         todo[position], times[position], gpu_times.get(position, {}), *traffic[position])]
     return {"device": describe_device(device), "date": time.strftime("%Y-%m-%d"),
             "versions": versions(), "sizes": sizes, "backends": timed_backends(device),
-            "rows": rows,
+            "triton_tuning": triton_tuning(device), "rows": rows,
             "phases": {"timing_seconds": time.perf_counter() - start,
                        "parts_timed_as_compiled": schedule.from_workers,
                        "out_of_time": schedule.out_of_time},
@@ -421,6 +421,12 @@ def versions():
     return out
 
 
+def triton_tuning(device):
+    """The Triton backend's tuning on ``device`` (triton/tuning.py), in one line."""
+    from .triton import tuning
+    return tuning.describe(tuning.for_device(device))
+
+
 def progress_bar(total, enabled, desc):
     try:
         from tqdm import tqdm
@@ -441,7 +447,8 @@ def progress_bar(total, enabled, desc):
 def format_table(result):
     """Markdown table: one line per (shape, pass, dtype, layout, implementation)."""
     lines = [f"device: {result['device']}; {', '.join(f'{k} {v}' for k, v in result['versions'].items())}; "
-             f"{result['date']}",
+             f"{result['date']}"
+             + (f"; Triton tuning: {result['triton_tuning']}" if result.get("triton_tuning") else ""),
              "",
              "| shape | pass | dtype | layout | impl | median ms | GPU ms | vs eager | vs compile | GB/s | of copy |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

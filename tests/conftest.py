@@ -41,3 +41,17 @@ def excitation_path(request):
     from senet_kernels.triton import configs  # imports no triton
     with configs.force_excitation_path(path):
         yield path
+
+
+@pytest.fixture(autouse=True)
+def default_tuning(request):
+    """Every test runs with configs.DEFAULT_TUNING, whatever GPU it is on and whatever
+    SENET_KERNELS_TUNING says, so that what a test expects of the dispatcher does not depend
+    on the machine; tests marked ``device_tuning`` see the device's own (tests/test_tuning.py
+    checks the op under it)."""
+    if request.node.get_closest_marker("device_tuning"):
+        yield
+        return
+    from senet_kernels.triton import configs, tuning  # import no triton
+    with tuning.use(configs.DEFAULT_TUNING):
+        yield

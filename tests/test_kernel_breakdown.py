@@ -48,18 +48,24 @@ def test_the_k_split_sweep_stays_within_what_the_epilogue_reads():
 
 
 def test_candidate_path_against_the_picked_one():
-    def row(path, pass_name, splits, total, picked=False, shape=(256, 2048, 7, 7)):
+    def row(path, pass_name, splits, total, picked=False, shape=(256, 2048, 7, 7), split=True):
         return dict(family="se_resnet50", shape=list(shape), path=path, pass_name=pass_name,
-                    k_splits=splits, picked=picked, total_us=total, cr=128, kernel_us={})
-    rows = [row("batched", "fwd", 5, 92.5, picked=True), row("batched", "fwd", 1, 114.1),
+                    k_splits=splits, picked=picked, total_us=total, cr=128, kernel_us={},
+                    dispatcher_split=split)
+    rows = [row("batched", "fwd", 5, 92.5, picked=True), row("batched", "fwd", 1, 114.1, split=False),
             row("squeeze_fc1", "fwd", None, 70.0),
             row("batched", "fwd_bwd", 5, 226.5, picked=True), row("squeeze_fc1", "fwd_bwd", None, 240.0),
             row("per_sample", "fwd_bwd", None, 1028.2, picked=True, shape=(256, 256, 56, 56))]
     assert kernel_breakdown.candidate_lines(rows) == [
-        "squeeze_fc1 se_resnet50 256x2048x7x7 fwd: 70.0 us vs 92.5 us picked (1.32x); "
-        "fastest: squeeze_fc1, 70.0 us",
-        "squeeze_fc1 se_resnet50 256x2048x7x7 fwd_bwd: 240.0 us vs 226.5 us picked (0.94x); "
-        "fastest: batched, 226.5 us"]
+        "squeeze_fc1 se_resnet50 256x2048x7x7 fwd: 70.0 us vs 92.5 us batched (1.32x); "
+        "picked: batched; fastest: squeeze_fc1, 70.0 us",
+        "squeeze_fc1 se_resnet50 256x2048x7x7 fwd_bwd: 240.0 us vs 226.5 us batched (0.94x); "
+        "picked: batched; fastest: batched, 226.5 us"]
+    # a GPU whose tuning takes squeeze_fc1: the batched row as the dispatcher would split it
+    rows[0]["picked"], rows[2]["picked"] = False, True
+    assert kernel_breakdown.candidate_lines(rows)[0] == (
+        "squeeze_fc1 se_resnet50 256x2048x7x7 fwd: 70.0 us vs 92.5 us batched (1.32x); "
+        "picked: squeeze_fc1; fastest: squeeze_fc1, 70.0 us")
     assert "fwd_bwd squeeze_fc1 path: 240.0 us" in kernel_breakdown.format_row(rows[4])
     assert "squeeze_fc1 path: 70.0 us" in kernel_breakdown.format_row(rows[2])
     assert "per-sample path" in kernel_breakdown.format_row(rows[5])

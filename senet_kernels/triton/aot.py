@@ -30,6 +30,8 @@ DTYPE_PAIRS = [(d, d) for d in (torch.float16, torch.bfloat16, torch.float32, to
 #: (H, W) covering each reduction tile (8x8 and 7x7 maps, a 3x3 "small map"), with H*W both
 #: a multiple of 16 (aligned rows, vectorizable in NCHW) and not.
 MAP_SIZES = [(8, 8), (7, 7), (3, 3)]
+#: A map past configs.TUNED_SMALL_MAP_PIXELS, where a shipped tuning's channels_last_tile applies.
+TUNED_LARGE_MAP = (15, 15)
 
 
 @dataclass
@@ -85,24 +87,33 @@ def _signature(launch):
 
 def _record_cases():
     """Run the dispatcher over every configuration-relevant case, recording the launches:
-    (those of the paths it picks, those of the GPU sweeps and of the candidate paths, which
-    only the lent machines' runs and tests force)."""
-    from . import configs
+    (those of the paths it picks, with the default tuning and with each GPU's shipped one;
+    those of the GPU sweeps and of the candidate paths, which only the lent machines' runs
+    and tests force)."""
+    from . import configs, tuning
 
     picked = [p for p in configs.EXCITATION_PATHS if p not in configs.CANDIDATE_PATHS]
     with recording_launches(run_too=False) as launches:
-        _record_paths(picked)
+        with tuning.use(configs.DEFAULT_TUNING):
+            _record_paths(picked)
+        for tuned in tuning.shipped().values():
+            # the tuned tiles in every dtype and layout (the sweeps time bf16 channels_last),
+            # on small maps and on one past TUNED_SMALL_MAP_PIXELS
+            with tuning.use(tuned):
+                _record_paths(("per_sample", tuned.weight_heavy_path),
+                              MAP_SIZES + [TUNED_LARGE_MAP])
     with recording_launches(run_too=False) as sweep_launches:
-        _record_sweep_tiles()
-        _record_paths(configs.CANDIDATE_PATHS)
+        with tuning.use(configs.DEFAULT_TUNING):
+            _record_sweep_tiles()
+            _record_paths(configs.CANDIDATE_PATHS)
     return launches, sweep_launches
 
 
-def _record_paths(paths):
+def _record_paths(paths, map_sizes=MAP_SIZES):
     """Every dtype pair, map size, layout and tail of each excitation path in ``paths``."""
     from . import configs
     for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
-            paths, DTYPE_PAIRS, MAP_SIZES, (False, True), (False, True), (False, True)):
+            paths, DTYPE_PAIRS, map_sizes, (False, True), (False, True), (False, True)):
         n, c, cr = 4, 64, 16
         x = torch.randn(n, c, h, w, dtype=dtype)
         if channels_last:

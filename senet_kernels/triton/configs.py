@@ -125,11 +125,15 @@ def force_reduce_tile(tile):
     return _forced("forced_reduce_tile", tile)
 
 
-def reduce_tile(channels_last, hw):
+def reduce_tile(channels_last, hw, tuning=None):
+    """The tile of kernels A / A' on maps of hw pixels: a forced one, else in channels_last
+    the ``tuning``'s (a GPU's measured choice, see Tuning; None: the defaults), else by map."""
     if forced_reduce_tile is not None:
         return forced_reduce_tile
     if channels_last:
-        return CHANNELS_LAST_TILE
+        tuning = tuning or DEFAULT_TUNING
+        return (tuning.channels_last_small_map_tile if hw <= TUNED_SMALL_MAP_PIXELS
+                else tuning.channels_last_tile)
     return NCHW_SMALL_MAP_TILE if hw <= NCHW_SMALL_MAP_TILE.block_hw else NCHW_TILE
 
 
@@ -210,9 +214,10 @@ def gemm_k_splits(n, c, cr, num_sms):
     return per_split, cdiv(c, per_split)
 
 
-def excitation_path(n, c, cr, hw, x_size, param_size):
-    """The path of EXCITATION_PATHS a shape takes: "batched" when the per-sample excitation's
-    weight traffic outweighs WEIGHT_TRAFFIC_LIMIT of one activation tensor, i.e.
+def excitation_path(n, c, cr, hw, x_size, param_size, tuning=None):
+    """The path of EXCITATION_PATHS a shape takes: a weight-heavy one (the ``tuning``'s
+    weight_heavy_path, "batched" by default) when the per-sample excitation's weight traffic
+    outweighs WEIGHT_TRAFFIC_LIMIT of one activation tensor, i.e.
     2 * Cr * param_size > WEIGHT_TRAFFIC_LIMIT * HW * x_size (independent of n: both sides
     grow with it), else "per_sample"; the forced path if one is. SE-ResNet-50 (Cr = C / 16),
     bf16: C = 2048 at 7x7 reads 5.2x its activations in weights per sample, C = 1024 at 14x14
@@ -221,7 +226,7 @@ def excitation_path(n, c, cr, hw, x_size, param_size):
         return forced_path
     per_sample = weight_bytes(c, cr, param_size) * weight_reads(n, False)
     heavy = per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
-    return "batched" if heavy else "per_sample"
+    return (tuning or DEFAULT_TUNING).weight_heavy_path if heavy else "per_sample"
 
 
 def use_batched_excitation(n, c, cr, hw, x_size, param_size):
@@ -271,14 +276,57 @@ def force_squeeze_fc1_tile(tile):
     return _forced("forced_squeeze_fc1_tile", tile)
 
 
-def squeeze_fc1_tile(hw, x_size=2):
-    """The squeeze_fc1 tile for maps of hw pixels of x_size-byte elements: block_hw no wider
-    than the map needs, nor than SQUEEZE_FC1_LOAD_BYTES allows (at least 16, for tl.dot)."""
+def squeeze_fc1_tile(hw, x_size=2, tuning=None):
+    """The squeeze_fc1 tile for maps of hw pixels of x_size-byte elements: the ``tuning``'s
+    (None: SQUEEZE_FC1_TILE) with block_hw no wider than the map needs, nor than
+    SQUEEZE_FC1_LOAD_BYTES allows (at least 16, for tl.dot)."""
     if forced_squeeze_fc1_tile is not None:
         return forced_squeeze_fc1_tile
-    tile = SQUEEZE_FC1_TILE
+    tile = (tuning or DEFAULT_TUNING).squeeze_fc1_tile
     block_hw = tile.block_hw
     while block_hw > 16 and (block_hw // 2 >= hw
                              or tile.block_c * block_hw * x_size > SQUEEZE_FC1_LOAD_BYTES):
         block_hw //= 2
     return replace(tile, block_hw=block_hw)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-GPU tuning: the few choices above that a GPU run measures (tuning.py loads them).
+
+#: channels_last maps of at most this many pixels (14x14: the weight-heavy stages the reduce
+#: tile sweep times) take Tuning.channels_last_small_map_tile; larger ones (the first stages,
+#: swept with SWEEP_FIRST_STAGE_TILES) Tuning.channels_last_tile.
+TUNED_SMALL_MAP_PIXELS = 196
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What one GPU model's measurements chose (benchmarks/tune.py writes it from the sweeps
+    of benchmarks/kernel_breakdown.py; tuning.py finds the one of the GPU in use). Every
+    choice is one the sweeps time, so each is compiled ahead of time for sm_90 (aot.py) and
+    covered by the tests that force it: the path taken where the weights are heavy
+    (excitation_path), the channels_last reduction tiles (reduce_tile) and the squeeze_fc1
+    tile (squeeze_fc1_tile). ``device``: the GPU name it was measured on ("" for the
+    defaults); ``source``: how (commands, date)."""
+    device: str = ""
+    weight_heavy_path: str = "batched"
+    channels_last_tile: ReduceTile = CHANNELS_LAST_TILE
+    channels_last_small_map_tile: ReduceTile = CHANNELS_LAST_TILE
+    squeeze_fc1_tile: SqueezeFc1Tile = SQUEEZE_FC1_TILE
+    source: str = ""
+
+    def __post_init__(self):
+        if self.weight_heavy_path not in ("batched", "squeeze_fc1"):
+            raise ValueError(f"weight_heavy_path must be 'batched' or 'squeeze_fc1', got "
+                             f"{self.weight_heavy_path!r}")
+        allowed = {"channels_last_tile": SWEEP_FIRST_STAGE_TILES,
+                   "channels_last_small_map_tile": SWEEP_REDUCE_TILES,
+                   "squeeze_fc1_tile": SWEEP_SQUEEZE_FC1_TILES}
+        for name, tiles in allowed.items():
+            if getattr(self, name) not in tiles:
+                raise ValueError(f"{name} {getattr(self, name)} is not one of the tiles the GPU "
+                                 f"sweeps time (and aot.py compiles): {tiles}")
+
+
+#: The choices of a GPU with no tuning of its own (and of the interpreter).
+DEFAULT_TUNING = Tuning()

@@ -54,7 +54,7 @@ from ..interpreter import interpreting
 from ..layout import is_channels_last, to_layout
 from ..ops import allocate_backward_outputs, allocate_forward_outputs
 from ..spec import ACTIVATION_CODE, GATE_CODE
-from . import configs
+from . import configs, tuning
 from .backward import se_scale_bwd, se_squeeze_excite_bwd, se_weight_grads
 from .batched import se_excite_gemm_c_to_r, se_excite_gemm_r_to_c
 from .forward import se_scale_fwd, se_squeeze_excite_fwd
@@ -175,18 +175,20 @@ class _Shape:
     num_sms: int
     dot_precision: str   # of the excitation GEMMs (configs.dot_precision)
     x_size: int          # bytes per element of x
+    tuning: configs.Tuning  # the device's (tuning.for_device)
 
     @staticmethod
     def of(x, w1):
         n, c, h, w = x.shape
         cr, hw = w1.shape[0], h * w
+        device_tuning = tuning.for_device(x.device)
         return _Shape(n, c, cr, hw, is_channels_last(x),
                       compute_dtype(x.dtype),
                       configs.excitation_path(n, c, cr, hw, x.element_size(),
-                                              w1.element_size()),
+                                              w1.element_size(), device_tuning),
                       _num_sms(x.device),
                       configs.dot_precision(w1.dtype in (torch.float16, torch.bfloat16)),
-                      x.element_size())
+                      x.element_size(), device_tuning)
 
     @property
     def batched(self):
@@ -201,7 +203,7 @@ class _Shape:
 
     def reduce_grid(self):
         """(tile, hw_per_split, splits, grid) of kernels A / A'."""
-        tile = configs.reduce_tile(self.channels_last, self.hw)
+        tile = configs.reduce_tile(self.channels_last, self.hw, self.tuning)
         per_split, splits = configs.hw_split(self.n, self.c, self.hw, tile, self.num_sms)
         return tile, per_split, splits, (configs.cdiv(self.c, tile.block_c) * splits, self.n)
 
@@ -237,7 +239,7 @@ class _Shape:
                           ACC=self.acc), device)
 
     def _squeeze_fc_constexprs(self):
-        tile = configs.squeeze_fc1_tile(self.hw, self.x_size)
+        tile = configs.squeeze_fc1_tile(self.hw, self.x_size, self.tuning)
         return tile, dict(CHANNELS_LAST=self.channels_last, BLOCK_N=tile.block_n,
                           BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, BLOCK_R=tile.block_r,
                           STAGES=tile.num_stages, SUM_CHUNK=tile.sum_chunk,
@@ -264,7 +266,7 @@ class _Shape:
 
     def squeeze_fc1_grid(self):
         """(channel blocks, sample tiles) of the squeeze_fc1 kernel."""
-        tile = configs.squeeze_fc1_tile(self.hw, self.x_size)
+        tile = configs.squeeze_fc1_tile(self.hw, self.x_size, self.tuning)
         return configs.cdiv(self.c, tile.block_c), configs.cdiv(self.n, tile.block_n)
 
     def r_to_c_site(self, w_strides, has_bias, *, act, gate, backward, device):
@@ -298,7 +300,7 @@ def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
             None if residual is None else residual.stride(), activation, gate, post_relu,
             x.data_ptr() % 16, w1.data_ptr() % 16, w2.data_ptr() % 16, _offset16(b1), _offset16(b2),
             _offset16(residual), configs.forced_path, configs.forced_k_splits,
-            configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile)
+            configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile, tuning.override)
 
 
 def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
@@ -470,7 +472,8 @@ def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
             activation, gate, grad_out.data_ptr() % 16, x.data_ptr() % 16, _offset16(out),
             w1.data_ptr() % 16, w2.data_ptr() % 16, pooled.data_ptr() % 16,
             hidden.data_ptr() % 16, scale.data_ptr() % 16, configs.forced_path,
-            configs.forced_k_splits, configs.forced_reduce_tile)
+            configs.forced_k_splits, configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile,
+            tuning.override)
 
 
 def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,

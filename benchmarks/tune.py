@@ -1,0 +1,167 @@
+"""Write a GPU's tuning (configs.Tuning, see senet_kernels/triton/tuning.py) from its sweeps.
+
+    python benchmarks/tune.py --out tuning.json [--base tuning.json] \
+        [--reduce-tiles R.json] [--squeeze-fc1-tiles F.json] [--paths B.json]
+
+The inputs are the JSON files of benchmarks/kernel_breakdown.py on one GPU:
+
+- ``--reduce-tiles``: ``--sweep-reduce-tiles`` (kernels A and A' with each tile, run with
+  SENET_KERNELS_TUNING=none): the channels_last tile of maps up to
+  configs.TUNED_SMALL_MAP_PIXELS, from the weight-heavy shapes, and of larger maps, from
+  SE-ResNet-50's first stage;
+- ``--squeeze-fc1-tiles``: ``--sweep-squeeze-fc1`` (the squeeze_fc1 forward with each tile);
+- ``--paths``: the plain run (each weight-heavy shape's forward and forward + backward on the
+  batched and the squeeze_fc1 path), best run with the tiles chosen above in effect
+  (SENET_KERNELS_TUNING=<the file the first two wrote>): the weight-heavy path.
+
+Each choice minimizes the summed GPU time over the shapes that measured every candidate (what
+a network with all of them spends), and leaves the base tuning's choice in place unless the
+best is more than MARGIN faster (run-to-run noise must not flip it). A choice without data
+keeps the base's. The file says how it was measured (``source``) and each choice is printed
+with its numbers. Runs anywhere (no GPU needed): tests/test_tune.py checks it on made-up rows.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from senet_kernels.triton import configs, tuning  # noqa: E402
+
+#: A choice moves off the base tuning only when the best candidate is faster by more than this.
+MARGIN = 0.02
+
+
+def choose(totals, current):
+    """(choice, line): the candidate of {candidate: summed us} with the least time, or
+    ``current`` where that is within MARGIN of the best."""
+    best = min(totals, key=totals.get)
+    if current in totals and totals[best] >= totals[current] * (1 - MARGIN):
+        best = current
+    ranked = ", ".join(f"{_name(k)} {v:.1f} us" for k, v in sorted(totals.items(), key=lambda kv: kv[1]))
+    return best, ranked
+
+
+def _name(choice):
+    if isinstance(choice, configs.ReduceTile):
+        return f"{choice.block_c}x{choice.block_hw} w{choice.num_warps} s{choice.num_stages}"
+    if isinstance(choice, configs.SqueezeFc1Tile):
+        return (f"n{choice.block_n} c{choice.block_c} hw{choice.block_hw} r{choice.block_r} "
+                f"s{choice.num_stages} w{choice.num_warps}")
+    return str(choice)
+
+
+def _totals(rows, group_of, candidate_of, cost):
+    """{candidate: summed cost} over the groups, for candidates measured in every group."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(group_of(r), {})[candidate_of(r)] = cost(r)
+    if not groups:
+        return {}
+    common = set.intersection(*(set(g) for g in groups.values()))
+    return {c: sum(g[c] for g in groups.values()) for c in common}
+
+
+def _reduce_tile(row):
+    return configs.ReduceTile(row["tile"][0], row["tile"][1], row["num_warps"], row["num_stages"])
+
+
+def reduce_tiles(result, base):
+    """(channels_last_small_map_tile, channels_last_tile, lines) from --sweep-reduce-tiles."""
+    chosen, lines = {}, []
+    for small, name in ((True, "channels_last_small_map_tile"), (False, "channels_last_tile")):
+        rows = [r for r in result["rows"]
+                if (r["shape"][2] * r["shape"][3] <= configs.TUNED_SMALL_MAP_PIXELS) == small]
+        totals = _totals(rows, lambda r: (tuple(r["shape"]), r["kernel"]), _reduce_tile,
+                         lambda r: r["us"])
+        current = getattr(base, name)
+        if not totals:
+            chosen[name] = current
+            continue
+        chosen[name], ranked = choose(totals, current)
+        shapes = sorted({"x".join(map(str, r["shape"])) for r in rows})
+        lines.append(f"{name}: {_name(chosen[name])} (kernels A + A' on {', '.join(shapes)}: "
+                     f"{ranked})")
+    return chosen["channels_last_small_map_tile"], chosen["channels_last_tile"], lines
+
+
+def squeeze_fc1_tile(result, base):
+    """(squeeze_fc1_tile, lines) from --sweep-squeeze-fc1 (the whole forward's GPU time)."""
+    totals = _totals(result["rows"], lambda r: tuple(r["shape"]),
+                     lambda r: configs.SqueezeFc1Tile(**r["tile_fields"]), lambda r: r["total_us"])
+    if not totals:
+        return base.squeeze_fc1_tile, []
+    tile, ranked = choose(totals, base.squeeze_fc1_tile)
+    return tile, [f"squeeze_fc1_tile: {_name(tile)} (squeeze_fc1 forwards: {ranked})"]
+
+
+def weight_heavy_path(result, base):
+    """(path, lines) from kernel_breakdown.py's plain run: batched (as the dispatcher splits
+    it) against squeeze_fc1, forward and forward + backward of every weight-heavy shape."""
+    rows = [r for r in result["rows"] if r["path"] in ("batched", "squeeze_fc1")
+            and r.get("dispatcher_split", True)]
+    totals = _totals(rows, lambda r: (tuple(r["shape"]), r["pass_name"]), lambda r: r["path"],
+                     lambda r: r["total_us"])
+    if len(totals) < 2:
+        return base.weight_heavy_path, []
+    path, ranked = choose(totals, base.weight_heavy_path)
+    groups = len({(tuple(r["shape"]), r["pass_name"]) for r in rows})
+    return path, [f"weight_heavy_path: {path} ({groups} shape x pass rows: {ranked})"]
+
+
+def tune(base, reduce_result=None, squeeze_fc1_result=None, paths_result=None):
+    """(Tuning, lines): ``base`` with the choices the given kernel_breakdown.py results make."""
+    results = [r for r in (reduce_result, squeeze_fc1_result, paths_result) if r]
+    devices = {r["device"] for r in results}
+    if len(devices) != 1:
+        raise ValueError(f"the results must come from one GPU, got {sorted(devices) or 'none'}")
+    device = devices.pop()
+    if base.device and base.device != device:
+        raise ValueError(f"the base tuning is for {base.device}, the results for {device}")
+    fields, lines = {}, []
+    if reduce_result:
+        small, large, more = reduce_tiles(reduce_result, base)
+        fields.update(channels_last_small_map_tile=small, channels_last_tile=large)
+        lines += more
+    if squeeze_fc1_result:
+        fields["squeeze_fc1_tile"], more = squeeze_fc1_tile(squeeze_fc1_result, base)
+        lines += more
+    if paths_result:
+        fields["weight_heavy_path"], more = weight_heavy_path(paths_result, base)
+        lines += more
+    latest = max(results, key=lambda r: r.get("date", ""))
+    measured = (f"benchmarks/tune.py on {device}, {latest.get('date', '?')}, torch "
+                f"{latest.get('torch', '?')}, from kernel_breakdown.py sweeps: " + "; ".join(lines))
+    source = f"{base.source} | {measured}" if base.source else measured
+    return replace(base, **fields, device=device, source=source), lines
+
+
+def _load_json(path):
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="the tuning file to write")
+    parser.add_argument("--base", help="a tuning file to start from (default: the defaults)")
+    parser.add_argument("--reduce-tiles", help="kernel_breakdown.py --sweep-reduce-tiles --json")
+    parser.add_argument("--squeeze-fc1-tiles", help="kernel_breakdown.py --sweep-squeeze-fc1 --json")
+    parser.add_argument("--paths", help="kernel_breakdown.py --json (its plain run)")
+    args = parser.parse_args()
+    base = tuning.load(args.base) if args.base else configs.DEFAULT_TUNING
+    tuned, lines = tune(base, *(_load_json(p) for p in (args.reduce_tiles, args.squeeze_fc1_tiles,
+                                                        args.paths)))
+    tuning.save(tuned, args.out)
+    for line in lines:
+        print(line)
+    changed = [k for k, v in tuning.to_dict(tuned).items()
+               if k not in ("device", "source") and v != tuning.to_dict(configs.DEFAULT_TUNING)[k]]
+    print(f"wrote {args.out} for {tuned.device}: "
+          f"{'differs from the defaults in ' + ', '.join(changed) if changed else 'the defaults'}")
+
+
+if __name__ == "__main__":
+    main()
