@@ -77,7 +77,7 @@ def _inputs(n, c, hw, cr):
     return [inputs[k].requires_grad_() for k in ("x", "w1", "b1", "w2", "b2", "residual")]
 
 
-def _path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times,
+def path_row(family, n, c, hw, cr, path, backward, k_splits, picked, times,
               dispatcher_split=True):
     """A row of per-kernel times of one pass (format_row prints it); ``picked``: whether it is
     what the dispatcher runs; ``dispatcher_split``: whether the path runs as the dispatcher
@@ -112,7 +112,7 @@ def run(n, calls, json_path=None):
             with configs.force_k_splits(k_splits or 1):
                 times = kernel_us(step(triton, tensors, tail, backward, path), calls)
             dispatcher_split = path != "batched" or k_splits == picked_k
-            rows.append(_path_row(family, n, c, hw, cr, path, backward, k_splits,
+            rows.append(path_row(family, n, c, hw, cr, path, backward, k_splits,
                                   path == picked_path and dispatcher_split, times,
                                   dispatcher_split))
             print(format_row(rows[-1]), flush=True)
@@ -173,11 +173,10 @@ def sweep_reduce_tiles(n, calls, json_path=None):
                 if us is None:
                     continue
                 gbps = tensors_moved * x.numel() * x.element_size() / us / 1e3
-                rows.append(dict(family=family, shape=[n, c, hw, hw], kernel=kernel,
-                                 tile=[tile.block_c, tile.block_hw], num_warps=tile.num_warps,
-                                 num_stages=tile.num_stages,
-                                 picked=tile == configs.reduce_tile(True, hw * hw, device_tuning), us=us,
-                                 gbps=gbps, of_copy=gbps / copy_gbps))
+                rows.append(reduce_tile_row(
+                    family, [n, c, hw, hw], kernel, tile,
+                    tile == configs.reduce_tile(True, hw * hw, device_tuning), us, gbps,
+                    copy_gbps))
                 r = rows[-1]
                 print(f"{family:>15} {n}x{c}x{hw}x{hw} {kernel.removeprefix('se_'):>20} tile "
                       f"{tile.block_c:>3}x{tile.block_hw:<3} {tile.num_warps} warps "
@@ -189,6 +188,22 @@ def sweep_reduce_tiles(n, calls, json_path=None):
     for line in best_tile_lines(rows):
         print(line, flush=True)
     return result
+
+
+def reduce_tile_row(family, shape, kernel, tile, picked, us, gbps, copy_gbps):
+    """A row of the reduce-tile sweep (benchmarks/tune.py reads these fields)."""
+    return dict(family=family, shape=list(shape), kernel=kernel,
+                tile=[tile.block_c, tile.block_hw], num_warps=tile.num_warps,
+                num_stages=tile.num_stages, picked=picked, us=us, gbps=gbps,
+                of_copy=gbps / copy_gbps)
+
+
+def squeeze_fc1_tile_row(family, shape, tile, picked, us, total_us, gbps, copy_gbps):
+    """A row of the squeeze_fc1 tile sweep: the kernel's time (us) and the whole forward's
+    (total_us); benchmarks/tune.py reads the tile back from tile_fields."""
+    return dict(family=family, shape=list(shape), tile=_tile_name(tile),
+                tile_fields=asdict(tile), picked=picked, us=us, total_us=total_us, gbps=gbps,
+                of_copy=gbps / copy_gbps)
 
 
 def _best_per_group(rows, group_key, cost):
@@ -241,9 +256,8 @@ def sweep_squeeze_fc1(n, calls, json_path=None):
             if us is None:
                 continue
             gbps = x.numel() * x.element_size() / us / 1e3
-            rows.append(dict(family=family, shape=[n, c, hw, hw], tile=_tile_name(tile),
-                             tile_fields=asdict(tile), picked=tile == picked, us=us, total_us=sum(times.values()),
-                             gbps=gbps, of_copy=gbps / copy_gbps))
+            rows.append(squeeze_fc1_tile_row(family, [n, c, hw, hw], tile, tile == picked, us,
+                                             sum(times.values()), gbps, copy_gbps))
             r = rows[-1]
             print(f"{family:>15} {n}x{c}x{hw}x{hw} squeeze_fc1 {r['tile']:>22}"
                   f"{' (picked)' if r['picked'] else '         '}: {us:7.1f} us "
@@ -288,7 +302,7 @@ def sweep_k_splits(n, calls, json_path=None):
                         continue
                     done.add(splits)
                     times = kernel_us(step(triton, tensors, tail, backward, "batched"), calls)
-                rows.append(_path_row(family, n, c, hw, cr, "batched", backward, splits,
+                rows.append(path_row(family, n, c, hw, cr, "batched", backward, splits,
                                       splits == picked, times))
                 print(format_row(rows[-1]), flush=True)
         if json_path:

@@ -55,14 +55,14 @@ def _name(choice):
 
 
 def _totals(rows, group_of, candidate_of, cost):
-    """{candidate: summed cost} over the groups, for candidates measured in every group."""
-    groups = {}
+    """{candidate: summed cost} over the groups, for candidates measured in every group, in
+    the order first seen (the sweep's order: the first of equally fast candidates wins)."""
+    groups, order = {}, {}
     for r in rows:
         groups.setdefault(group_of(r), {})[candidate_of(r)] = cost(r)
-    if not groups:
-        return {}
-    common = set.intersection(*(set(g) for g in groups.values()))
-    return {c: sum(g[c] for g in groups.values()) for c in common}
+        order.setdefault(candidate_of(r), None)
+    return {c: sum(g[c] for g in groups.values()) for c in order
+            if all(c in g for g in groups.values())}
 
 
 def _reduce_tile(row):

@@ -3,10 +3,10 @@
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from senet_kernels.triton import configs, tuning
 from senet_kernels.triton.configs import ReduceTile, SqueezeFc1Tile
@@ -14,6 +14,7 @@ from senet_kernels.triton.configs import ReduceTile, SqueezeFc1Tile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import kernel_breakdown  # noqa: E402  (its row builders: tune.py reads what it writes)
 import tune  # noqa: E402
 
 GPU = "Test GPU"
@@ -26,9 +27,8 @@ def _result(rows):
 
 
 def _reduce_row(shape, kernel, tile, us):
-    return dict(family="se_resnet50", shape=list(shape), kernel=kernel,
-                tile=[tile.block_c, tile.block_hw], num_warps=tile.num_warps,
-                num_stages=tile.num_stages, us=us)
+    return kernel_breakdown.reduce_tile_row("se_resnet50", shape, kernel, tile, False, us,
+                                            gbps=1.0, copy_gbps=1.0)
 
 
 def reduce_sweep(small_times, large_times):
@@ -75,8 +75,8 @@ def test_only_tiles_measured_on_every_shape_compete():
 
 def test_squeeze_fc1_tile_by_summed_forward_time():
     fast = SqueezeFc1Tile(block_c=128)
-    rows = [dict(family="se_resnet50", shape=list(shape), tile="", tile_fields=asdict(t),
-                 us=0.0, total_us=us)
+    rows = [kernel_breakdown.squeeze_fc1_tile_row("se_resnet50", shape, t, False, us / 2, us,
+                                                  gbps=1.0, copy_gbps=1.0)
             for shape in HEAVY for t, us in ((configs.SQUEEZE_FC1_TILE, 80.0), (fast, 70.0))]
     tuned, lines = tune.tune(configs.DEFAULT_TUNING, squeeze_fc1_result=_result(rows))
     assert tuned.squeeze_fc1_tile == fast
@@ -84,20 +84,20 @@ def test_squeeze_fc1_tile_by_summed_forward_time():
 
 
 def _path_rows(batched, squeeze_fc1):
+    def row(shape, path, backward, k_splits, total, dispatcher_split=True):
+        n, c, hw, _ = shape
+        # two kernels, so that the row's total is their sum
+        return kernel_breakdown.path_row("se_resnet50", n, c, hw, c // 16, path, backward,
+                                         k_splits, False, {"a": total / 4, "b": total * 3 / 4},
+                                         dispatcher_split)
     rows = []
     for shape in HEAVY:
-        for pass_name in ("fwd", "fwd_bwd"):
-            rows.append(dict(family="se_resnet50", shape=list(shape), path="batched",
-                             pass_name=pass_name, k_splits=4, dispatcher_split=True,
-                             total_us=batched))
-            rows.append(dict(family="se_resnet50", shape=list(shape), path="batched",
-                             pass_name=pass_name, k_splits=1, dispatcher_split=False,
-                             total_us=1.0))  # unsplit: not what the dispatcher runs
-            rows.append(dict(family="se_resnet50", shape=list(shape), path="squeeze_fc1",
-                             pass_name=pass_name, k_splits=None, dispatcher_split=True,
-                             total_us=squeeze_fc1))
-    rows.append(dict(family="se_resnet50", shape=FIRST, path="per_sample", pass_name="fwd_bwd",
-                     k_splits=None, dispatcher_split=True, total_us=1000.0))
+        for backward in (False, True):
+            rows.append(row(shape, "batched", backward, 4, batched))
+            # unsplit: not what the dispatcher runs
+            rows.append(row(shape, "batched", backward, 1, 1.0, dispatcher_split=False))
+            rows.append(row(shape, "squeeze_fc1", backward, None, squeeze_fc1))
+    rows.append(row(FIRST, "per_sample", True, None, 1000.0))
     return _result(rows)
 
 
@@ -137,3 +137,75 @@ def test_command_line_in_two_steps_as_gpu_check_runs_it(tmp_path):
     tuned = tuning.load(out)
     assert (tuned.weight_heavy_path, tuned.channels_last_small_map_tile) == ("squeeze_fc1", WIDE)
     assert tuned.source.count("benchmarks/tune.py on Test GPU") == 2
+
+
+class _FakeGpu:
+    """kernel_breakdown.py's GPU side replaced (no kernel runs): per-kernel times that
+    depend on what each call forces or the tuning in effect picks, so that the widest
+    reduction tile and the squeeze_fc1 tile with 128 channels are the fastest, and the
+    squeeze_fc1 path is faster than batched with that tile only."""
+
+    def __init__(self, monkeypatch):
+        class Props:
+            multi_processor_count = 132
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: Props())
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: GPU)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(kernel_breakdown, "_inputs", self.inputs)
+        monkeypatch.setattr(kernel_breakdown, "copy_bandwidth", lambda x: 3000.0)
+        monkeypatch.setattr(kernel_breakdown, "step", lambda fn, tensors, tail, backward, path:
+                            (path, backward))
+        monkeypatch.setattr(kernel_breakdown, "kernel_us", self.kernel_us)
+
+    @staticmethod
+    def inputs(n, c, hw, cr):
+        x = torch.empty(n, c, hw, hw, dtype=torch.bfloat16)
+        return [x, torch.empty(cr, c), torch.empty(cr), torch.empty(c, cr), torch.empty(c), x]
+
+    @staticmethod
+    def kernel_us(call, calls):
+        path, backward = call
+        tile = configs.forced_reduce_tile
+        if tile is not None:  # the reduce-tile sweep
+            us = 1000.0 / tile.block_c + tile.num_stages
+            return {"se_squeeze_excite_fwd": us, "se_squeeze_excite_bwd": 2 * us}
+        # the tile the dispatcher takes, from the tuning in effect, unless one is forced
+        fc1_tile = configs.forced_squeeze_fc1_tile or configs.squeeze_fc1_tile(
+            49, 2, tuning.for_device(torch.device("cuda", 0)))
+        fc1_us = 40.0 if fc1_tile.block_c == 128 and fc1_tile.num_warps == 4 else 55.0
+        tail = {"se_excite_gemm_r_to_c": 7.4, "se_scale_fwd": 35.4}
+        if path == "squeeze_fc1":  # faster than batched only with the tuned tile
+            return {"se_squeeze_fc1_fwd": fc1_us, **tail,
+                    **({"se_squeeze_fc2_bwd": 80.0} if backward else {})}
+        return {"se_squeeze_excite_fwd": 33.7, "se_excite_gemm_c_to_r": 16.0, **tail,
+                **({"se_squeeze_excite_bwd": 90.0} if backward else {})}
+
+
+@pytest.mark.device_tuning
+def test_gpu_check_tuning_flow_on_fake_timings(monkeypatch, tmp_path):
+    """gpu_check.sh's tuning steps, in Python, with kernel_breakdown.py's GPU side faked:
+    both sweeps, tune.py for the tiles, the plain breakdown with those tiles in effect, tune.py
+    for the path; what the flow chooses is what the fake timings favour."""
+    _FakeGpu(monkeypatch)
+    monkeypatch.setattr(tuning, "_by_device", {})
+    monkeypatch.setenv("SENET_KERNELS_TUNING", "none")
+    reduce_json, fc1_json, paths_json = (str(tmp_path / f"{n}.json") for n in ("r", "f", "p"))
+    kernel_breakdown.sweep_reduce_tiles(256, 1, reduce_json)
+    kernel_breakdown.sweep_squeeze_fc1(256, 1, fc1_json)
+    tiles, _ = tune.tune(configs.DEFAULT_TUNING, json.loads(Path(reduce_json).read_text()),
+                         json.loads(Path(fc1_json).read_text()))
+    assert tiles.channels_last_small_map_tile == ReduceTile(256, 16)  # widest, no stages
+    assert tiles.channels_last_tile == configs.CHANNELS_LAST_TILE  # the first stage's sweep
+    assert tiles.squeeze_fc1_tile == SqueezeFc1Tile(block_c=128)
+    assert tiles.weight_heavy_path == "batched"  # not measured yet
+    tuning.save(tiles, tmp_path / "tuning.json")
+    monkeypatch.setattr(tuning, "_by_device", {})
+    monkeypatch.setenv("SENET_KERNELS_TUNING", str(tmp_path / "tuning.json"))
+    kernel_breakdown.run(256, 1, paths_json)
+    paths = json.loads(Path(paths_json).read_text())
+    assert all(r["path"] != "squeeze_fc1" or r["picked"] is False for r in paths["rows"])
+    tuned, lines = tune.tune(tiles, paths_result=paths)
+    assert tuned.weight_heavy_path == "squeeze_fc1"
+    assert (tuned.channels_last_small_map_tile, tuned.squeeze_fc1_tile) == (
+        tiles.channels_last_small_map_tile, tiles.squeeze_fc1_tile)
+    assert tuned.device == GPU and tuned.source.count("benchmarks/tune.py on Test GPU") == 2
