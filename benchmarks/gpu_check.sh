@@ -131,7 +131,7 @@ step "tune: squeeze_fc1 tile sweep" 50 env SENET_KERNELS_TUNING=none python benc
 sweeps=()
 [ -f "$scratch/reduce_tiles.json" ] && sweeps+=(--reduce-tiles "$scratch/reduce_tiles.json")
 [ -f "$scratch/squeeze_fc1_tiles.json" ] && sweeps+=(--squeeze-fc1-tiles "$scratch/squeeze_fc1_tiles.json")
-step "tune: tiles" 30 python benchmarks/tune.py --out "$tuning_file" "${sweeps[@]}"
+step "tune: tiles" 30 python benchmarks/tune.py --out "$tuning_file" ${sweeps[@]+"${sweeps[@]}"}
 # Per-kernel GPU time of the weight-heavy shapes, batched (c_to_r split over K and not) and
 # squeeze_fc1, with the tiles just chosen (its last lines: squeeze_fc1 against batched).
 step "kernel breakdown" 70 env SENET_KERNELS_TUNING="$([ -f "$tuning_file" ] && echo "$PWD/$tuning_file" || echo none)" \
