@@ -20,7 +20,7 @@
 #      those tiles (kernel_breakdown.py), and tune.py picks the path. The results folder's
 #      tuning.json is what every later step runs with (SENET_KERNELS_TUNING): copied to
 #      senet_kernels/triton/tuned/<gpu>.json, it is what this GPU model ships with.
-#   2. the Triton tests (pytest -n 8; each failure logged as it happens)
+#   2. the Triton tests (pytest -n 12; each failure logged as it happens)
 #   3. one rejected extension call per device, each in its own process (its checks crashed)
 #   4. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
 #   5. benchmarks/model_bench.py: networks at batch 128, bf16, channels_last, CUDA graphs too
@@ -157,7 +157,7 @@ tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call
 # crashes is restarted at most twice.
 pytest_step() {  # pytest_step NAME LIMIT ENV-ASSIGNMENT-OR-EMPTY PYTEST-ARGS...
   local name=$1 limit=$2 assign=$3; shift 3
-  step "$name" "$limit" env ${assign:+"$assign"} bash -c 'python -m pytest -v -n 8 -p no:cacheprovider --max-worker-restart=2 -rfE "$@" 2>&1 | grep -v -E " PASSED |PytestBenchmarkWarning|warner\(" ; exit ${PIPESTATUS[0]}' pytest "$@"
+  step "$name" "$limit" env ${assign:+"$assign"} bash -c 'python -m pytest -v -n 12 -p no:cacheprovider --max-worker-restart=2 -rfE "$@" 2>&1 | grep -v -E " PASSED |PytestBenchmarkWarning|warner\(" ; exit ${PIPESTATUS[0]}' pytest "$@"
 }
 # the extension stays unloaded here: it appears mid-run, and test collection must not change
 pytest_step "tests: triton (while the extension builds)" 150 SENET_KERNELS_DISABLE_EXTENSION=1 \
