@@ -75,6 +75,10 @@ def test_environment_overrides_the_lookup(fresh_lookup, monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "_by_device", {})
     monkeypatch.setenv("SENET_KERNELS_TUNING", "none")
     assert tuning.for_device(torch.device("cpu")) == configs.DEFAULT_TUNING
+    monkeypatch.setattr(tuning, "_by_device", {})
+    monkeypatch.setenv("SENET_KERNELS_TUNING", str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="SENET_KERNELS_TUNING=.*missing.json"):
+        tuning.for_device(torch.device("cpu"))
 
 
 def test_shipped_files_load_and_match_their_gpu():

@@ -92,7 +92,10 @@ def _lookup(device):
     if env.lower() == "none":
         return configs.DEFAULT_TUNING
     if env:
-        return load(env)
+        try:
+            return load(env)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{_ENV}={env} (a tuning file, or 'none'): {e}") from None
     if device.type != "cuda":
         return configs.DEFAULT_TUNING
     import torch
