@@ -126,7 +126,7 @@ def run(n, calls, json_path=None):
 def candidate_lines(rows):
     """Per shape and pass: the squeeze_fc1 path's total GPU time against the batched path's
     (as the dispatcher splits it), and which the dispatcher picks (the GPU's
-    Tuning.weight_heavy_path, see benchmarks/tune.py)."""
+    Tuning.squeeze_fc1_max_pixels, see benchmarks/tune.py)."""
     lines = []
     for (family, shape, pass_name), best, picked in _best_per_group(
             rows, lambda r: (r["family"], tuple(r["shape"]), r["pass_name"]),

@@ -12,7 +12,9 @@ The inputs are the JSON files of benchmarks/kernel_breakdown.py on one GPU:
 - ``--squeeze-fc1-tiles``: ``--sweep-squeeze-fc1`` (the squeeze_fc1 forward with each tile);
 - ``--paths``: the plain run (each weight-heavy shape's forward and forward + backward on the
   batched and the squeeze_fc1 path), best run with the tiles chosen above in effect
-  (SENET_KERNELS_TUNING=<the file the first two wrote>): the weight-heavy path.
+  (SENET_KERNELS_TUNING=<the file the first two wrote>): up to which map size the
+  weight-heavy shapes take squeeze_fc1 (0, or one of the measured shapes' map sizes; batched
+  above it).
 
 Each choice minimizes the summed GPU time over the shapes that measured every candidate (what
 a network with all of them spends), and leaves the base tuning's choice in place unless the
@@ -98,18 +100,31 @@ def squeeze_fc1_tile(result, base):
     return tile, [f"squeeze_fc1_tile: {_name(tile)} (squeeze_fc1 forwards: {ranked})"]
 
 
-def weight_heavy_path(result, base):
-    """(path, lines) from kernel_breakdown.py's plain run: batched (as the dispatcher splits
-    it) against squeeze_fc1, forward and forward + backward of every weight-heavy shape."""
-    rows = [r for r in result["rows"] if r["path"] in ("batched", "squeeze_fc1")
-            and r.get("dispatcher_split", True)]
-    totals = _totals(rows, lambda r: (tuple(r["shape"]), r["pass_name"]), lambda r: r["path"],
-                     lambda r: r["total_us"])
-    if len(totals) < 2:
-        return base.weight_heavy_path, []
-    path, ranked = choose(totals, base.weight_heavy_path)
-    groups = len({(tuple(r["shape"]), r["pass_name"]) for r in rows})
-    return path, [f"weight_heavy_path: {path} ({groups} shape x pass rows: {ranked})"]
+def squeeze_fc1_max_pixels(result, base):
+    """(pixels, lines) from kernel_breakdown.py's plain run, which times every weight-heavy
+    shape's forward and forward + backward on the batched path (as the dispatcher splits it)
+    and the squeeze_fc1 path: the map size up to which squeeze_fc1 is taken (0: nowhere),
+    among 0 and the measured shapes' map sizes."""
+    times = {}
+    for r in result["rows"]:
+        if r["path"] in ("batched", "squeeze_fc1") and r.get("dispatcher_split", True):
+            group = (tuple(r["shape"]), r["pass_name"])
+            times.setdefault(group, {})[r["path"]] = r["total_us"]
+    times = {g: t for g, t in times.items() if len(t) == 2}
+    if not times:
+        return base.squeeze_fc1_max_pixels, []
+    pixels = lambda group: group[0][2] * group[0][3]
+    candidates = [0] + sorted({pixels(g) for g in times})
+    totals = {p: sum(t["squeeze_fc1" if pixels(g) <= p else "batched"] for g, t in times.items())
+              for p in candidates}
+    # the base's limit acts as the largest candidate it covers
+    current = max(p for p in candidates if p <= base.squeeze_fc1_max_pixels)
+    chosen, ranked = choose(totals, current)
+    if chosen == current:
+        chosen = base.squeeze_fc1_max_pixels
+    return chosen, [f"squeeze_fc1_max_pixels: {chosen} (weight-heavy maps up to that many "
+                    f"pixels take squeeze_fc1, larger ones batched; summed over {len(times)} "
+                    f"shape x pass rows, by limit: {ranked})"]
 
 
 def tune(base, reduce_result=None, squeeze_fc1_result=None, paths_result=None):
@@ -130,7 +145,7 @@ def tune(base, reduce_result=None, squeeze_fc1_result=None, paths_result=None):
         fields["squeeze_fc1_tile"], more = squeeze_fc1_tile(squeeze_fc1_result, base)
         lines += more
     if paths_result:
-        fields["weight_heavy_path"], more = weight_heavy_path(paths_result, base)
+        fields["squeeze_fc1_max_pixels"], more = squeeze_fc1_max_pixels(paths_result, base)
         lines += more
     latest = max(results, key=lambda r: r.get("date", ""))
     measured = (f"benchmarks/tune.py on {device}, {latest.get('date', '?')}, torch "

@@ -55,7 +55,7 @@ def test_reduce_tiles_take_the_fastest_on_each_side():
     assert tuned.channels_last_tile == PIPELINED
     assert tuned.device == GPU and "2026-12-01" in tuned.source and "2.11.0" in tuned.source
     assert lines[0].startswith("channels_last_small_map_tile: 128x32 w4 s3")
-    assert tuned.weight_heavy_path == configs.DEFAULT_TUNING.weight_heavy_path  # no data
+    assert tuned.squeeze_fc1_max_pixels == 0  # no data: the base's
 
 
 def test_a_gain_within_the_margin_keeps_the_base_choice():
@@ -84,32 +84,46 @@ def test_squeeze_fc1_tile_by_summed_forward_time():
 
 
 def _path_rows(batched, squeeze_fc1):
+    """kernel_breakdown.py's plain run: each weight-heavy shape (HEAVY: 7x7, then 14x14) on
+    both paths, forward and forward + backward; ``batched`` / ``squeeze_fc1``: us per row, one
+    number for all shapes or one per shape."""
     def row(shape, path, backward, k_splits, total, dispatcher_split=True):
         n, c, hw, _ = shape
         # two kernels, so that the row's total is their sum
         return kernel_breakdown.path_row("se_resnet50", n, c, hw, c // 16, path, backward,
                                          k_splits, False, {"a": total / 4, "b": total * 3 / 4},
                                          dispatcher_split)
+    per_shape = lambda t: t if isinstance(t, tuple) else (t,) * len(HEAVY)
     rows = []
-    for shape in HEAVY:
+    for shape, b, s in zip(HEAVY, per_shape(batched), per_shape(squeeze_fc1)):
         for backward in (False, True):
-            rows.append(row(shape, "batched", backward, 4, batched))
+            rows.append(row(shape, "batched", backward, 4, b))
             # unsplit: not what the dispatcher runs
             rows.append(row(shape, "batched", backward, 1, 1.0, dispatcher_split=False))
-            rows.append(row(shape, "squeeze_fc1", backward, None, squeeze_fc1))
+            rows.append(row(shape, "squeeze_fc1", backward, None, s))
     rows.append(row(FIRST, "per_sample", True, None, 1000.0))
     return _result(rows)
 
 
-@pytest.mark.parametrize("batched, squeeze_fc1, expected",
-                         [(92.5, 70.0, "squeeze_fc1"), (92.5, 95.0, "batched")])
-def test_weight_heavy_path(batched, squeeze_fc1, expected):
+@pytest.mark.parametrize("batched, squeeze_fc1, expected", [
+    (92.5, 70.0, 196),                 # squeeze_fc1 faster on both map sizes
+    ((92.5, 120.0), (70.0, 130.0), 49),  # on 7x7 only
+    (92.5, 95.0, 0),                   # on neither
+    (92.5, 91.0, 0),                   # faster, but within the margin
+])
+def test_squeeze_fc1_max_pixels(batched, squeeze_fc1, expected):
     tuned, lines = tune.tune(configs.DEFAULT_TUNING, paths_result=_path_rows(batched, squeeze_fc1))
-    assert tuned.weight_heavy_path == expected
-    assert lines == [f"weight_heavy_path: {expected} (4 shape x pass rows: "
-                     + ", ".join(f"{p} {t * 4:.1f} us" for p, t in
-                                 sorted({"batched": batched, "squeeze_fc1": squeeze_fc1}.items(),
-                                        key=lambda kv: kv[1])) + ")"]
+    assert tuned.squeeze_fc1_max_pixels == expected
+    assert lines[0].startswith(f"squeeze_fc1_max_pixels: {expected} (")
+    assert "summed over 4 shape x pass rows" in lines[0]
+
+
+def test_a_limit_past_the_measured_maps_stays_when_it_picks_the_same():
+    base = configs.Tuning(device=GPU, squeeze_fc1_max_pixels=400)
+    tuned, _ = tune.tune(base, paths_result=_path_rows(92.5, 70.0))
+    assert tuned.squeeze_fc1_max_pixels == 400
+    tuned, _ = tune.tune(base, paths_result=_path_rows(92.5, 120.0))
+    assert tuned.squeeze_fc1_max_pixels == 0
 
 
 def test_results_of_two_gpus_are_refused():
@@ -133,9 +147,9 @@ def test_command_line_in_two_steps_as_gpu_check_runs_it(tmp_path):
     first = run("--reduce-tiles", str(tmp_path / "reduce.json"))
     assert "differs from the defaults in channels_last_small_map_tile" in first
     second = run("--base", str(out), "--paths", str(tmp_path / "paths.json"))
-    assert "weight_heavy_path: squeeze_fc1" in second
+    assert "squeeze_fc1_max_pixels: 196" in second
     tuned = tuning.load(out)
-    assert (tuned.weight_heavy_path, tuned.channels_last_small_map_tile) == ("squeeze_fc1", WIDE)
+    assert (tuned.squeeze_fc1_max_pixels, tuned.channels_last_small_map_tile) == (196, WIDE)
     assert tuned.source.count("benchmarks/tune.py on Test GPU") == 2
 
 
@@ -197,7 +211,7 @@ def test_gpu_check_tuning_flow_on_fake_timings(monkeypatch, tmp_path):
     assert tiles.channels_last_small_map_tile == ReduceTile(256, 16)  # widest, no stages
     assert tiles.channels_last_tile == configs.CHANNELS_LAST_TILE  # the first stage's sweep
     assert tiles.squeeze_fc1_tile == SqueezeFc1Tile(block_c=128)
-    assert tiles.weight_heavy_path == "batched"  # not measured yet
+    assert tiles.squeeze_fc1_max_pixels == 0  # not measured yet
     tuning.save(tiles, tmp_path / "tuning.json")
     monkeypatch.setattr(tuning, "_by_device", {})
     monkeypatch.setenv("SENET_KERNELS_TUNING", str(tmp_path / "tuning.json"))
@@ -205,7 +219,7 @@ def test_gpu_check_tuning_flow_on_fake_timings(monkeypatch, tmp_path):
     paths = json.loads(Path(paths_json).read_text())
     assert all(r["path"] != "squeeze_fc1" or r["picked"] is False for r in paths["rows"])
     tuned, lines = tune.tune(tiles, paths_result=paths)
-    assert tuned.weight_heavy_path == "squeeze_fc1"
+    assert tuned.squeeze_fc1_max_pixels == 196  # every weight-heavy shape measured
     assert (tuned.channels_last_small_map_tile, tuned.squeeze_fc1_tile) == (
         tiles.channels_last_small_map_tile, tiles.squeeze_fc1_tile)
     assert tuned.device == GPU and tuned.source.count("benchmarks/tune.py on Test GPU") == 2

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from senet_kernels.testing import assert_close, make_inputs, reference64
+from senet_kernels.testing import assert_close, forward_backward_vs_reference, make_inputs
 from senet_kernels.triton import configs, tuning
 from senet_kernels.triton.configs import ReduceTile, SqueezeFc1Tile, Tuning
 from senet_kernels.triton.launcher import recording_launches
 
 #: Every choice away from the defaults, each one the sweeps time.
-TUNED = Tuning(device="Test GPU", weight_heavy_path="squeeze_fc1",
+TUNED = Tuning(device="Test GPU", squeeze_fc1_max_pixels=196,
                channels_last_tile=ReduceTile(64, 32, num_stages=3),
                channels_last_small_map_tile=ReduceTile(128, 32, num_stages=3),
                squeeze_fc1_tile=SqueezeFc1Tile(block_c=128), source="a test")
@@ -39,7 +39,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"weight_heavy_path": "per_sample"}, "weight_heavy_path"),
+    ({"squeeze_fc1_max_pixels": -1}, "squeeze_fc1_max_pixels"),
+    ({"squeeze_fc1_max_pixels": "all"}, "squeeze_fc1_max_pixels"),
     ({"channels_last_small_map_tile": {"block_c": 96, "block_hw": 32}}, "not one of the tiles"),
     ({"channels_last_tile": {"block_c": 256, "block_hw": 16}}, "not one of the tiles"),
     ({"squeeze_fc1_tile": {"block_n": 64}}, "not one of the tiles"),
@@ -95,6 +96,8 @@ def test_configs_follow_the_tuning():
     assert configs.reduce_tile(True, 49) == configs.CHANNELS_LAST_TILE
     bf16 = 2
     assert configs.excitation_path(256, 2048, 128, 49, bf16, bf16, TUNED) == "squeeze_fc1"
+    assert configs.excitation_path(256, 1024, 64, 196, bf16, bf16, TUNED) == "squeeze_fc1"
+    assert configs.excitation_path(256, 1024, 256, 400, bf16, bf16, TUNED) == "batched"
     assert configs.excitation_path(256, 2048, 128, 49, bf16, bf16) == "batched"
     assert configs.excitation_path(256, 256, 16, 3136, bf16, bf16, TUNED) == "per_sample"
     assert configs.squeeze_fc1_tile(49, bf16, TUNED).block_c == 128
@@ -113,25 +116,25 @@ def test_the_op_is_right_with_the_devices_tuning(device, poison, dtype, channels
     """Forward and backward with the tuning the device really uses (on a lent GPU,
     benchmarks/gpu_check.sh sets SENET_KERNELS_TUNING to the one it has just measured): a
     weight-heavy shape, and light ones on a small map and past TUNED_SMALL_MAP_PIXELS."""
-    from senet_kernels import squeeze_excite
     assert tuning.override is None
     used = tuning.for_device(device)
     for n, c, h, cr in ((3, 160, 4, 40), (2, 8, 12, 2), (2, 8, 15, 2)):
         args = make_inputs(n, c, h, h, cr, dtype=dtype, channels_last=channels_last,
                            residual=True, device=device, seed=c + h)
-        leaves = {k: v.detach().requires_grad_() for k, v in args.items()}
         with recording_launches() as launches:
-            out = squeeze_excite(*leaves.values(), post_relu=True, backend="triton")
+            _check_against_reference(args, dtype, f" {n}x{c}x{h}x{h}")
         if c == 160:  # the weight-heavy shape takes the tuning's path
             assert bool(_launched("se_squeeze_fc1_fwd", launches)) == (
-                used.weight_heavy_path == "squeeze_fc1"), used
-        grad = torch.randn_like(out)
-        grads = torch.autograd.grad(out, list(leaves.values()), grad)
-        expected, args64 = reference64(args, post_relu=True)
-        expected.backward(grad.double())
-        assert_close(out, expected, dtype, f"out {n}x{c}x{h}x{h}")
-        for name, g in zip(leaves, grads):
-            assert_close(g, args64[name].grad, dtype, f"grad {name} {n}x{c}x{h}x{h}")
+                h * h <= used.squeeze_fc1_max_pixels), used
+
+
+def _check_against_reference(args, dtype, where=""):
+    """Output and every gradient (a seeded upstream gradient) of the Triton backend with the
+    SE-ResNet tail against the float64 reference's."""
+    from senet_kernels import squeeze_excite
+    run = lambda *a, **k: squeeze_excite(*a, backend="triton", **k)
+    for result in forward_backward_vs_reference(run, args, post_relu=True):
+        assert_close(result.actual, result.expected, dtype, result.name + where)
 
 
 def _launched(kernel_name, launches):
@@ -141,22 +144,13 @@ def _launched(kernel_name, launches):
 def test_dispatcher_follows_the_tuning_and_stays_right(device, poison):
     """A weight-heavy shape takes the tuned path and tile; a light one on a small map the
     tuned reduction tile; forward and backward match the float64 reference."""
-    from senet_kernels import squeeze_excite
     heavy = make_inputs(3, 160, 4, 4, 40, channels_last=True, residual=True, device=device,
                         seed=1)
     light = make_inputs(2, 8, 12, 12, 2, channels_last=True, residual=True, device=device,
                         seed=2)
     with tuning.use(TUNED), recording_launches() as launches:
         for args in (heavy, light):
-            leaves = {k: v.detach().requires_grad_() for k, v in args.items()}
-            out = squeeze_excite(*leaves.values(), post_relu=True, backend="triton")
-            grad = torch.randn_like(out)
-            grads = torch.autograd.grad(out, list(leaves.values()), grad)
-            expected, args64 = reference64(args, post_relu=True)
-            expected.backward(grad.double())
-            assert_close(out, expected, torch.float32, "out")
-            for name, g in zip(leaves, grads):
-                assert_close(g, args64[name].grad, torch.float32, f"grad {name}")
+            _check_against_reference(args, torch.float32)
     fc1 = _launched("se_squeeze_fc1_fwd", launches)
     assert len(fc1) == 1 and fc1[0].constexprs["BLOCK_C"] == 128
     assert len(_launched("se_squeeze_fc2_bwd", launches)) == 1
@@ -184,6 +178,6 @@ def test_aot_records_what_a_shipped_tuning_picks(monkeypatch):
 def test_describe_names_what_differs_from_the_defaults():
     assert tuning.describe(configs.DEFAULT_TUNING) == "defaults"
     line = tuning.describe(TUNED)
-    assert line.startswith("measured on Test GPU: weight_heavy_path squeeze_fc1, ")
+    assert line.startswith("measured on Test GPU: squeeze_fc1_max_pixels 196, ")
     assert "squeeze_fc1_tile (block_n=16 block_c=128" in line
     assert tuning.describe(configs.Tuning(device="X")) == "measured on X: the defaults"

@@ -100,7 +100,8 @@ def _record_cases():
             # the tuned tiles in every dtype and layout (the sweeps time bf16 channels_last),
             # on small maps and on one past TUNED_SMALL_MAP_PIXELS
             with tuning.use(tuned):
-                _record_paths(("per_sample", tuned.weight_heavy_path),
+                _record_paths(("per_sample", "batched")
+                              + (("squeeze_fc1",) if tuned.squeeze_fc1_max_pixels else ()),
                               MAP_SIZES + [TUNED_LARGE_MAP])
     with recording_launches(run_too=False) as sweep_launches:
         with tuning.use(configs.DEFAULT_TUNING):

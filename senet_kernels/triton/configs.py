@@ -215,9 +215,10 @@ def gemm_k_splits(n, c, cr, num_sms):
 
 
 def excitation_path(n, c, cr, hw, x_size, param_size, tuning=None):
-    """The path of EXCITATION_PATHS a shape takes: a weight-heavy one (the ``tuning``'s
-    weight_heavy_path, "batched" by default) when the per-sample excitation's weight traffic
-    outweighs WEIGHT_TRAFFIC_LIMIT of one activation tensor, i.e.
+    """The path of EXCITATION_PATHS a shape takes: a weight-heavy one ("batched", or
+    "squeeze_fc1" on maps of at most the ``tuning``'s squeeze_fc1_max_pixels, none by default)
+    when the per-sample excitation's weight traffic outweighs WEIGHT_TRAFFIC_LIMIT of one
+    activation tensor, i.e.
     2 * Cr * param_size > WEIGHT_TRAFFIC_LIMIT * HW * x_size (independent of n: both sides
     grow with it), else "per_sample"; the forced path if one is. SE-ResNet-50 (Cr = C / 16),
     bf16: C = 2048 at 7x7 reads 5.2x its activations in weights per sample, C = 1024 at 14x14
@@ -226,7 +227,9 @@ def excitation_path(n, c, cr, hw, x_size, param_size, tuning=None):
         return forced_path
     per_sample = weight_bytes(c, cr, param_size) * weight_reads(n, False)
     heavy = per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
-    return (tuning or DEFAULT_TUNING).weight_heavy_path if heavy else "per_sample"
+    if not heavy:
+        return "per_sample"
+    return "squeeze_fc1" if hw <= (tuning or DEFAULT_TUNING).squeeze_fc1_max_pixels else "batched"
 
 
 def use_batched_excitation(n, c, cr, hw, x_size, param_size):
@@ -304,21 +307,22 @@ class Tuning:
     """What one GPU model's measurements chose (benchmarks/tune.py writes it from the sweeps
     of benchmarks/kernel_breakdown.py; tuning.py finds the one of the GPU in use). Every
     choice is one the sweeps time, so each is compiled ahead of time for sm_90 (aot.py) and
-    covered by the tests that force it: the path taken where the weights are heavy
-    (excitation_path), the channels_last reduction tiles (reduce_tile) and the squeeze_fc1
-    tile (squeeze_fc1_tile). ``device``: the GPU name it was measured on ("" for the
-    defaults); ``source``: how (commands, date)."""
+    covered by the tests that force it: where the weights are heavy, the maps of at most
+    squeeze_fc1_max_pixels pixels take the squeeze_fc1 path and larger ones the batched path
+    (excitation_path; 0: batched everywhere), the channels_last reduction tiles (reduce_tile)
+    and the squeeze_fc1 tile (squeeze_fc1_tile). ``device``: the GPU name it was measured on
+    ("" for the defaults); ``source``: how (commands, date)."""
     device: str = ""
-    weight_heavy_path: str = "batched"
+    squeeze_fc1_max_pixels: int = 0
     channels_last_tile: ReduceTile = CHANNELS_LAST_TILE
     channels_last_small_map_tile: ReduceTile = CHANNELS_LAST_TILE
     squeeze_fc1_tile: SqueezeFc1Tile = SQUEEZE_FC1_TILE
     source: str = ""
 
     def __post_init__(self):
-        if self.weight_heavy_path not in ("batched", "squeeze_fc1"):
-            raise ValueError(f"weight_heavy_path must be 'batched' or 'squeeze_fc1', got "
-                             f"{self.weight_heavy_path!r}")
+        if not isinstance(self.squeeze_fc1_max_pixels, int) or self.squeeze_fc1_max_pixels < 0:
+            raise ValueError(f"squeeze_fc1_max_pixels must be an int >= 0, got "
+                             f"{self.squeeze_fc1_max_pixels!r}")
         allowed = {"channels_last_tile": SWEEP_FIRST_STAGE_TILES,
                    "channels_last_small_map_tile": SWEEP_REDUCE_TILES,
                    "squeeze_fc1_tile": SWEEP_SQUEEZE_FC1_TILES}

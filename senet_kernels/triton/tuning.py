@@ -36,7 +36,7 @@ def file_name(device_name):
 
 def from_dict(d):
     """A Tuning from its JSON form (to_dict); raises ValueError on anything else."""
-    fields = {"device", "weight_heavy_path", "channels_last_tile",
+    fields = {"device", "squeeze_fc1_max_pixels", "channels_last_tile",
               "channels_last_small_map_tile", "squeeze_fc1_tile", "source"}
     unknown = set(d) - fields
     if unknown:
