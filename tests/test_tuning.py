@@ -112,7 +112,7 @@ def test_tests_run_with_the_defaults(device):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=lambda d: str(d).removeprefix("torch."))
-def test_the_op_is_right_with_the_devices_tuning(device, poison, dtype, channels_last):
+def test_triton_op_is_right_with_the_devices_tuning(device, poison, dtype, channels_last):
     """Forward and backward with the tuning the device really uses (on a lent GPU,
     benchmarks/gpu_check.sh sets SENET_KERNELS_TUNING to the one it has just measured): a
     weight-heavy shape, and light ones on a small map and past TUNED_SMALL_MAP_PIXELS."""
