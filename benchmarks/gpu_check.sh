@@ -13,13 +13,12 @@
 # whose names match it are skipped (e.g. "model bench|train", to spend a short lease on the
 # rest). The steps come in order of what a run must answer:
 #   1. build the extension for this GPU only, in the background while this GPU's tuning is
-#      measured (triton/tuning.py): the reductions' bandwidth with each candidate tile
-#      (kernel_breakdown.py --sweep-reduce-tiles) and the squeeze_fc1 tiles
-#      (--sweep-squeeze-fc1), against the defaults; benchmarks/tune.py picks the tiles; then
-#      GPU time per kernel on the weight-heavy shapes, batched and squeeze_fc1 paths, with
-#      those tiles (kernel_breakdown.py), and tune.py picks the path. The results folder's
-#      tuning.json is what every later step runs with (SENET_KERNELS_TUNING): copied to
-#      senet_kernels/triton/tuned/<gpu>.json, it is what this GPU model ships with.
+#      measured (triton/tuning.py; benchmarks/tune.py --measure): the reductions' bandwidth
+#      with each candidate tile and the squeeze_fc1 tiles, against the defaults, pick the
+#      tiles; GPU time per kernel on the weight-heavy shapes, batched and squeeze_fc1 paths,
+#      with those tiles, picks the path. The results folder's tuning.json is what every later
+#      step runs with (SENET_KERNELS_TUNING): copied to senet_kernels/triton/tuned/<gpu>.json,
+#      it is what this GPU model ships with.
 #   2. the Triton tests (pytest -n 12; each failure logged as it happens)
 #   3. one rejected extension call per device, each in its own process (its checks crashed)
 #   4. the main job, python -m senet_kernels bench --sizes gpu, cold (its wall time is recorded)
@@ -119,27 +118,15 @@ build_start=$SECONDS
   echo "$rc" > "$build_log.rc" ) &
 build_pid=$!
 
-# This GPU's tuning, measured against the defaults (SENET_KERNELS_TUNING=none; tiles are
-# forced in the sweeps anyway), while the extension builds. Intermediate JSON goes to a
-# scratch folder: the results folder keeps to 8 files.
-scratch=$(mktemp -d)
+# This GPU's tuning (benchmarks/tune.py --measure), while the extension builds: the
+# reduction-tile and squeeze_fc1-tile sweeps against the defaults (kernel_breakdown.py
+# --sweep-reduce-tiles, --sweep-squeeze-fc1), then each kernel's GPU time on the
+# weight-heavy shapes, batched (c_to_r split over K and not) and squeeze_fc1, with the tiles
+# just chosen (kernel_breakdown.py; its last lines: squeeze_fc1 against batched), then the
+# map size up to which squeeze_fc1 is taken. It writes the tiles as soon as it has them.
 tuning_file="$results/tuning.json"
-step "tune: reduce tile sweep" 90 env SENET_KERNELS_TUNING=none python benchmarks/kernel_breakdown.py \
-  --batch 256 --calls 10 --sweep-reduce-tiles --json "$scratch/reduce_tiles.json"
-step "tune: squeeze_fc1 tile sweep" 50 env SENET_KERNELS_TUNING=none python benchmarks/kernel_breakdown.py \
-  --batch 256 --calls 10 --sweep-squeeze-fc1 --json "$scratch/squeeze_fc1_tiles.json"
-sweeps=()
-[ -f "$scratch/reduce_tiles.json" ] && sweeps+=(--reduce-tiles "$scratch/reduce_tiles.json")
-[ -f "$scratch/squeeze_fc1_tiles.json" ] && sweeps+=(--squeeze-fc1-tiles "$scratch/squeeze_fc1_tiles.json")
-step "tune: tiles" 30 python benchmarks/tune.py --out "$tuning_file" ${sweeps[@]+"${sweeps[@]}"}
-# Per-kernel GPU time of the weight-heavy shapes, batched (c_to_r split over K and not) and
-# squeeze_fc1, with the tiles just chosen (its last lines: squeeze_fc1 against batched).
-step "kernel breakdown" 70 env SENET_KERNELS_TUNING="$([ -f "$tuning_file" ] && echo "$PWD/$tuning_file" || echo none)" \
-  python benchmarks/kernel_breakdown.py --batch 256 --calls 20 --json "$scratch/paths.json"
-if [ -f "$tuning_file" ] && [ -f "$scratch/paths.json" ]; then
-  step "tune: path" 30 python benchmarks/tune.py --base "$tuning_file" --paths "$scratch/paths.json" \
-    --out "$tuning_file"
-fi
+step "tune: sweeps and kernel breakdown" 240 python benchmarks/tune.py --measure --batch 256 \
+  --calls 10 --out "$tuning_file"
 if [ -f "$tuning_file" ]; then
   export SENET_KERNELS_TUNING="$PWD/$tuning_file"
   echo "== every later step runs with $tuning_file:" | tee -a "$log"

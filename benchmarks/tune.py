@@ -1,9 +1,13 @@
 """Write a GPU's tuning (configs.Tuning, see senet_kernels/triton/tuning.py) from its sweeps.
 
+    python benchmarks/tune.py --measure --out tuning.json [--batch 256] [--calls 10]   # GPU
     python benchmarks/tune.py --out tuning.json [--base tuning.json] \
         [--reduce-tiles R.json] [--squeeze-fc1-tiles F.json] [--paths B.json]
 
-The inputs are the JSON files of benchmarks/kernel_breakdown.py on one GPU:
+``--measure`` runs the measurements below in this process, in order (the sweeps with the
+defaults, then the plain run with the tiles chosen from them), writing the file after the
+tiles and again after the path: what benchmarks/gpu_check.sh runs. Otherwise the inputs are
+the JSON files of benchmarks/kernel_breakdown.py on one GPU:
 
 - ``--reduce-tiles``: ``--sweep-reduce-tiles`` (kernels A and A' with each tile, run with
   SENET_KERNELS_TUNING=none): the channels_last tile of maps up to
@@ -20,7 +24,8 @@ Each choice minimizes the summed GPU time over the shapes that measured every ca
 a network with all of them spends), and leaves the base tuning's choice in place unless the
 best is more than MARGIN faster (run-to-run noise must not flip it). A choice without data
 keeps the base's. The file says how it was measured (``source``) and each choice is printed
-with its numbers. Runs anywhere (no GPU needed): tests/test_tune.py checks it on made-up rows.
+with its numbers. From JSON it runs anywhere (no GPU needed): tests/test_tune.py checks it on
+made-up rows, and ``measure`` with kernel_breakdown.py's GPU side faked.
 """
 
 import argparse
@@ -154,6 +159,25 @@ def tune(base, reduce_result=None, squeeze_fc1_result=None, paths_result=None):
     return replace(base, **fields, device=device, source=source), lines
 
 
+def measure(batch, calls, out):
+    """Measure this GPU's tuning and write it to ``out``: both tile sweeps against the
+    defaults, the tiles (written at once: a run cut short keeps them), then the plain
+    breakdown with those tiles in effect, and the path. Returns (Tuning, lines)."""
+    import kernel_breakdown
+
+    with tuning.use(configs.DEFAULT_TUNING):
+        reduce_result = kernel_breakdown.sweep_reduce_tiles(batch, calls)
+        squeeze_fc1_result = kernel_breakdown.sweep_squeeze_fc1(batch, calls)
+    tiles, lines = tune(configs.DEFAULT_TUNING, reduce_result, squeeze_fc1_result)
+    tuning.save(tiles, out)
+    print(f"wrote {out} (tiles): {tuning.describe(tiles)}", flush=True)
+    with tuning.use(tiles):
+        paths_result = kernel_breakdown.run(batch, calls)
+    tuned, more = tune(tiles, paths_result=paths_result)
+    tuning.save(tuned, out)
+    return tuned, lines + more
+
+
 def _load_json(path):
     return json.loads(Path(path).read_text()) if path else None
 
@@ -161,15 +185,28 @@ def _load_json(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="the tuning file to write")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure on this GPU (kernel_breakdown.py's sweeps and plain run, "
+                             "in this process) instead of reading their JSON")
+    parser.add_argument("--batch", type=int, default=256, help="with --measure")
+    parser.add_argument("--calls", type=int, default=10, help="with --measure: profiled calls per row")
     parser.add_argument("--base", help="a tuning file to start from (default: the defaults)")
     parser.add_argument("--reduce-tiles", help="kernel_breakdown.py --sweep-reduce-tiles --json")
     parser.add_argument("--squeeze-fc1-tiles", help="kernel_breakdown.py --sweep-squeeze-fc1 --json")
     parser.add_argument("--paths", help="kernel_breakdown.py --json (its plain run)")
     args = parser.parse_args()
-    base = tuning.load(args.base) if args.base else configs.DEFAULT_TUNING
-    tuned, lines = tune(base, *(_load_json(p) for p in (args.reduce_tiles, args.squeeze_fc1_tiles,
-                                                        args.paths)))
-    tuning.save(tuned, args.out)
+    if args.measure:
+        import torch
+        if not torch.cuda.is_available():
+            sys.exit("tune.py --measure times GPU kernels: it needs a CUDA GPU")
+        if args.base or args.reduce_tiles or args.squeeze_fc1_tiles or args.paths:
+            sys.exit("--measure measures everything from the defaults: no --base or JSON inputs")
+        tuned, lines = measure(args.batch, args.calls, args.out)
+    else:
+        base = tuning.load(args.base) if args.base else configs.DEFAULT_TUNING
+        tuned, lines = tune(base, *(_load_json(p) for p in (args.reduce_tiles,
+                                                            args.squeeze_fc1_tiles, args.paths)))
+        tuning.save(tuned, args.out)
     for line in lines:
         print(line)
     changed = [k for k, v in tuning.to_dict(tuned).items()

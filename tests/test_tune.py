@@ -195,31 +195,27 @@ class _FakeGpu:
                 **({"se_squeeze_excite_bwd": 90.0} if backward else {})}
 
 
-@pytest.mark.device_tuning
-def test_gpu_check_tuning_flow_on_fake_timings(monkeypatch, tmp_path):
-    """gpu_check.sh's tuning steps, in Python, with kernel_breakdown.py's GPU side faked:
-    both sweeps, tune.py for the tiles, the plain breakdown with those tiles in effect, tune.py
-    for the path; what the flow chooses is what the fake timings favour."""
+def test_measure_on_fake_timings(monkeypatch, tmp_path):
+    """tune.py --measure (what gpu_check.sh runs) with kernel_breakdown.py's GPU side faked:
+    both sweeps with the defaults, the tiles, the plain breakdown with them in effect, the
+    path; what it chooses is what the fake timings favour."""
     _FakeGpu(monkeypatch)
-    monkeypatch.setattr(tuning, "_by_device", {})
-    monkeypatch.setenv("SENET_KERNELS_TUNING", "none")
-    reduce_json, fc1_json, paths_json = (str(tmp_path / f"{n}.json") for n in ("r", "f", "p"))
-    kernel_breakdown.sweep_reduce_tiles(256, 1, reduce_json)
-    kernel_breakdown.sweep_squeeze_fc1(256, 1, fc1_json)
-    tiles, _ = tune.tune(configs.DEFAULT_TUNING, json.loads(Path(reduce_json).read_text()),
-                         json.loads(Path(fc1_json).read_text()))
+    out = tmp_path / "tuning.json"
+    saved = []
+    real_save = tuning.save
+    monkeypatch.setattr(tuning, "save", lambda t, path: (saved.append(t), real_save(t, path)))
+    tuned, lines = tune.measure(256, 1, out)
+    tiles = saved[0]  # written before the plain breakdown ran
     assert tiles.channels_last_small_map_tile == ReduceTile(256, 16)  # widest, no stages
     assert tiles.channels_last_tile == configs.CHANNELS_LAST_TILE  # the first stage's sweep
     assert tiles.squeeze_fc1_tile == SqueezeFc1Tile(block_c=128)
     assert tiles.squeeze_fc1_max_pixels == 0  # not measured yet
-    tuning.save(tiles, tmp_path / "tuning.json")
-    monkeypatch.setattr(tuning, "_by_device", {})
-    monkeypatch.setenv("SENET_KERNELS_TUNING", str(tmp_path / "tuning.json"))
-    kernel_breakdown.run(256, 1, paths_json)
-    paths = json.loads(Path(paths_json).read_text())
-    assert all(r["path"] != "squeeze_fc1" or r["picked"] is False for r in paths["rows"])
-    tuned, lines = tune.tune(tiles, paths_result=paths)
+    # squeeze_fc1 is faster than batched with the tuned tile only: the tiles were in effect
     assert tuned.squeeze_fc1_max_pixels == 196  # every weight-heavy shape measured
     assert (tuned.channels_last_small_map_tile, tuned.squeeze_fc1_tile) == (
         tiles.channels_last_small_map_tile, tiles.squeeze_fc1_tile)
+    assert tuning.load(out) == tuned and len(saved) == 2
     assert tuned.device == GPU and tuned.source.count("benchmarks/tune.py on Test GPU") == 2
+    assert [line.split(":")[0] for line in lines] == [
+        "channels_last_small_map_tile", "channels_last_tile", "squeeze_fc1_tile",
+        "squeeze_fc1_max_pixels"]
