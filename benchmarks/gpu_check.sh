@@ -124,9 +124,12 @@ build_pid=$!
 # weight-heavy shapes, batched (c_to_r split over K and not) and squeeze_fc1, with the tiles
 # just chosen (kernel_breakdown.py; its last lines: squeeze_fc1 against batched), then the
 # map size up to which squeeze_fc1 is taken. It writes the tiles as soon as it has them.
+# 8 processes first compile the kernels of the sweeps' 83 jobs (tile x shape) into Triton's
+# cache: compiled one after another, at ~1-2 s each, they would take most of the step's limit
+# (an estimate; the split of this step's time is in the log).
 tuning_file="$results/tuning.json"
 step "tune: sweeps and kernel breakdown" 240 python benchmarks/tune.py --measure --batch 256 \
-  --calls 10 --out "$tuning_file"
+  --calls 10 --warm-workers 8 --out "$tuning_file"
 if [ -f "$tuning_file" ]; then
   export SENET_KERNELS_TUNING="$PWD/$tuning_file"
   echo "== every later step runs with $tuning_file:" | tee -a "$log"

@@ -345,6 +345,40 @@ def format_row(r):
             f"{variant}: {r['total_us']:.1f} us = {kernels}")
 
 
+def tuning_sweep_jobs(n):
+    """[(Shape, "reduce" | "squeeze_fc1", tile)]: what the two tile sweeps time, in order."""
+    jobs = [(shape, "reduce", tile) for shape, tiles in reduce_tile_sweep_cases(n)
+            for tile in tiles]
+    return jobs + [(shape, "squeeze_fc1", tile) for shape in weight_heavy_shapes(n)
+                   for tile in configs.SWEEP_SQUEEZE_FC1_TILES]
+
+
+def warm_caches(n, shard, shards):
+    """Run every ``shards``-th job of tuning_sweep_jobs once, from the ``shard``-th, untimed,
+    so that the Triton kernels they need are compiled into Triton's on-disk cache, where the
+    timed sweeps find them (benchmarks/tune.py --measure starts one process per shard first,
+    so that the kernels of the sweeps' 83 jobs (tile x shape) compile in parallel, not one after
+    another). A job that fails is reported and skipped: the timed sweep reports it again."""
+    done = failed = 0
+    for shape, kind, tile in tuning_sweep_jobs(n)[shard::shards]:
+        tensors = _inputs(shape.n, shape.c, shape.hw, shape.cr)
+        tail = shape.family == "se_resnet50"
+        try:
+            if kind == "reduce":
+                with configs.force_reduce_tile(tile):
+                    step(triton, tensors, tail, True, None)()
+            else:
+                with configs.force_squeeze_fc1_tile(tile):
+                    step(triton, tensors, tail, False, "squeeze_fc1")()
+            torch.cuda.synchronize()
+            done += 1
+        except Exception as e:  # noqa: BLE001 - warming is best effort
+            failed += 1
+            print(f"warm-up {kind} {shape} {tile}: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+    print(f"warm-up shard {shard}/{shards}: {done} jobs run, {failed} failed", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
@@ -357,9 +391,16 @@ def main():
     parser.add_argument("--sweep-squeeze-fc1", action="store_true",
                         help="time the squeeze_fc1 forward with every tile of "
                              "configs.SWEEP_SQUEEZE_FC1_TILES")
+    parser.add_argument("--warm-shard", metavar="I/N",
+                        help="only run the I-th of N shares of the two tile sweeps' jobs once, "
+                             "untimed (compiles into Triton's cache; see warm_caches)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_breakdown.py profiles GPU kernels: it needs a CUDA GPU")
+    if args.warm_shard:
+        shard, shards = map(int, args.warm_shard.split("/"))
+        warm_caches(args.batch, shard, shards)
+        return
     if args.sweep_reduce_tiles:
         sweep_reduce_tiles(args.batch, args.calls, args.json)
     elif args.sweep_k_splits:

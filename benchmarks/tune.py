@@ -30,7 +30,10 @@ made-up rows, and ``measure`` with kernel_breakdown.py's GPU side faked.
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,12 +162,37 @@ def tune(base, reduce_result=None, squeeze_fc1_result=None, paths_result=None):
     return replace(base, **fields, device=device, source=source), lines
 
 
-def measure(batch, calls, out):
+def warm_caches(batch, workers, timeout=150):
+    """Start ``workers`` processes that together run each job of the tile sweeps once
+    (kernel_breakdown.py --warm-shard), and wait for them (at most ``timeout`` seconds):
+    Triton compiles into its on-disk cache in parallel what the timed sweeps then find."""
+    start = time.monotonic()
+    script = str(Path(__file__).with_name("kernel_breakdown.py"))
+    env = {**os.environ, "SENET_KERNELS_TUNING": "none"}  # as the sweeps run
+    procs = [subprocess.Popen([sys.executable, script, "--batch", str(batch),
+                               "--warm-shard", f"{i}/{workers}"], env=env)
+             for i in range(workers)]
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(max(0.0, timeout - (time.monotonic() - start))))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(f"killed after {timeout} s")
+            proc.wait()
+    print(f"compile caches warmed by {workers} processes in {time.monotonic() - start:.0f} s "
+          f"(exit codes: {', '.join(map(str, codes))})", flush=True)
+
+
+def measure(batch, calls, out, warm_workers=0):
     """Measure this GPU's tuning and write it to ``out``: both tile sweeps against the
-    defaults, the tiles (written at once: a run cut short keeps them), then the plain
-    breakdown with those tiles in effect, and the path. Returns (Tuning, lines)."""
+    defaults (their kernels compiled first by ``warm_workers`` processes, if any), the tiles
+    (written at once: a run cut short keeps them), then the plain breakdown with those tiles
+    in effect, and the path. Returns (Tuning, lines)."""
     import kernel_breakdown
 
+    if warm_workers:
+        warm_caches(batch, warm_workers)
     with tuning.use(configs.DEFAULT_TUNING):
         reduce_result = kernel_breakdown.sweep_reduce_tiles(batch, calls)
         squeeze_fc1_result = kernel_breakdown.sweep_squeeze_fc1(batch, calls)
@@ -190,6 +218,8 @@ def main():
                              "in this process) instead of reading their JSON")
     parser.add_argument("--batch", type=int, default=256, help="with --measure")
     parser.add_argument("--calls", type=int, default=10, help="with --measure: profiled calls per row")
+    parser.add_argument("--warm-workers", type=int, default=0,
+                        help="with --measure: processes that compile the sweeps' kernels first")
     parser.add_argument("--base", help="a tuning file to start from (default: the defaults)")
     parser.add_argument("--reduce-tiles", help="kernel_breakdown.py --sweep-reduce-tiles --json")
     parser.add_argument("--squeeze-fc1-tiles", help="kernel_breakdown.py --sweep-squeeze-fc1 --json")
@@ -201,7 +231,7 @@ def main():
             sys.exit("tune.py --measure times GPU kernels: it needs a CUDA GPU")
         if args.base or args.reduce_tiles or args.squeeze_fc1_tiles or args.paths:
             sys.exit("--measure measures everything from the defaults: no --base or JSON inputs")
-        tuned, lines = measure(args.batch, args.calls, args.out)
+        tuned, lines = measure(args.batch, args.calls, args.out, args.warm_workers)
     else:
         base = tuning.load(args.base) if args.base else configs.DEFAULT_TUNING
         tuned, lines = tune(base, *(_load_json(p) for p in (args.reduce_tiles,

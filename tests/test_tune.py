@@ -159,16 +159,36 @@ class _FakeGpu:
     reduction tile and the squeeze_fc1 tile with 128 channels are the fastest, and the
     squeeze_fc1 path is faster than batched with that tile only."""
 
+    class Pass:
+        """What kernel_breakdown.step returns: a pass to time (or, warming, to run once)."""
+
+        def __init__(self, fake, tensors, backward, path):
+            self.fake, self.backward, self.path = fake, backward, path
+            self.shape = tuple(tensors[0].shape)
+
+        def forced(self):
+            """(shape, sweep kind, tile) of a pass the tile sweeps force, else None."""
+            if configs.forced_reduce_tile is not None:
+                return self.shape, "reduce", configs.forced_reduce_tile
+            if configs.forced_squeeze_fc1_tile is not None:
+                return self.shape, "squeeze_fc1", configs.forced_squeeze_fc1_tile
+            return None
+
+        def __call__(self):
+            self.fake.warmed.append(self.forced())
+
     def __init__(self, monkeypatch):
         class Props:
             multi_processor_count = 132
+        self.timed, self.warmed = [], []  # the sweeps' (shape, kind, tile), as timed / run
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: Props())
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: GPU)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
         monkeypatch.setattr(kernel_breakdown, "_inputs", self.inputs)
         monkeypatch.setattr(kernel_breakdown, "copy_bandwidth", lambda x: 3000.0)
         monkeypatch.setattr(kernel_breakdown, "step", lambda fn, tensors, tail, backward, path:
-                            (path, backward))
+                            self.Pass(self, tensors, backward, path))
         monkeypatch.setattr(kernel_breakdown, "kernel_us", self.kernel_us)
 
     @staticmethod
@@ -176,9 +196,10 @@ class _FakeGpu:
         x = torch.empty(n, c, hw, hw, dtype=torch.bfloat16)
         return [x, torch.empty(cr, c), torch.empty(cr), torch.empty(c, cr), torch.empty(c), x]
 
-    @staticmethod
-    def kernel_us(call, calls):
-        path, backward = call
+    def kernel_us(self, call, calls):
+        path, backward = call.path, call.backward
+        if call.forced():
+            self.timed.append(call.forced())
         tile = configs.forced_reduce_tile
         if tile is not None:  # the reduce-tile sweep
             us = 1000.0 / tile.block_c + tile.num_stages
@@ -199,12 +220,16 @@ def test_measure_on_fake_timings(monkeypatch, tmp_path):
     """tune.py --measure (what gpu_check.sh runs) with kernel_breakdown.py's GPU side faked:
     both sweeps with the defaults, the tiles, the plain breakdown with them in effect, the
     path; what it chooses is what the fake timings favour."""
-    _FakeGpu(monkeypatch)
+    fake = _FakeGpu(monkeypatch)
+    warmed = []
+    monkeypatch.setattr(tune, "warm_caches", lambda batch, workers: warmed.append(
+        (batch, workers, len(fake.timed))))
     out = tmp_path / "tuning.json"
     saved = []
     real_save = tuning.save
     monkeypatch.setattr(tuning, "save", lambda t, path: (saved.append(t), real_save(t, path)))
-    tuned, lines = tune.measure(256, 1, out)
+    tuned, lines = tune.measure(256, 1, out, warm_workers=3)
+    assert warmed == [(256, 3, 0)]  # before anything was timed
     tiles = saved[0]  # written before the plain breakdown ran
     assert tiles.channels_last_small_map_tile == ReduceTile(256, 16)  # widest, no stages
     assert tiles.channels_last_tile == configs.CHANNELS_LAST_TILE  # the first stage's sweep
@@ -219,3 +244,40 @@ def test_measure_on_fake_timings(monkeypatch, tmp_path):
     assert [line.split(":")[0] for line in lines] == [
         "channels_last_small_map_tile", "channels_last_tile", "squeeze_fc1_tile",
         "squeeze_fc1_max_pixels"]
+    # the warm-up processes run exactly what the sweeps time
+    jobs = [((s.n, s.c, s.hw, s.hw), kind, tile)
+            for s, kind, tile in kernel_breakdown.tuning_sweep_jobs(256)]
+    assert fake.timed == jobs
+
+
+def test_warm_up_shards_run_the_sweeps_jobs_once(monkeypatch):
+    fake = _FakeGpu(monkeypatch)
+    for shard in range(3):
+        kernel_breakdown.warm_caches(256, shard, 3)
+    jobs = [((s.n, s.c, s.hw, s.hw), kind, tile)
+            for s, kind, tile in kernel_breakdown.tuning_sweep_jobs(256)]
+    assert sorted(map(repr, fake.warmed)) == sorted(map(repr, jobs))
+
+
+def test_warm_caches_starts_a_process_per_shard_and_stops_late_ones(monkeypatch):
+    started = []
+
+    class FakeProcess:
+        def __init__(self, args, env):
+            self.args, self.env, self.killed = args, env, False
+            started.append(self)
+
+        def wait(self, timeout=None):
+            if self.args[-1] == "1/2" and not self.killed:  # this one hangs
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            return 0
+
+        def kill(self):
+            self.killed = True
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    tune.warm_caches(128, 2, timeout=0.1)
+    assert [p.args[-3:] for p in started] == [["128", "--warm-shard", "0/2"],
+                                              ["128", "--warm-shard", "1/2"]]
+    assert all(p.args[1].endswith("kernel_breakdown.py") for p in started)
+    assert all(p.env["SENET_KERNELS_TUNING"] == "none" for p in started)
+    assert [p.killed for p in started] == [False, True]
