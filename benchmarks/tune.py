@@ -233,6 +233,9 @@ def main():
             sys.exit("--measure measures everything from the defaults: no --base or JSON inputs")
         tuned, lines = measure(args.batch, args.calls, args.out, args.warm_workers)
     else:
+        if not (args.reduce_tiles or args.squeeze_fc1_tiles or args.paths):
+            sys.exit("give --measure (on a GPU), or kernel_breakdown.py results to tune from "
+                     "(--reduce-tiles, --squeeze-fc1-tiles, --paths)")
         base = tuning.load(args.base) if args.base else configs.DEFAULT_TUNING
         tuned, lines = tune(base, *(_load_json(p) for p in (args.reduce_tiles,
                                                             args.squeeze_fc1_tiles, args.paths)))
