@@ -41,8 +41,9 @@ class KernelConfig:
     constexprs: dict
     attrs: dict
     num_warps: int
-    #: Only the GPU sweeps or a candidate path (configs.CANDIDATE_PATHS, taken where forced)
-    #: launch it, on the lent H100 / H200 machines: sm_90 only.
+    #: Only the GPU sweeps or a candidate path (configs.CANDIDATE_PATHS, taken where forced;
+    #: what a shipped tuning picks is not sweep_only) launch it, on the lent H100 / H200
+    #: machines: sm_90 only.
     sweep_only: bool = False
 
     @property

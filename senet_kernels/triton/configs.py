@@ -175,11 +175,13 @@ def activation_bytes(n, c, hw, x_size):
 #: None: the traffic model decides; a name of EXCITATION_PATHS: forced (tests, benchmarks).
 forced_path = None
 #: "squeeze_fc1" (squeeze_fc1.py) is the batched path with FC1 folded into the squeeze: a
-#: candidate for the weight-heavy shapes, taken only where forced until a GPU run has timed it
-#: against "batched" (benchmarks/kernel_breakdown.py, excitation_paths.py).
+#: candidate for the weight-heavy shapes, taken only where forced or where a GPU's measured
+#: tuning takes it (Tuning.squeeze_fc1_max_pixels, 0 by default; benchmarks/tune.py times it
+#: against "batched").
 EXCITATION_PATHS = ("per_sample", "batched", "squeeze_fc1")
-#: Paths the dispatcher never picks, only runs where forced (its configurations are compiled
-#: ahead of time for sm_90 only, the lent machines' target, see aot.py).
+#: Paths the default tuning never picks, only runs where forced or where a shipped tuning
+#: takes them (their configurations are compiled ahead of time for sm_90, the lent machines'
+#: target, and what a shipped tuning picks for every target, see aot.py).
 CANDIDATE_PATHS = ("squeeze_fc1",)
 #: None: gemm_k_splits decides; an int: the split count asked for (tests, benchmarks).
 forced_k_splits = None

@@ -1,7 +1,8 @@
 """The Triton backend of the SE op: picks a path per shape and launches its kernels.
 
 Two paths; ``configs.excitation_path`` picks one per shape from the traffic model (a third,
-squeeze_fc1, runs where forced, see below):
+squeeze_fc1, runs where forced or where the GPU's measured tuning takes it, see below and
+tuning.py):
 
 - per-sample (forward.py, backward.py): the last program of each sample runs that sample's
   excitation. Forward 2 launches (squeeze + excite, scale), backward 3 (gs reduction +
@@ -15,8 +16,9 @@ squeeze_fc1, runs where forced, see below):
   the backward, the gradient through FC2 into the backward's reduction), each program
   reading a channel block of a tile of samples. Forward 3 launches (squeeze + FC1, FC2 +
   gate, scale), backward 4 (reduction + through FC2, through FC1, grad_x pass, weight
-  gradients). A candidate for the weight-heavy shapes the dispatcher does not pick until a
-  GPU run has timed it against the batched path.
+  gradients). A candidate for the weight-heavy shapes: the default tuning never picks it; a
+  GPU's tuning may, on maps up to Tuning.squeeze_fc1_max_pixels, where a GPU run timed it
+  faster than the batched path (benchmarks/tune.py).
 
 Nothing else runs on the device. Outputs are ``torch.empty``. The scratch buffers (split
 partial sums, the backward's [N, C] vectors, the arrival counters (per sample on the per-sample
