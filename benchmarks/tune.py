@@ -193,13 +193,13 @@ def measure(batch, calls, out, warm_workers=0):
 
     if warm_workers:
         warm_caches(batch, warm_workers)
-    with tuning.use(configs.DEFAULT_TUNING):
+    with configs.force_tuning(configs.DEFAULT_TUNING):
         reduce_result = kernel_breakdown.sweep_reduce_tiles(batch, calls)
         squeeze_fc1_result = kernel_breakdown.sweep_squeeze_fc1(batch, calls)
     tiles, lines = tune(configs.DEFAULT_TUNING, reduce_result, squeeze_fc1_result)
     tuning.save(tiles, out)
     print(f"wrote {out} (tiles): {tuning.describe(tiles)}", flush=True)
-    with tuning.use(tiles):
+    with configs.force_tuning(tiles):
         paths_result = kernel_breakdown.run(batch, calls)
     tuned, more = tune(tiles, paths_result=paths_result)
     tuning.save(tuned, out)

@@ -52,6 +52,6 @@ def default_tuning(request):
     if request.node.get_closest_marker("device_tuning"):
         yield
         return
-    from senet_kernels.triton import configs, tuning  # import no triton
-    with tuning.use(configs.DEFAULT_TUNING):
+    from senet_kernels.triton import configs  # imports no triton
+    with configs.force_tuning(configs.DEFAULT_TUNING):
         yield

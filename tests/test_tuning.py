@@ -116,7 +116,7 @@ def test_triton_op_is_right_with_the_devices_tuning(device, poison, dtype, chann
     """Forward and backward with the tuning the device really uses (on a lent GPU,
     benchmarks/gpu_check.sh sets SENET_KERNELS_TUNING to the one it has just measured): a
     weight-heavy shape, and light ones on a small map and past TUNED_SMALL_MAP_PIXELS."""
-    assert tuning.override is None
+    assert configs.forced_tuning is None
     used = tuning.for_device(device)
     for n, c, h, cr in ((3, 160, 4, 40), (2, 8, 12, 2), (2, 8, 15, 2)):
         args = make_inputs(n, c, h, h, cr, dtype=dtype, channels_last=channels_last,
@@ -148,7 +148,7 @@ def test_dispatcher_follows_the_tuning_and_stays_right(device, poison):
                         seed=1)
     light = make_inputs(2, 8, 12, 12, 2, channels_last=True, residual=True, device=device,
                         seed=2)
-    with tuning.use(TUNED), recording_launches() as launches:
+    with configs.force_tuning(TUNED), recording_launches() as launches:
         for args in (heavy, light):
             _check_against_reference(args, torch.float32)
     fc1 = _launched("se_squeeze_fc1_fwd", launches)

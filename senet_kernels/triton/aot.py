@@ -95,17 +95,17 @@ def _record_cases():
 
     picked = [p for p in configs.EXCITATION_PATHS if p not in configs.CANDIDATE_PATHS]
     with recording_launches(run_too=False) as launches:
-        with tuning.use(configs.DEFAULT_TUNING):
+        with configs.force_tuning(configs.DEFAULT_TUNING):
             _record_paths(picked)
         for tuned in tuning.shipped().values():
             # the tuned tiles in every dtype and layout (the sweeps time bf16 channels_last),
             # on small maps and on one past TUNED_SMALL_MAP_PIXELS
-            with tuning.use(tuned):
+            with configs.force_tuning(tuned):
                 _record_paths(("per_sample", "batched")
                               + (("squeeze_fc1",) if tuned.squeeze_fc1_max_pixels else ()),
                               MAP_SIZES + [TUNED_LARGE_MAP])
     with recording_launches(run_too=False) as sweep_launches:
-        with tuning.use(configs.DEFAULT_TUNING):
+        with configs.force_tuning(configs.DEFAULT_TUNING):
             _record_sweep_tiles()
             _record_paths(configs.CANDIDATE_PATHS)
     return launches, sweep_launches

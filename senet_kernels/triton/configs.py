@@ -336,3 +336,13 @@ class Tuning:
 
 #: The choices of a GPU with no tuning of its own (and of the interpreter).
 DEFAULT_TUNING = Tuning()
+#: None: each device's own tuning (tuning.for_device); a Tuning: every device uses it (tests,
+#: benchmarks, aot.py).
+forced_tuning = None
+
+
+def force_tuning(tuning):
+    """Make every device use ``tuning`` (a Tuning) inside the block."""
+    if not isinstance(tuning, Tuning):
+        raise ValueError(f"tuning must be a configs.Tuning, got {tuning!r}")
+    return _forced("forced_tuning", tuning)

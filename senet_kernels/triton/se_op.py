@@ -302,7 +302,7 @@ def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
             None if residual is None else residual.stride(), activation, gate, post_relu,
             x.data_ptr() % 16, w1.data_ptr() % 16, w2.data_ptr() % 16, _offset16(b1), _offset16(b2),
             _offset16(residual), configs.forced_path, configs.forced_k_splits,
-            configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile, tuning.override)
+            configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile, configs.forced_tuning)
 
 
 def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
@@ -475,7 +475,7 @@ def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
             w1.data_ptr() % 16, w2.data_ptr() % 16, pooled.data_ptr() % 16,
             hidden.data_ptr() % 16, scale.data_ptr() % 16, configs.forced_path,
             configs.forced_k_splits, configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile,
-            tuning.override)
+            configs.forced_tuning)
 
 
 def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,

@@ -15,8 +15,7 @@ measured), or ``none`` for the defaults (the sweeps measure against them).
 import json
 import os
 import re
-from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import configs
@@ -25,8 +24,6 @@ TUNED_DIR = Path(__file__).with_name("tuned")
 _ENV = "SENET_KERNELS_TUNING"
 #: Tunings found so far, per device (torch.device): the lookup runs once per device.
 _by_device = {}
-#: None, or the Tuning every device uses inside ``use`` (tests, benchmarks).
-override = None
 
 
 def file_name(device_name):
@@ -36,11 +33,10 @@ def file_name(device_name):
 
 def from_dict(d):
     """A Tuning from its JSON form (to_dict); raises ValueError on anything else."""
-    fields = {"device", "squeeze_fc1_max_pixels", "channels_last_tile",
-              "channels_last_small_map_tile", "squeeze_fc1_tile", "source"}
-    unknown = set(d) - fields
+    known = {f.name for f in fields(configs.Tuning)}
+    unknown = set(d) - known
     if unknown:
-        raise ValueError(f"unknown tuning fields {sorted(unknown)}; known: {sorted(fields)}")
+        raise ValueError(f"unknown tuning fields {sorted(unknown)}; known: {sorted(known)}")
     kwargs = dict(d)
     for name in ("channels_last_tile", "channels_last_small_map_tile"):
         if name in kwargs:
@@ -104,23 +100,11 @@ def _lookup(device):
 
 
 def for_device(device):
-    """The Tuning of ``device`` (a torch.device): ``use``'s inside one, else looked up once."""
-    if override is not None:
-        return override
+    """The Tuning of ``device`` (a torch.device): the forced one inside
+    ``configs.force_tuning``, else looked up once per device."""
+    if configs.forced_tuning is not None:
+        return configs.forced_tuning
     tuning = _by_device.get(device)
     if tuning is None:
         tuning = _by_device[device] = _lookup(device)
     return tuning
-
-
-@contextmanager
-def use(tuning):
-    """Make every device use ``tuning`` (a configs.Tuning) inside the block."""
-    global override
-    if not isinstance(tuning, configs.Tuning):
-        raise ValueError(f"tuning must be a configs.Tuning, got {tuning!r}")
-    previous, override = override, tuning
-    try:
-        yield
-    finally:
-        override = previous
