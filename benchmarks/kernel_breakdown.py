@@ -162,8 +162,9 @@ def sweep_reduce_tiles(n, calls, json_path=None):
         moved = {"se_squeeze_excite_fwd": 1, "se_squeeze_excite_bwd": 4 if tail else 2}
         for tile in tiles:
             try:
-                with configs.force_reduce_tile(tile):
-                    times = kernel_us(step(triton, tensors, tail, True, None), calls)
+                forced, one_pass = sweep_pass("reduce", tile, tensors, tail)
+                with forced:
+                    times = kernel_us(one_pass, calls)
             except Exception as e:  # noqa: BLE001 - one tile that fails is a row, not the end
                 print(f"{family:>15} {n}x{c}x{hw}x{hw} tile {tile}: FAILED {type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
@@ -245,8 +246,9 @@ def sweep_squeeze_fc1(n, calls, json_path=None):
         picked = configs.squeeze_fc1_tile(hw * hw, 2, device_tuning)
         for tile in configs.SWEEP_SQUEEZE_FC1_TILES:
             try:
-                with configs.force_squeeze_fc1_tile(tile):
-                    times = kernel_us(step(triton, tensors, tail, False, "squeeze_fc1"), calls)
+                forced, one_pass = sweep_pass("squeeze_fc1", tile, tensors, tail)
+                with forced:
+                    times = kernel_us(one_pass, calls)
             except Exception as e:  # noqa: BLE001 - one tile that fails is a row, not the end
                 print(f"{family:>15} {n}x{c}x{hw}x{hw} squeeze_fc1 tile {tile}: FAILED "
                       f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
@@ -345,6 +347,16 @@ def format_row(r):
             f"{variant}: {r['total_us']:.1f} us = {kernels}")
 
 
+def sweep_pass(kind, tile, tensors, tail):
+    """(the context that forces ``tile``, the pass to run inside it) of one job of the tile
+    sweeps: kind "reduce", forward + backward with the dispatcher's path (kernels A and A');
+    kind "squeeze_fc1", that path's forward."""
+    if kind == "reduce":
+        return configs.force_reduce_tile(tile), step(triton, tensors, tail, True, None)
+    return (configs.force_squeeze_fc1_tile(tile),
+            step(triton, tensors, tail, False, "squeeze_fc1"))
+
+
 def tuning_sweep_jobs(n):
     """[(Shape, "reduce" | "squeeze_fc1", tile)]: what the two tile sweeps time, in order."""
     jobs = [(shape, "reduce", tile) for shape, tiles in reduce_tile_sweep_cases(n)
@@ -360,16 +372,14 @@ def warm_caches(n, shard, shards):
     so that the kernels of the sweeps' 83 jobs (tile x shape) compile in parallel, not one after
     another). A job that fails is reported and skipped: the timed sweep reports it again."""
     done = failed = 0
+    shape_drawn = None
     for shape, kind, tile in tuning_sweep_jobs(n)[shard::shards]:
-        tensors = _inputs(shape.n, shape.c, shape.hw, shape.cr)
-        tail = shape.family == "se_resnet50"
+        if shape != shape_drawn:  # the jobs come shape by shape
+            tensors, shape_drawn = _inputs(shape.n, shape.c, shape.hw, shape.cr), shape
         try:
-            if kind == "reduce":
-                with configs.force_reduce_tile(tile):
-                    step(triton, tensors, tail, True, None)()
-            else:
-                with configs.force_squeeze_fc1_tile(tile):
-                    step(triton, tensors, tail, False, "squeeze_fc1")()
+            forced, one_pass = sweep_pass(kind, tile, tensors, shape.family == "se_resnet50")
+            with forced:
+                one_pass()
             torch.cuda.synchronize()
             done += 1
         except Exception as e:  # noqa: BLE001 - warming is best effort
