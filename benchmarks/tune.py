@@ -242,8 +242,7 @@ def main():
         tuning.save(tuned, args.out)
     for line in lines:
         print(line)
-    changed = [k for k, v in tuning.to_dict(tuned).items()
-               if k not in ("device", "source") and v != tuning.to_dict(configs.DEFAULT_TUNING)[k]]
+    changed = list(tuning.changed_fields(tuned))
     print(f"wrote {args.out} for {tuned.device}: "
           f"{'differs from the defaults in ' + ', '.join(changed) if changed else 'the defaults'}")
 

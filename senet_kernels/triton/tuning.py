@@ -50,11 +50,17 @@ def to_dict(tuning):
     return asdict(tuning)
 
 
+def changed_fields(tuning):
+    """{field: value (JSON form)} of the choices where ``tuning`` differs from the defaults
+    (not its ``device`` and ``source``, which say where it was measured)."""
+    default = to_dict(configs.DEFAULT_TUNING)
+    return {k: v for k, v in to_dict(tuning).items()
+            if k not in ("device", "source") and v != default[k]}
+
+
 def describe(tuning):
     """One line: "defaults", or the GPU it was measured on and how it differs from them."""
-    default = to_dict(configs.DEFAULT_TUNING)
-    changed = [f"{k} {_short(v)}" for k, v in to_dict(tuning).items()
-               if k not in ("device", "source") and v != default[k]]
+    changed = [f"{k} {_short(v)}" for k, v in changed_fields(tuning).items()]
     if not tuning.device:
         return "defaults" if not changed else "custom: " + ", ".join(changed)
     return f"measured on {tuning.device}: " + (", ".join(changed) or "the defaults")
