@@ -17,7 +17,7 @@ from torch import nn
 
 from .backends import check_backend_name
 from .modules import FusedSEBlock
-from .recognize import is_known_se_class, look_alike_reason
+from .recognize import is_known_se_class, unconverted_reason
 from .residual_tail import FusedResidualBlock, block_layout
 
 
@@ -42,7 +42,8 @@ def convert_se_modules(model, backend="auto", *, fuse_residual=True):
     Warns:
         UserWarning, once, naming every module left as it was: SE modules of a known class
         in a configuration the fused op does not compute (e.g. a GELU activation), with
-        the reason, and look-alikes (a subclass of an SE class, a home-made module with the
+        the reason, SE classes the fused op does not compute (timm's Effective SE, its
+        channels-last SE; ``recognize.UNCONVERTED_SE_CLASSES``), and look-alikes (a subclass of an SE class, a home-made module with the
         layout of one), which are never converted. Other modules are passed over silently.
 
     Raises:
@@ -59,7 +60,7 @@ def convert_se_modules(model, backend="auto", *, fuse_residual=True):
         raise TypeError(f"the model itself is an SE module ({type(model).__name__}); it cannot "
                         "be replaced in place, use FusedSEBlock.from_module(model)")
     walk = _Walk(backend, fuse_residual, _shared_modules(model))
-    reason = look_alike_reason(model)
+    reason = unconverted_reason(model)
     if reason is not None:
         walk.skipped[id(model)] = ("(the model itself)", reason)
     _convert_children(model, "", walk)
@@ -107,7 +108,7 @@ def _convert(module, walk):
         if block is not None:
             return block
     if not is_known_se_class(module):
-        return look_alike_reason(module)
+        return unconverted_reason(module)
     try:
         return FusedSEBlock.from_module(module, backend=walk.backend)
     except (TypeError, ValueError) as e:  # a configuration the fused op does not compute

@@ -1,13 +1,17 @@
 """``FusedSEBlock``: the SE op as an ``nn.Module``, and its conversion from common SE modules.
 
-The block holds its two fully connected layers as ``nn.Linear`` submodules ``fc1`` / ``fc2``
-so that its parameters are ``fc1.weight [Cr, C]``, ``fc1.bias [Cr]``, ``fc2.weight [C, Cr]``
-and ``fc2.bias [C]``, the names most SE implementations use. State dicts of 1x1-conv SE
-modules (weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``) load as they are.
+A block built by its constructor holds its two fully connected layers as ``nn.Linear``
+submodules ``fc1`` / ``fc2``: parameters ``fc1.weight [Cr, C]``, ``fc1.bias [Cr]``,
+``fc2.weight [C, Cr]`` and ``fc2.bias [C]``, the names most SE implementations use. State
+dicts of 1x1-conv SE modules (weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``) load as they are.
 
 ``FusedSEBlock.from_module`` converts the SE modules of torchvision, timm, pretrainedmodels
 and senet.pytorch, recognized by their exact class (``recognize.py``), never by importing
-those libraries: they are optional and this package does not depend on them.
+those libraries: they are optional and this package does not depend on them. The converted
+block takes over the source's own layers under the source's names (timm's ``conv_reduce``,
+senet.pytorch's ``fc.0``, ...), so its parameters are the source's objects (frozen ones stay
+frozen, optimizers keep working) and its ``state_dict`` is the source's, keys and shapes: a
+checkpoint of a converted model loads into the unconverted one, and back.
 """
 
 import operator
@@ -67,19 +71,36 @@ class FusedSEBlock(nn.Module):
             rd_channels = max(1, channels // reduction)
         else:
             rd_channels = _positive_int("rd_channels", rd_channels)
+        self._set_options(channels, rd_channels, activation, gate, post_relu, backend)
+        factory = {"device": device, "dtype": dtype}
+        self.fc1 = nn.Linear(channels, rd_channels, bias=bias, **factory)
+        self.fc2 = nn.Linear(rd_channels, channels, bias=bias, **factory)
+        self._fc_paths = (("fc1",), ("fc2",))
+
+    def _set_options(self, channels, rd_channels, activation, gate, post_relu, backend):
         self.channels = channels
         self.rd_channels = rd_channels
         self.activation = check_activation(activation)
         self.gate = check_gate(gate)
         self.post_relu = check_post_relu(post_relu)
         self.backend = check_backend_name(backend)
-        factory = {"device": device, "dtype": dtype}
-        self.fc1 = nn.Linear(channels, rd_channels, bias=bias, **factory)
-        self.fc2 = nn.Linear(rd_channels, channels, bias=bias, **factory)
+
+    def fc_layers(self):
+        """The two fully connected layers (fc1: C -> Cr, fc2: Cr -> C): ``nn.Linear`` for a
+        constructed block; for a converted one the source's own layers (e.g. 1x1
+        ``nn.Conv2d``, whose weights are ``[out, in, 1, 1]``)."""
+        return tuple(self._layer(path) for path in self._fc_paths)
+
+    def _layer(self, path):
+        module = self
+        for name in path:  # plain dict lookups: this runs on every forward
+            module = module._modules[name]
+        return module
 
     def forward(self, x, residual=None):
-        return squeeze_excite(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                              residual, activation=self.activation, gate=self.gate,
+        fc1, fc2 = self._layer(self._fc_paths[0]), self._layer(self._fc_paths[1])
+        return squeeze_excite(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual,
+                              activation=self.activation, gate=self.gate,
                               post_relu=self.post_relu, backend=self.backend)
 
     def extra_repr(self):
@@ -89,19 +110,38 @@ class FusedSEBlock(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Reshape 1x1-conv weights in the dict being loaded (load_state_dict's own copy, from
-        # which the fc1/fc2 submodules' entries are taken next) and let nn.Module do the rest,
-        # so that shape mismatches and missing / unexpected keys are reported as usual.
-        for name in ("fc1.weight", "fc2.weight"):
-            key = prefix + name
+        # Edit the dict being loaded (load_state_dict's own copy, from which the submodules'
+        # entries are taken next) and let nn.Module do the rest, so that shape mismatches and
+        # missing / unexpected keys are reported as usual:
+        # - a weight saved as [out, in] or [out, in, 1, 1] takes this block's layer's shape
+        #   (1x1-conv checkpoints load into nn.Linear layers, and the other way round);
+        # - a converted block whose layers are not named fc1 / fc2 (timm's conv_reduce /
+        #   conv_expand, senet.pytorch's fc.0 / fc.2) also loads checkpoints that name them
+        #   fc1 / fc2, as converted models did before they kept the source's names.
+        for index, path in enumerate(self._fc_paths):
+            layer = self._layer(path)
+            own = prefix + ".".join(path) + "."
+            legacy = f"{prefix}fc{index + 1}."
+            if own != legacy and own + "weight" not in state_dict:
+                for name in ("weight", "bias"):
+                    if legacy + name in state_dict:
+                        state_dict[own + name] = state_dict.pop(legacy + name)
+            key = own + "weight"
             if key in state_dict:
-                state_dict[key] = as_linear_weight(state_dict[key])
+                state_dict[key] = _as_shape_of(state_dict[key], layer.weight)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
     @classmethod
     def from_module(cls, module, *, backend="auto", post_relu=False):
-        """A ``FusedSEBlock`` computing what ``module`` computes, with a copy of its weights.
+        """A ``FusedSEBlock`` computing what ``module`` computes, built from its own layers.
+
+        The block holds ``module``'s fully connected layers (the same objects, under the
+        same attribute names), so its parameters are ``module``'s: their ``requires_grad``,
+        device and dtype carry over, an optimizer built on them keeps working, and
+        ``block.state_dict()`` has ``module``'s keys and shapes (``block.load_state_dict``
+        also takes the ``fc1`` / ``fc2`` keys and ``[out, in]`` shapes of constructed blocks).
+        The stateless layers (activation, gate, pooling) are not kept: the op computes them.
 
         Recognized modules, by their exact class (``recognize.KNOWN_SE_CLASSES``; subclasses
         and look-alikes are refused, since their forward may compute something else):
@@ -119,13 +159,14 @@ class FusedSEBlock(nn.Module):
         * any class given to ``senet_kernels.register_se_class`` (e.g. a vendored copy of
           SELayer), read by the attribute layout of the above it has.
 
-        An instance whose ``forward`` was replaced, or that has forward hooks, is refused.
+        An instance whose ``forward`` was replaced, or that has forward or backward hooks, is
+        refused, and so is one with such a layer (the fused op never calls the layers).
 
         The fully connected layers must be 1x1 ``nn.Conv2d`` (``nn.Linear`` for SELayer)
         without stride, dilation, padding or groups; the activation ``nn.ReLU`` or ``nn.SiLU``
         (or timm's Swish); the gate ``nn.Sigmoid`` or ``nn.Hardsigmoid`` (or timm's Sigmoid,
-        HardSigmoid). The parameters keep the source's dtype and device; the block gets its
-        training mode. ``post_relu`` and ``backend`` are the new block's (the source modules
+        HardSigmoid). The block gets the source's training flag (the shared layers keep their
+        own). ``post_relu`` and ``backend`` are the new block's (the source modules
         have no residual or ReLU tail).
 
         Raises:
@@ -135,15 +176,26 @@ class FusedSEBlock(nn.Module):
                 (e.g. a GELU activation, a max-pool squeeze, a norm layer, a 3x3 conv).
         """
         spec = read_se_module(module)
-        w1, b1, w2, b2 = spec.w1, spec.b1, spec.w2, spec.b2
-        c, cr = w1.shape[1], w1.shape[0]
-        block = cls(c, rd_channels=cr, bias=b1 is not None, activation=spec.activation,
-                    gate=spec.gate, post_relu=post_relu, backend=backend, device=w1.device,
-                    dtype=w1.dtype)
-        with torch.no_grad():
-            block.fc1.weight.copy_(w1)
-            block.fc2.weight.copy_(w2)
-            if b1 is not None:
-                block.fc1.bias.copy_(b1)
-                block.fc2.bias.copy_(b2)
-        return block.train(module.training)
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        c, cr = spec.w1.shape[1], spec.w1.shape[0]
+        block._set_options(c, cr, spec.activation, spec.gate, post_relu, backend)
+        # The source's layers themselves, under their own names: the parameters stay the
+        # same objects (requires_grad, device, dtype, optimizer state all carry over) and
+        # the state_dict keeps the source's keys and shapes. senet.pytorch's fc is the
+        # Sequential (Linear, act, Linear, gate), kept whole for its keys fc.0 / fc.2.
+        fc_paths = (tuple(spec.fc1_path.split(".")), tuple(spec.fc2_path.split(".")))
+        for name in dict.fromkeys(path[0] for path in fc_paths):
+            block.add_module(name, module._modules[name])
+        block._fc_paths = fc_paths
+        block.training = module.training  # the flag only: the shared layers keep theirs
+        return block
+
+
+def _as_shape_of(weight, target):
+    """``weight`` reshaped to ``target``'s shape when the two are the same [out, in] matrix
+    (one of them 1x1-conv shaped), else unchanged (a real mismatch is reported by loading)."""
+    if (isinstance(weight, torch.Tensor) and weight.shape != target.shape
+            and as_linear_weight(weight).shape == as_linear_weight(target).shape):
+        return weight.reshape(target.shape)
+    return weight

@@ -160,6 +160,8 @@ def altered_instance(module):
         return "its forward is replaced on the instance"
     if module._forward_hooks or module._forward_pre_hooks:
         return "it has forward hooks, which the fused block would drop"
+    if module._backward_hooks or module._backward_pre_hooks:
+        return "it has backward hooks, which the fused block would drop"
     return None
 
 
@@ -190,6 +192,33 @@ def se_parts(module):
 def is_known_se_class(module):
     """Whether ``module``'s exact class is a known (or registered) SE class."""
     return _known_parser(module) is not None
+
+
+#: (module, class name) -> why: SE classes of the libraries above that are not converted
+#: (the fused op does not compute them). They are named in convert_se_modules' warning, as
+#: their layouts match none of LAYOUTS and would otherwise be passed over without a word.
+UNCONVERTED_SE_CLASSES = {
+    ("timm.layers.squeeze_excite", "EffectiveSEModule"): (
+        "Effective SE (one fully connected layer C -> C, no hidden layer) is not computed by "
+        "the fused op"),
+    ("timm.models.hgnet", "EseModule"): (
+        "Effective SE (one fully connected layer C -> C, no hidden layer) is not computed by "
+        "the fused op"),
+    ("timm.layers.squeeze_excite", "SqueezeExciteCl"): (
+        "an SE over channels-last [N, H, W, C] tensors: the fused op takes [N, C, H, W]"),
+}
+
+
+def unconverted_reason(module):
+    """Why a module that is an SE module, or reads as one, is left alone by
+    ``convert_se_modules``, or None (a known SE class, or nothing SE-like): an SE class of a
+    library that the fused op does not compute (``UNCONVERTED_SE_CLASSES``), or a look-alike
+    (``look_alike_reason``)."""
+    cls = type(module)
+    reason = UNCONVERTED_SE_CLASSES.get((cls.__module__, cls.__qualname__))
+    if reason is not None and not is_known_se_class(module):
+        return f"{cls.__qualname__} (module {cls.__module__}): {reason}"
+    return look_alike_reason(module)
 
 
 def look_alike_reason(module):
@@ -286,13 +315,16 @@ def _check_no_other_state(module, used):
 
 @dataclass(frozen=True)
 class SESpec:
-    """What a recognized SE module computes: the op's parameters and options."""
+    """What a recognized SE module computes: the op's parameters and options, and where its
+    fully connected layers sit in it (attribute paths such as "fc1" or "fc.0")."""
     w1: object  # [Cr, C]
     b1: object  # [Cr] or None
     w2: object  # [C, Cr]
     b2: object  # [C] or None
     activation: str
     gate: str
+    fc1_path: str
+    fc2_path: str
 
 
 def read_se_module(module):
@@ -311,4 +343,15 @@ def read_se_module(module):
     activation = _activation_name(parts.act, module, parts.act_name)
     gate = _gate_name(parts.gate, module, parts.gate_name)
     _check_no_other_state(module, [w1, w2, b1, b2, parts.fc1.weight, parts.fc2.weight])
-    return SESpec(w1, b1, w2, b2, activation, gate)
+    _check_layers_unaltered(module)
+    return SESpec(w1, b1, w2, b2, activation, gate, parts.fc1_name, parts.fc2_name)
+
+
+def _check_layers_unaltered(module):
+    """The fused op never calls the SE module's layers: a hook on one (activation statistics,
+    a pruning mask) or a forward replaced on it would be dropped without a word."""
+    for name, layer in module.named_modules():
+        if name:
+            altered = altered_instance(layer)
+            if altered is not None:
+                raise ValueError(f"{type(module).__name__}.{name}: {altered}")

@@ -159,7 +159,7 @@ def test_converted_model_computes_the_same(name, backend):
         for path in paths:
             block = m.get_submodule(path)
             assert type(block) is FusedSEBlock and block.backend == backend
-            assert block.post_relu == tails and block.fc1.weight.dtype == xi.dtype
+            assert block.post_relu == tails and block.fc_layers()[0].weight.dtype == xi.dtype
             parent = m.get_submodule(path.rpartition(".")[0])
             assert (type(parent) is FusedResidualBlock) == tails
         # Everything else is untouched: the very same parameter objects.
@@ -357,3 +357,106 @@ def test_bad_arguments():
         convert_se_modules(nn.Sequential(tv_se()), backend="bogus")
     with pytest.raises(TypeError, match="fuse_residual must be a bool"):
         convert_se_modules(nn.Sequential(tv_se()), fuse_residual="yes")
+
+
+# --- What a converted model keeps of the source: frozen flags, parameters, checkpoints -----
+
+#: Small models with every recognized SE class and residual block class of timm and
+#: torchvision (the pretrainedmodels and senet.pytorch classes: test_residual_tail.py).
+ROUND_TRIP_MODELS = {
+    "timm-seresnet18": MODELS["timm-seresnet18"],  # resnet BasicBlock, SEModule
+    "timm-seresnext26d_32x4d": MODELS["timm-seresnext26d_32x4d"],  # resnet Bottleneck
+    "timm-legacy_seresnet18": MODELS["timm-legacy_seresnet18"],  # legacy block and SEModule
+    "timm-legacy_seresnext26_32x4d": MODELS["timm-legacy_seresnext26_32x4d"],
+    "timm-mobilenetv3_small_050": MODELS["timm-mobilenetv3_small_050"],  # SqueezeExcite
+    "tv-mobilenet_v3_small": MODELS["tv-mobilenet_v3_small"],  # SqueezeExcitation
+}
+
+
+def state_layout(model):
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name, fuse_residual", [
+    *((name, True) for name in ROUND_TRIP_MODELS),
+    # The SE modules converted alone inside the residual blocks (one of each block family).
+    ("timm-seresnet18", False), ("timm-legacy_seresnet18", False)])
+def test_converted_checkpoints_load_into_the_source_library_and_back(name, fuse_residual):
+    """The state_dict of a converted model is the source model's, keys and shapes, so that
+    weights trained with the fused blocks are published and served with stock timm /
+    torchvision, and their checkpoints load into a converted model."""
+    torch.manual_seed(0)
+    factory = ROUND_TRIP_MODELS[name]
+    model = randomize_(factory())
+    layout = state_layout(model)
+    params = [id(p) for p in model.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert convert_se_modules(model, backend="reference", fuse_residual=fuse_residual) > 0
+    assert state_layout(model) == layout
+    # Every parameter, SE ones included, is still the same object, in the same order.
+    assert [id(p) for p in model.parameters()] == params
+
+    x = make_x(2, 3, 32, 32)
+    stock = factory().eval()
+    stock.load_state_dict(model.state_dict())  # strict: same keys and shapes
+    with torch.no_grad():
+        assert rel_err(stock(x), model.eval()(x)) < TOLS["reference"]
+
+    # And back: a stock checkpoint (other weights) into the converted model.
+    other = randomize_(factory(), seed=9).eval()
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert rel_err(model(x), other(x)) < TOLS["reference"]
+
+
+def tv_frozen_sequential():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), tv_se())
+    return model.requires_grad_(False)
+
+
+@pytest.mark.parametrize("factory", [tv_frozen_sequential,
+                                     lambda: MODELS["timm-seresnet18"]().requires_grad_(False),
+                                     lambda: MODELS["timm-mobilenetv3_small_050"]()
+                                     .requires_grad_(False)],
+                         ids=["tv-sequential", "timm-seresnet18", "timm-mobilenetv3"])
+def test_frozen_parameters_stay_frozen(factory):
+    """Fine-tuning a frozen backbone must not quietly train its SE layers."""
+    model = factory().train()
+    assert convert_se_modules(model, backend="reference") > 0
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == []
+    x = make_x(2, 3, 32, 32).requires_grad_()
+    model(x).square().sum().backward()
+    assert x.grad is not None  # the backward ran through the fused blocks
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == []
+
+
+def test_partly_frozen_se_keeps_each_flag_and_the_optimizer_keeps_working():
+    model = randomize_(MODELS["timm-seresnet18"]()).train()
+    se = model.layer1[0].se
+    se.fc1.requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # built before the conversion
+    convert_se_modules(model, backend="reference")
+    fused = model.layer1[0].se
+    assert type(fused) is FusedSEBlock and fused.fc1 is se.fc1 and fused.fc2 is se.fc2
+    assert not fused.fc1.weight.requires_grad and fused.fc2.weight.requires_grad
+    frozen, trained = se.fc1.weight.detach().clone(), se.fc2.weight.detach().clone()
+    model(make_x(2, 3, 32, 32)).square().sum().backward()
+    optimizer.step()
+    assert torch.equal(se.fc1.weight, frozen) and not torch.equal(se.fc2.weight, trained)
+
+
+def test_se_classes_that_are_not_converted_are_named():
+    """timm's Effective SE (EffectiveSEModule, hgnet's EseModule) and its channels-last SE
+    have layouts of their own: they are named in the warning, not passed over."""
+    from timm.layers.squeeze_excite import EffectiveSEModule, SqueezeExciteCl
+    from timm.models.hgnet import EseModule
+    model = nn.Sequential(OrderedDict(ese=EffectiveSEModule(16), hg=EseModule(16),
+                                      cl=SqueezeExciteCl(16), se=tv_se()))
+    with pytest.warns(UserWarning) as record:
+        assert convert_se_modules(model, backend="reference") == 1
+    message = str(record[0].message)
+    assert "3 SE-like module(s)" in message
+    assert "ese: EffectiveSEModule (module timm.layers.squeeze_excite): Effective SE" in message
+    assert "hg: EseModule (module timm.models.hgnet): Effective SE" in message
+    assert "cl: SqueezeExciteCl" in message and "channels-last" in message

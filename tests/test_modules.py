@@ -144,20 +144,85 @@ def test_from_module_matches_source(kind, backend, device):
     assert_rel_close(block(x), expected)
 
 
-def test_from_module_copies_weights_dtype_device_and_mode():
+def test_from_module_shares_the_sources_parameters_and_mode():
     source = randomize_(timm_se()).to(torch.float64).eval()
     block = FusedSEBlock.from_module(source, backend="reference")
-    w = source.fc1.weight
-    for p in block.parameters():
-        assert p.dtype == w.dtype and p.device == w.device
+    # The very same parameter objects: dtype, device and requires_grad are the source's.
+    assert [id(p) for p in block.parameters()] == [id(p) for p in source.parameters()]
     assert not block.training
     assert_rel_close(block(make_x(dtype=torch.float64)), source(make_x(dtype=torch.float64)), 1e-12)
-    # A copy: changing the source afterwards leaves the block alone.
-    before = block.fc1.weight.detach().clone()
+    # Shared: changing the source's weights changes what the block computes.
     with torch.no_grad():
-        source.fc1.weight.add_(1.0)
-    assert torch.equal(block.fc1.weight, before)
+        source.fc1.weight.add_(0.5)
+    assert_rel_close(block(make_x(dtype=torch.float64)), source(make_x(dtype=torch.float64)), 1e-12)
     assert FusedSEBlock.from_module(source.train()).training
+    # Only the block's flag follows the source: the shared layers keep their own.
+    source.eval()
+    source.fc1.train()
+    block = FusedSEBlock.from_module(source)
+    assert not block.training and block.fc1.training
+
+
+@pytest.mark.parametrize("kind", list(SE_MODULES))
+def test_from_module_keeps_the_sources_state_dict_and_frozen_flags(kind):
+    factory = SE_MODULES[kind][0]
+    source = randomize_(factory())
+    first = next(source.parameters())
+    first.requires_grad_(False)  # fc1's weight frozen, the rest trainable
+    block = FusedSEBlock.from_module(source, backend="reference")
+
+    def layout(module):
+        return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+    assert layout(block) == layout(source)
+    assert [p.requires_grad for p in block.parameters()] == [
+        p.requires_grad for p in source.parameters()] == [False] + [True] * (
+        len(list(source.parameters())) - 1)
+    # The converted block's checkpoint loads into a fresh source module, and back.
+    fresh = randomize_(factory(), seed=5)
+    fresh.load_state_dict(block.state_dict())
+    x = make_x()
+    assert_rel_close(block(x), fresh(x))
+    other = FusedSEBlock.from_module(randomize_(factory(), seed=6), backend="reference")
+    other.load_state_dict(source.state_dict())
+    assert_rel_close(other(x), source(x))
+    # Training the block leaves the frozen weight without a gradient.
+    block(x.requires_grad_()).square().sum().backward()
+    assert first.grad is None
+    assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
+
+
+def test_from_module_loads_checkpoints_of_constructed_blocks():
+    """Converted blocks used to hold nn.Linear fc1 / fc2 whatever the source: those
+    checkpoints (keys fc1.* / fc2.*, weights [out, in]) still load into a converted block
+    whose layers are named otherwise (timm's conv_reduce / conv_expand)."""
+    old = randomize_(FusedSEBlock(C, rd_channels=CR, activation="silu"), seed=3)
+    block = FusedSEBlock.from_module(timm_efficientnet_se(act_layer=nn.SiLU),
+                                     backend="reference")
+    assert list(block.state_dict())[0] == "conv_reduce.weight"
+    result = block.load_state_dict(old.state_dict())
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    x = make_x()
+    assert_rel_close(block(x), old(x))
+    senet_block = FusedSEBlock.from_module(SELayer(), backend="reference")
+    old = randomize_(FusedSEBlock(C, rd_channels=CR, bias=False), seed=4)
+    senet_block.load_state_dict(old.state_dict())
+    assert_rel_close(senet_block(x), old(x))
+
+
+@pytest.mark.parametrize("where", ["fc1-forward-hook", "fc2-backward-hook", "act-forward"])
+def test_from_module_refuses_altered_layers(where):
+    """The fused op never calls the SE module's layers: a hook or a replaced forward on one
+    would be dropped silently, so such a module is refused."""
+    source = torchvision_se()
+    if where == "fc1-forward-hook":
+        source.fc1.register_forward_hook(lambda *args: None)
+    elif where == "fc2-backward-hook":
+        source.fc2.register_full_backward_hook(lambda *args: None)
+    else:
+        source.activation.forward = lambda x: x
+    with pytest.raises(ValueError, match="hooks|forward is replaced"):
+        FusedSEBlock.from_module(source)
 
 
 def test_from_module_post_relu_adds_the_resnet_tail():

@@ -206,7 +206,11 @@ def assert_blocks_fused_with_same_results(model, x_shape):
     float64, training mode; outputs and every gradient equal the source's."""
     model = randomize_(model).double().train()
     source = copy.deepcopy(model)
+    layout = {k: v.shape for k, v in model.state_dict().items()}
     assert convert_se_modules(model, backend="reference") == 2
+    # The converted blocks' checkpoint is the source's: same keys and shapes, both ways.
+    assert {k: v.shape for k, v in model.state_dict().items()} == layout
+    copy.deepcopy(source).load_state_dict(model.state_dict())
     assert all(type(block) is FusedResidualBlock for block in model)
     x = make_x(*x_shape).double().requires_grad_()
     results = []
