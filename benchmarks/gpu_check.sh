@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-call check for a lent GPU (see README): build, test on the GPU, benchmark, record.
+# The one-call check for a lent GPU (see docs/verification.md and docs/benchmarks.md): build, test on the GPU, benchmark, record.
 #
 #   bash benchmarks/gpu_check.sh            # results in benchmarks/results/<date>-<gpu>[-N]/ and $OUT
 #

@@ -11,7 +11,7 @@ command trains in bfloat16 autocast with channels_last tensors.
     python examples/train_se_resnet50.py --batch-size 64 --image-size 224 --steps 20
 
 For real training (ImageFolder data, many GPUs, checkpoints) use the command itself, see
-README.md, "Train".
+docs/training.md.
 """
 
 import argparse

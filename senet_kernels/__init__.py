@@ -1,10 +1,24 @@
 """senet-kernels: fused Squeeze-and-Excitation for PyTorch.
 
-Public API: ``squeeze_excite``, ``FusedSEBlock``, ``convert_se_modules`` (and the
-``FusedResidualBlock`` it puts in SE-ResNets),
-``register_se_class``, ``available_backends``; the SENet models are in the subpackage
-``senet_kernels.models`` (imported on first use: ``senet_kernels.models.se_resnet50()``).
-Models using them export to ONNX with ``torch.onnx.export`` as they are (``onnx_export``).
+One op computes the whole SE block, ``relu?(x * gate(W2 act(W1 mean_hw(x) + b1) + b2) +
+residual?)``, with Triton kernels on GPUs and C++ kernels on the CPU; each name's own
+docstring says what it accepts and what it raises.
+
+Public names (``__all__``):
+    squeeze_excite             the op as a function (``backend="auto"`` or a backend's name)
+    FusedSEBlock               the op as an ``nn.Module`` (``from_module`` converts one SE module)
+    convert_se_modules         swap a model's known SE modules (and SE-ResNet block tails) in place
+    FusedResidualBlock         what ``convert_se_modules`` puts in place of an SE-ResNet block
+    register_se_class          vouch that a class computes the standard SE, so it is converted
+    available_backends         which backends run here, and why not the others
+    BackendStatus              ``(available, reason)``, the values of ``available_backends()``
+    squeeze_excite_reference   the eager float64-capable oracle the tests compare against
+
+Subpackage ``senet_kernels.models`` (imported on first use: ``senet_kernels.models.se_resnet50()``):
+the SENet family with fused blocks (``se_resnet18`` ... ``senet154``, ``SENet``) and
+``from_timm``. Models using the op export to ONNX with ``torch.onnx.export`` as they are
+(``onnx_export``). Command line: ``python -m senet_kernels check | bench | train``.
+Documentation: README.md and docs/ in the source repository.
 """
 
 import importlib

@@ -24,6 +24,10 @@ def check_backend_name(backend):
 
 @dataclass(frozen=True)
 class BackendStatus:
+    """Whether a backend can run here (``available``) and why or why not (``reason``: a
+    sentence for people, e.g. "no CUDA GPU is visible (set TRITON_INTERPRET=1 to interpret on
+    the CPU)"). Returned by ``available_backends``; frozen."""
+
     available: bool
     reason: str
 
@@ -116,7 +120,20 @@ def backend_status(name):
 
 
 def available_backends():
-    """{backend name: BackendStatus(available, reason)} for triton, cuda, cpu and reference."""
+    """Which backends can run in this process, and why the others cannot.
+
+    Takes no arguments. Returns a dict ``{name: BackendStatus(available, reason)}`` with the
+    keys "triton", "cuda", "cpu" and "reference", in that order. "triton" needs a CUDA GPU of
+    compute capability >= 8.0, or ``TRITON_INTERPRET=1`` (CPU tensors, interpreted); "cuda" and
+    "cpu" need the C++ extension ``senet_kernels._C`` (built by ``pip install -e .``; "cuda"
+    also its CUDA kernels and a GPU); "reference" is always available. Each backend is probed
+    once per process (importing Triton or loading the extension), later calls are cheap.
+    A backend that cannot be imported or loaded is reported, not raised: ``available=False``
+    with the error as its reason.
+    Any name here, or "auto", is a valid ``backend`` argument of ``squeeze_excite``,
+    ``FusedSEBlock`` and the models; passing an unavailable one raises ``ValueError`` then,
+    with this reason.
+    """
     return {name: backend_status(name) for name in BACKENDS}
 
 

@@ -39,10 +39,22 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
         activation: "relu" or "silu". gate: "sigmoid" or "hardsigmoid".
         post_relu: apply ReLU last (SE-ResNet's tail).
         backend: "auto", "triton", "cuda", "cpu" or "reference" (see ``available_backends()``).
+            "auto" takes Triton for CUDA tensors (then the CUDA extension), the C++ kernels
+            for CPU tensors, and the reference where neither is available.
 
     Returns:
         A tensor like x (dtype, shape, layout). Differentiable w.r.t. x, the parameters and
         the residual. Reductions and the gate are computed in float32 (float64 for float64).
+
+    Raises:
+        TypeError: an argument that is not a tensor (or None where allowed), a dtype not
+            listed above, parameters whose dtypes differ from each other or are neither x's
+            nor float32, a residual of another dtype than x, a non-str activation / gate or
+            a non-bool post_relu. The message names the argument.
+        ValueError: a wrong shape (x not 4-D or with C, H or W of 0; weights or biases not
+            matching C and Cr; a residual not shaped like x), tensors on different devices,
+            an unknown activation, gate or backend name, or a backend that is unavailable
+            here (the message gives ``available_backends()``'s reason).
 
     In eager mode the backend's kernels are called directly (through a
     ``torch.autograd.Function`` when a gradient is needed); under torch.compile, export or a

@@ -16,6 +16,8 @@ Every block ends in one ``FusedSEBlock(post_relu=True)`` call that does the SE, 
 add and the ReLU; ``backend`` selects its kernels ("reference" is plain PyTorch).
 """
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -54,6 +56,11 @@ class SENet(nn.Module):
     weight 1 and bias 0; the SE and ``fc`` layers keep ``nn.Linear``'s default.
 
     The pooling at the end is global (adaptive), so any input from 32 x 32 pixels up works.
+
+    Raises:
+        ValueError: an unknown ``block`` or ``backend`` name, ``layers`` without 4 depths,
+            ``stem_channels`` without 1 or 3 widths.
+        TypeError: an unknown keyword option.
     """
 
     def __init__(self, block, layers, *, groups=1, base_width=64, reduce_first=1,
@@ -214,3 +221,20 @@ def senet154(**kwargs):
 MODELS = {f.__name__: f for f in (se_resnet18, se_resnet34, se_resnet50, se_resnet101,
                                   se_resnet152, se_resnext50_32x4d, se_resnext101_32x4d,
                                   senet154)}
+
+# Every constructor above takes the same options; said once here, shown by help() on each.
+_CONSTRUCTOR_OPTIONS = """
+
+Args:
+    **kwargs: any ``SENet`` keyword option (``num_classes``, ``backend``, ``drop_rate``,
+        ``in_chans``, the block shape, ...), overriding this architecture's defaults.
+
+Returns:
+    A freshly initialized ``SENet`` (no pretrained weights: ``from_timm`` brings timm's),
+    in training mode, on the CPU in float32.
+
+Raises:
+    ValueError / TypeError: as ``SENet`` (a bad option value, an unknown option).
+"""
+for _constructor in MODELS.values():
+    _constructor.__doc__ = inspect.cleandoc(_constructor.__doc__) + _CONSTRUCTOR_OPTIONS
