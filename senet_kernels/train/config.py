@@ -107,7 +107,9 @@ def add_arguments(parser):
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the initialization, data order and augmentation (default: 0)")
     g.add_argument("--output", metavar="DIR", default=None,
-                   help="checkpoints and log.jsonl go here (default: runs/<model>)")
+                   help="checkpoints and log.jsonl go here (default: runs/<model>); created "
+                        "and checked writable before anything is built, and locked for the "
+                        "run: a second run given the same DIR stops at once")
     g.add_argument("--resume", metavar="PATH",
                    help="continue from a checkpoint (model, optimizer, schedule, step, RNG "
                         "states, data position); 'auto': DIR/checkpoint-last.pt if present")
