@@ -184,6 +184,13 @@ def no_process_group(monkeypatch):
     (["--synthetic", "--backend", "cudnn"], "backend must be one of"),
     (["--synthetic", "--backend", "eager", "--model", "se_resnet18"],
      "se_resnet18 is a senet_kernels model"),
+    # NaN fails every comparison, so range checks let it through: it trained to NaN.
+    (["--synthetic", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--synthetic", "--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--synthetic", "--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--synthetic", "--warmup-epochs", "nan"], "--warmup-epochs must be a finite number"),
+    (["--synthetic", "--momentum=-inf"], "--momentum must be a finite number"),
+    (["--synthetic", "--num-classes", "1"], "--num-classes must be at least 2"),
 ])
 def test_bad_options_stop_before_training(argv, message, no_process_group, capsys, tmp_path):
     assert main(["train", *argv, "--output", str(tmp_path)]) == 2

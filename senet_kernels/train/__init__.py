@@ -6,9 +6,16 @@
 
 Started by torchrun it wraps the model in DistributedDataParallel (NCCL on GPUs, gloo on the
 CPU); alone it trains in one process. Modules: ``config`` (options and their checks),
-``models`` (ours or timm's, converted), ``data`` (datasets, step-addressed batches),
-``distributed`` (process group), ``schedule`` (optimizer, LR schedule), ``checkpoint`` (exact
-resume), ``loop`` (the steps, validation, log).
+``output`` (the output directory, checked writable and locked), ``models`` (ours or timm's,
+converted), ``data`` (datasets, step-addressed batches), ``distributed`` (process group),
+``schedule`` (optimizer, LR schedule), ``checkpoint`` (exact resume), ``loop`` (the steps,
+validation, log).
+
+Before any model is built, bad options, an output directory that cannot be written or that
+another run is using, a checkpoint that cannot be read or does not fit, and a dataset of
+fewer than 2 classes end the command with exit status 2 and one ``error:`` line. An image
+file that cannot be read during training is skipped with a warning naming it (the next
+readable image takes its place; ``skipped_images`` in the log counts them).
 """
 
 import argparse
@@ -21,7 +28,7 @@ import numpy as np
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from . import checkpoint, config, data, distributed
+from . import checkpoint, config, data, distributed, output
 from .loop import Trainer
 from .models import build_model
 from .schedule import build_optimizer, build_scheduler
@@ -31,7 +38,12 @@ __all__ = ["add_parser", "parse_args", "prepare", "run", "train"]
 
 DESCRIPTION = ("Train an SE network (senet_kernels.models or timm, SE blocks fused) in one "
                "process, or with DistributedDataParallel under torchrun. Defaults: the SENet "
-               "paper's ImageNet recipe.")
+               "paper's ImageNet recipe. Bad options, an --output directory that cannot be "
+               "written or is in use by another run, an unreadable or unfitting --resume "
+               "checkpoint, and --data of fewer than 2 classes stop the command before "
+               "training (exit status 2, one error line). Image files that cannot be read "
+               "are skipped with a warning naming them (the next readable image takes their "
+               "place; skipped_images in log.jsonl counts them).")
 
 
 def add_parser(subparsers):
@@ -64,14 +76,32 @@ class Prepared:
     model: torch.nn.Module
     steps_per_epoch: int
     state: dict = None  # the checkpoint to resume from
+    output_lock: output.OutputLock = None  # rank 0's, held until the training ends
+
+    def release(self):
+        if self.output_lock is not None:
+            self.output_lock.release()
 
 
 def prepare(args, env):
     """Everything that can fail on bad options, before any process group exists: checks
-    ``args`` (filling in derived defaults), scans the dataset, builds the model (the same
-    initial weights on every rank), reads the checkpoint to resume. Raises ValueError with a
-    message naming the option."""
+    ``args`` (filling in derived defaults), checks and locks the output directory (rank 0,
+    the one that writes), scans the dataset, reads the checkpoint to resume, builds the model
+    (the same initial weights on every rank) and checks that the checkpoint's weights fit
+    it. Raises ValueError with a message naming the option (the lock released). The
+    returned ``Prepared`` holds the lock: ``release`` it when the training ends."""
     config.check_args(args, env)
+    # Rank 0 alone writes the output (checkpoint.save, the log), on its own machine.
+    lock = output.claim(args.output) if env.rank == 0 else None
+    try:
+        return _prepare(args, env, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _prepare(args, env, lock):
     train_set, val_set, num_classes = data.build_datasets(args)
     steps = data.steps_per_epoch(len(train_set), args.global_batch)
     if steps == 0:
@@ -87,13 +117,16 @@ def prepare(args, env):
         checkpoint.check_compatible(state, args)
     _seed_everything(args.seed)
     model = build_model(args.model, num_classes, args.backend, args.pretrained)
-    return Prepared(train_set, val_set, model, steps, state)
+    if state is not None:
+        checkpoint.check_weights_fit(state, model)
+    return Prepared(train_set, val_set, model, steps, state, lock)
 
 
 def train(args, env=None):
     """Check ``args`` (the namespace of ``parse_args``), then train.
 
-    Raises ValueError for bad options before any process group exists (``prepare``).
+    Raises ValueError for bad options before any process group exists (``prepare``), and
+    for an output directory that cannot be written or that another run holds.
     Returns the JSON log entries this process wrote (every rank gets the same values).
     """
     env = config.DistEnv.from_environ() if env is None else env
@@ -101,6 +134,13 @@ def train(args, env=None):
 
 
 def _train(args, env, prepared):
+    try:
+        return _train_prepared(args, env, prepared)
+    finally:  # the output directory is free again (in-process callers train more than once)
+        prepared.release()
+
+
+def _train_prepared(args, env, prepared):
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = args.device == "cuda" and not args.deterministic
@@ -145,7 +185,9 @@ def _train(args, env, prepared):
 
 @record  # under torchrun: the failing rank's traceback goes into torchrun's error summary
 def run(args):
-    """The subcommand: exit status 0, or 2 with a message for bad options (nothing started)."""
+    """The subcommand: exit status 0, or 2 with a one-line message for bad options, an
+    unusable or busy --output, an unusable --resume checkpoint or dataset (nothing
+    started)."""
     env = config.DistEnv.from_environ()
     try:
         prepared = prepare(args, env)

@@ -12,6 +12,7 @@ rank stops with the same clear message instead of one rank hanging the others.
 """
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 
@@ -106,7 +107,9 @@ def add_arguments(parser):
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the initialization, data order and augmentation (default: 0)")
     g.add_argument("--output", metavar="DIR", default=None,
-                   help="checkpoints and log.jsonl go here (default: runs/<model>)")
+                   help="checkpoints and log.jsonl go here (default: runs/<model>); created "
+                        "and checked writable before anything is built, and locked for the "
+                        "run: a second run given the same DIR stops at once")
     g.add_argument("--resume", metavar="PATH",
                    help="continue from a checkpoint (model, optimizer, schedule, step, RNG "
                         "states, data position); 'auto': DIR/checkpoint-last.pt if present")
@@ -148,11 +151,27 @@ class DistEnv:
             raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {e}") from None
 
 
+#: The options of type float (argparse accepts "nan" and "inf" for them).
+FLOAT_OPTIONS = ("lr", "momentum", "weight_decay", "lr_gamma", "warmup_epochs",
+                 "label_smoothing")
+
+
+def _option(name):
+    return f"--{name.replace('_', '-')}"
+
+
+def _finite(args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{_option(name)} must be a finite number, got {value}")
+
+
 def _positive(args, *names):
     for name in names:
         value = getattr(args, name)
         if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise ValueError(f"{_option(name)} must be positive, got {value}")
 
 
 def check_args(args, env=None):
@@ -169,12 +188,17 @@ def check_args(args, env=None):
         what = "does not exist" if not os.path.exists(args.data) else "is not a directory"
         raise ValueError(f"--data {args.data!r} {what}")
     check_model_and_backend(args.model, args.backend)
+    # NaN passes every comparison below as false, so it would slip through them all.
+    _finite(args, *FLOAT_OPTIONS)
     _positive(args, "epochs", "batch_size", "accum_steps", "lr", "lr_step_epochs",
               "max_steps", "log_every", "num_classes", "synthetic_size", "image_size")
     for name in ("save_every", "workers", "weight_decay", "momentum", "warmup_epochs"):
         value = getattr(args, name)
         if value is not None and value < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            raise ValueError(f"{_option(name)} must be >= 0, got {value}")
+    if args.num_classes is not None and args.num_classes < 2:
+        raise ValueError(f"--num-classes must be at least 2 (a classifier of one class has "
+                         f"nothing to learn), got {args.num_classes}")
     if not 0.0 <= args.label_smoothing < 1.0:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 < args.lr_gamma <= 1.0:

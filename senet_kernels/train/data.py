@@ -12,9 +12,15 @@ processes or of how far a previous run got:
   sees, which is what makes the two runs train the same parameters;
 * random augmentation of image ``i`` in epoch ``e`` is seeded by (seed, e, i) in whatever
   worker loads it, so a resumed run (which starts at any step) gets the same pixels.
+
+An ImageFolder image file that cannot be read (corrupt, truncated, not an image) does not
+stop the run: ``SkipUnreadable`` warns, naming the file, and gives the next readable image
+of the dataset in its place (so batches keep their size on every rank, and the data order
+stays a function of the step); the log counts the files skipped.
 """
 
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +111,55 @@ class StepBatches:
                        for i in perm[start:start + self.batch_size]]
 
 
+class UnreadableImage(Exception):
+    """An image file that the loader could not read (the cause is chained)."""
+
+    def __init__(self, path, cause):
+        super().__init__(f"{path}: {type(cause).__name__}: {cause}")
+        self.path = path
+
+
+def read_image(path):
+    """torchvision's default image loader (PIL, RGB), raising ``UnreadableImage`` naming
+    ``path`` for anything that goes wrong reading the file."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise UnreadableImage(path, e) from e
+
+
+class SkipUnreadable(Dataset):
+    """Items ``(image, label, skipped)`` of an ImageFolder built with ``loader=read_image``.
+
+    When item ``index``'s file cannot be read, warns (on stderr, naming the file) and gives
+    the next readable item (``index + 1``, ``+ 2``, ... around the end) in its place, with its
+    own label; ``skipped`` counts the files passed over. Raises RuntimeError after
+    ``MAX_IN_A_ROW`` unreadable files in a row (the data is broken, not one file).
+    """
+
+    MAX_IN_A_ROW = 64
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.classes = dataset.classes
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        n = len(self.dataset)
+        for skipped in range(min(n, self.MAX_IN_A_ROW)):
+            try:
+                image, label = self.dataset[(index + skipped) % n]
+                return image, label, skipped
+            except UnreadableImage as e:
+                print(f"warning: skipping an unreadable image: {e}", file=sys.stderr, flush=True)
+        raise RuntimeError(f"{min(n, self.MAX_IN_A_ROW)} unreadable images in a row from item "
+                           f"{index} of {self.dataset.root!r} on: is --data an image dataset?")
+
+
 def steps_per_epoch(dataset_size, global_batch):
     return dataset_size // global_batch
 
@@ -113,7 +168,7 @@ def _image_folder(root, transform):
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(root, transform=transform)
+        return SkipUnreadable(ImageFolder(root, transform=transform, loader=read_image))
     except (FileNotFoundError, RuntimeError) as e:  # no class folders / no images in them
         raise ValueError(f"--data: {root!r} is not a usable ImageFolder tree: {e}") from None
 
@@ -123,7 +178,9 @@ def build_datasets(args):
 
     Train items are ``(index, seed)``-addressed (``SeededAugmentation``) for ImageFolder
     data; synthetic items need no augmentation and take plain indices through the same
-    wrapper. Raises ValueError for a path that is not an ImageFolder tree.
+    wrapper. ImageFolder items are ``(image, label, skipped)`` (``SkipUnreadable``),
+    synthetic ones ``(image, label)``. Raises ValueError for a path that is not an
+    ImageFolder tree, or one of fewer than 2 classes.
     """
     if args.synthetic:
         classes = args.num_classes or 1000
@@ -150,6 +207,9 @@ def build_datasets(args):
         if val.classes != train.classes:
             raise ValueError(f"--data: {val_root!r} has other classes than {train_root!r}")
     classes = len(train.classes)
+    if classes < 2:  # every label the same: the loss goes to 0 and nothing is learnt
+        raise ValueError(f"--data: {train_root!r} has {classes} class folder "
+                         f"({', '.join(train.classes)}); a classifier needs at least 2")
     if args.num_classes is not None and args.num_classes < classes:
         raise ValueError(f"--num-classes {args.num_classes} is fewer than the {classes} "
                          f"classes in {train_root!r}")

@@ -25,46 +25,64 @@ def _fail_hook():
 
 
 class EpochStats:
-    """Running sums of one epoch on this rank: loss x images, correct top-1, images.
-    Kept as one device tensor (no host sync per step); in checkpoints for exact resume."""
+    """Running sums of one epoch on this rank: loss x images, correct top-1, images, image
+    files skipped as unreadable (``data.SkipUnreadable``). Kept as one device tensor (no host
+    sync per step); in checkpoints for exact resume."""
+
+    SIZE = 4
 
     def __init__(self, device, values=None):
         if values is None:
-            values = torch.zeros(3, dtype=torch.float64, device=device)
+            values = torch.zeros(self.SIZE, dtype=torch.float64, device=device)
+        elif values.numel() < self.SIZE:  # a checkpoint from before the skipped count
+            values = torch.cat([values, values.new_zeros(self.SIZE - values.numel())])
         self.values = values
 
-    def add(self, logits, labels, loss):
+    def add(self, logits, labels, loss, skipped=None):
         # In-place adds on the device: no host-to-device copy or sync per micro-batch.
         n = labels.numel()
         self.values[0] += loss.detach().double() * n
         self.values[1] += (logits.argmax(1) == labels).sum()
         self.values[2] += n
+        if skipped is not None:
+            self.values[3] += skipped.sum()
 
     def reduced(self):
-        """(mean loss, top-1 %) over every rank."""
+        """(mean loss, top-1 %, image files skipped) over every rank."""
         total = distributed.all_reduce_sum(self.values.clone()).tolist()
         count = max(total[2], 1.0)
-        return total[0] / count, 100.0 * total[1] / count
+        return total[0] / count, 100.0 * total[1] / count, int(total[3])
 
 
 def evaluate(model, loader, device, args):
-    """Loss, top-1 and top-5 (%) over the whole validation set (every rank's share)."""
+    """Loss, top-1 and top-5 (%) over the whole validation set (every rank's share), and
+    the number of image files skipped as unreadable (their places taken by others)."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     with torch.inference_mode(), _autocast(device, args.amp):
-        for images, labels in loader:
+        for batch in loader:
+            images, labels, skipped = _split_batch(batch)
             images, labels = _to_device(images, labels, device, args.channels_last)
             logits = model(images).float()
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top5 == labels[:, None]
             sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
                                  hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                                 torch.tensor(labels.numel(), dtype=torch.float64, device=device)])
+                                 torch.tensor(labels.numel(), dtype=torch.float64, device=device),
+                                 torch.tensor(0 if skipped is None else skipped.sum().item(),
+                                              dtype=torch.float64, device=device)])
     model.train()
-    loss, top1, top5, count = distributed.all_reduce_sum(sums).tolist()
+    loss, top1, top5, count, skipped = distributed.all_reduce_sum(sums).tolist()
     count = max(count, 1.0)
     return {"val_loss": loss / count, "val_top1": 100 * top1 / count,
-            "val_top5": 100 * top5 / count}
+            "val_top5": 100 * top5 / count, "val_skipped_images": int(skipped)}
+
+
+def _split_batch(batch):
+    """(images, labels, files skipped per image or None) of a loader's batch: ImageFolder
+    batches carry the third (``data.SkipUnreadable``), synthetic ones do not."""
+    images, labels, *rest = batch
+    return images, labels, rest[0] if rest else None
 
 
 def _autocast(device, enabled):
@@ -112,7 +130,8 @@ class Trainer:
         args = self.args
         self.optimizer.zero_grad(set_to_none=True)
         for a in range(args.accum_steps):
-            images, labels = _to_device(*next(batches), self.device, args.channels_last)
+            images, labels, skipped = _split_batch(next(batches))
+            images, labels = _to_device(images, labels, self.device, args.channels_last)
             last = a == args.accum_steps - 1
             # DDP all-reduces gradients on the last micro-batch's backward only.
             sync = (contextlib.nullcontext() if last or not hasattr(self.ddp_model, "no_sync")
@@ -123,16 +142,16 @@ class Trainer:
                     loss = self.criterion(logits.float(), labels)
                 # Mean over the step's micro-batches: the same gradient as one big batch.
                 (loss / args.accum_steps).backward()
-            self.stats.add(logits.detach(), labels, loss)
+            self.stats.add(logits.detach(), labels, loss, skipped)
         self.optimizer.step()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
         self.step += 1
 
     def _log_epoch(self, epoch, steps, seconds, complete):
-        loss, top1 = self.stats.reduced()
+        loss, top1, skipped = self.stats.reduced()
         entry = {"epoch": epoch, "step": self.step, "steps": steps, "complete": complete,
-                 "loss": loss, "top1": top1, "lr": self.last_lr,
+                 "loss": loss, "top1": top1, "skipped_images": skipped, "lr": self.last_lr,
                  "images_per_s": steps * self.args.global_batch / max(seconds, 1e-9),
                  "time_s": seconds}
         if complete and self.val_set is not None:
