@@ -22,6 +22,7 @@ from torch import nn
 from .backends import check_backend_name
 from .functional import squeeze_excite
 from .recognize import as_linear_weight, read_se_module
+from .reference import activate, apply_gate
 from .spec import check_activation, check_gate, check_post_relu
 
 
@@ -76,6 +77,7 @@ class FusedSEBlock(nn.Module):
         self.fc1 = nn.Linear(channels, rd_channels, bias=bias, **factory)
         self.fc2 = nn.Linear(rd_channels, channels, bias=bias, **factory)
         self._fc_paths = (("fc1",), ("fc2",))
+        self._norm_path = None
 
     def _set_options(self, channels, rd_channels, activation, gate, post_relu, backend):
         self.channels = channels
@@ -99,9 +101,26 @@ class FusedSEBlock(nn.Module):
 
     def forward(self, x, residual=None):
         fc1, fc2 = self._layer(self._fc_paths[0]), self._layer(self._fc_paths[1])
-        return squeeze_excite(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual,
+        w1, b1 = fc1.weight, fc1.bias
+        if self._norm_path is not None:
+            norm = self._layer(self._norm_path)
+            if norm.training or norm.running_mean is None:
+                return self._forward_with_batch_statistics(x, residual, fc1, norm, fc2)
+            w1, b1 = fold_batch_norm(w1, b1, norm)
+        return squeeze_excite(x, w1, b1, fc2.weight, fc2.bias, residual,
                               activation=self.activation, gate=self.gate,
                               post_relu=self.post_relu, backend=self.backend)
+
+    def _forward_with_batch_statistics(self, x, residual, fc1, norm, fc2):
+        """The source's own layers, eagerly: a BatchNorm on fc1's output that normalizes with
+        the batch's statistics ([N, Cr], training mode) couples the samples' excitations,
+        which the fused op computes independently. timm's SEModule forward, in its order."""
+        pooled = x.mean((2, 3), keepdim=True)
+        hidden = activate(norm(fc1(pooled)), self.activation)
+        y = x * apply_gate(fc2(hidden), self.gate)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.post_relu else y
 
     def extra_repr(self):
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
@@ -188,8 +207,26 @@ class FusedSEBlock(nn.Module):
         for name in dict.fromkeys(path[0] for path in fc_paths):
             block.add_module(name, module._modules[name])
         block._fc_paths = fc_paths
+        block._norm_path = None
+        if spec.norm_path is not None:  # rexnet's SE: fc1 -> BatchNorm2d -> act -> fc2
+            block._norm_path = tuple(spec.norm_path.split("."))
+            block.add_module(spec.norm_path, module._modules[spec.norm_path])
         block.training = module.training  # the flag only: the shared layers keep theirs
         return block
+
+
+def fold_batch_norm(w1, b1, norm):
+    """(weight [Cr, C], bias [Cr]) of fc1 followed by ``norm`` with its running statistics
+    (an eval-mode BatchNorm on fc1's output), as one linear layer: exact up to rounding, and
+    differentiable in fc1's and the norm's parameters. A few [Cr, C] elementwise ops."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    bias = shift if b1 is None else b1 * scale + shift
+    return as_linear_weight(w1) * scale[:, None].to(w1.dtype), bias.to(w1.dtype)
 
 
 def _as_shape_of(weight, target):

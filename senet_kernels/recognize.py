@@ -14,6 +14,7 @@ supported activation and gate, no extra state), since the constructors of these 
 arbitrary layers.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ class SEParts:
     gate: object
     gate_name: str
     fc_type: type  # what fc1 / fc2 must be: nn.Conv2d (1x1) or nn.Linear
+    norm_name: str = None  # a BatchNorm between fc1 and the activation (timm's SEModule.bn)
 
 
 def _parts(module, fc1, act, fc2, gate, fc_type=nn.Conv2d):
@@ -67,10 +69,15 @@ def _timm_se_module(module):
     if getattr(module, "add_maxpool", False):
         raise ValueError(f"{owner} with add_maxpool=True is unsupported: its squeeze mixes the "
                          "mean with a max-pool, FusedSEBlock squeezes with the mean only")
-    if type(module.bn) is not nn.Identity:
-        raise ValueError(f"{owner}.bn is {type(module.bn).__name__}: a norm layer between fc1 "
-                         "and the activation is unsupported (only nn.Identity)")
-    return _parts(module, "fc1", "act", "fc2", "gate")
+    parts = _parts(module, "fc1", "act", "fc2", "gate")
+    if type(module.bn) is nn.Identity:
+        return parts
+    # rexnet's SE: fc1 -> BatchNorm2d -> act -> fc2. Exact class only: SyncBatchNorm, timm's
+    # BatchNormAct2d (a norm with an activation inside) and the like compute something else.
+    if type(module.bn) is not nn.BatchNorm2d:
+        raise ValueError(f"{owner}.bn is {type(module.bn).__name__}: the norm layer between "
+                         "fc1 and the activation must be nn.Identity or nn.BatchNorm2d")
+    return dataclasses.replace(parts, norm_name="bn")
 
 
 def _legacy_se(module):
@@ -300,14 +307,14 @@ def _gate_name(layer, module, name):
 
 
 def _check_no_other_state(module, used):
-    """Every parameter and buffer of the source must be one the block copies.
+    """Every parameter and buffer of the source must be one the fused block uses.
 
     A recognized module with more state (an added submodule, a norm layer somewhere) computes
     something the fused op does not, and converting it would silently drop that state.
     """
     used = {id(t) for t in used if t is not None}
     extra = [n for n, p in module.named_parameters() if id(p) not in used]
-    extra += [n for n, _ in module.named_buffers()]
+    extra += [n for n, b in module.named_buffers() if id(b) not in used]
     if extra:
         raise ValueError(f"{type(module).__name__} has state the SE op does not use: "
                          f"{', '.join(extra)}")
@@ -325,6 +332,7 @@ class SESpec:
     gate: str
     fc1_path: str
     fc2_path: str
+    norm_path: str = None  # an nn.BatchNorm2d on fc1's output (see FusedSEBlock.forward)
 
 
 def read_se_module(module):
@@ -342,9 +350,17 @@ def read_se_module(module):
                          "bias; FusedSEBlock has biases on both or neither")
     activation = _activation_name(parts.act, module, parts.act_name)
     gate = _gate_name(parts.gate, module, parts.gate_name)
-    _check_no_other_state(module, [w1, w2, b1, b2, parts.fc1.weight, parts.fc2.weight])
+    used = [w1, w2, b1, b2, parts.fc1.weight, parts.fc2.weight]
+    if parts.norm_name is not None:
+        norm = getattr(module, parts.norm_name)
+        if norm.num_features != cr:
+            raise ValueError(f"{owner}.{parts.norm_name} normalizes {norm.num_features} "
+                             f"channels, {parts.fc1_name} gives {cr}")
+        used += [*norm.parameters(), *norm.buffers()]
+    _check_no_other_state(module, used)
     _check_layers_unaltered(module)
-    return SESpec(w1, b1, w2, b2, activation, gate, parts.fc1_name, parts.fc2_name)
+    return SESpec(w1, b1, w2, b2, activation, gate, parts.fc1_name, parts.fc2_name,
+                  parts.norm_name)
 
 
 def _check_layers_unaltered(module):

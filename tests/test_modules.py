@@ -5,6 +5,7 @@ Shapes are small (the Triton backend runs interpreted on CPU); inputs and weight
 random draws, scaled so that the gates are neither saturated nor trivial.
 """
 
+import copy
 import os
 import subprocess
 import sys
@@ -125,6 +126,10 @@ SE_MODULES = {
     "timm-eff-silu-hardsigmoid": (lambda: timm_efficientnet_se(act_layer="swish",
                                                                gate_layer="hard_sigmoid"),
                                   "silu", "hardsigmoid"),
+    # rexnet's SE (fc1 -> BatchNorm2d -> act -> fc2), compared in training mode here (batch
+    # statistics: the block runs the source's layers); eval mode: test_se_with_batch_norm_*.
+    "timm-se-batchnorm": (lambda: timm_se(norm_layer=nn.BatchNorm2d, act_layer="swish"),
+                          "silu", "sigmoid"),
     "senet-pytorch": (lambda: SELayer(), "relu", "sigmoid"),
     "senet-pytorch-bias-hardsigmoid": (lambda: SELayer(bias=True, gate=nn.Hardsigmoid),
                                        "relu", "hardsigmoid"),
@@ -233,6 +238,73 @@ def test_from_module_post_relu_adds_the_resnet_tail():
     assert_rel_close(block(x, residual), F.relu(source(x) + residual))
 
 
+# --- rexnet's SE: a BatchNorm between fc1 and the activation ---------------------------
+
+def se_with_batch_norm(seed=0, bias=True):
+    source = randomize_(timm_se(norm_layer=nn.BatchNorm2d, act_layer="swish", bias=bias), seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        source.bn.running_mean.copy_(0.5 * torch.randn(CR, generator=gen))
+        source.bn.running_var.copy_(0.5 + torch.rand(CR, generator=gen))
+    return source
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cpu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_se_with_batch_norm_folds_it_in_eval_mode(backend, bias, device):
+    """In eval mode the BatchNorm's running statistics fold into fc1 (exact up to rounding)
+    and the fused op runs; outputs and every gradient equal the source's (float64)."""
+    from senet_kernels import available_backends
+    if not available_backends()[backend].available:
+        pytest.skip(f"backend {backend} unavailable: {available_backends()[backend].reason}")
+    dev = device if backend == "triton" else torch.device("cpu")
+    source = se_with_batch_norm(bias=bias).double().to(dev).eval()
+    block = FusedSEBlock.from_module(source, backend=backend)
+    assert block.bn is source.bn and "bn.running_mean" in block.state_dict()
+    x = make_x(device=dev, dtype=torch.float64).requires_grad_()
+    results = []
+    for module in (source, block):
+        y = module(x)
+        grad = make_x(seed=3, device=dev, dtype=torch.float64)
+        results.append((y, *torch.autograd.grad(y, [x, *source.parameters()], grad)))
+    for actual, expected in zip(results[1], results[0]):
+        assert_rel_close(actual, expected, 1e-10)
+    # float32 through the fused kernels: the fold costs no accuracy
+    source32, block32 = source.float(), block.float()
+    x32 = make_x(device=dev)
+    with torch.no_grad():
+        assert_rel_close(block32(x32), source32(x32))
+
+
+def test_se_with_batch_norm_in_training_mode_is_the_sources_forward():
+    """With batch statistics the block runs the source's layers: same output, same
+    gradients, same running-statistics updates; then eval mode uses what training left."""
+    source = se_with_batch_norm().train()
+    twin = copy.deepcopy(source)
+    block = FusedSEBlock.from_module(twin, backend="reference", post_relu=True)
+    for step in range(2):
+        x, residual = make_x(seed=10 + step), make_x(seed=20 + step)
+        expected = F.relu(source(x) + residual)
+        actual = block(x, residual)
+        assert torch.equal(actual, expected)
+        expected.square().sum().backward()
+        actual.square().sum().backward()
+    for (name, a), b in zip(twin.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(twin.parameters(), source.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    assert int(twin.bn.num_batches_tracked) == 2
+    source.eval(), block.eval()
+    x = make_x(seed=5)
+    with torch.no_grad():
+        assert_rel_close(block(x), F.relu(source(x)))
+
+
+def test_se_with_a_norm_other_than_batch_norm_is_refused():
+    with pytest.raises(ValueError, match="must be nn.Identity or nn.BatchNorm2d"):
+        FusedSEBlock.from_module(timm_se(norm_layer=nn.SyncBatchNorm))
+
+
 # --- from_module rejects what the fused op does not compute -------------------------------
 
 def _replace(module, **children):
@@ -278,8 +350,8 @@ UNSUPPORTED = {
                           TypeError, "does not recognize EffectiveSEModule"),
     "timm-se-add-maxpool": (lambda: timm_se(add_maxpool=True), ValueError,
                             "SEModule with add_maxpool=True"),
-    "timm-se-batchnorm": (lambda: timm_se(norm_layer=nn.BatchNorm2d), ValueError,
-                          "SEModule.bn is BatchNorm2d"),
+    "timm-se-instancenorm": (lambda: timm_se(norm_layer=nn.InstanceNorm2d), ValueError,
+                             "SEModule.bn is InstanceNorm2d"),
     "timm-se-tanh-gate": (lambda: timm_se(gate_layer="tanh"), ValueError, "SEModule.gate is Tanh"),
     "timm-eff-relu6": (lambda: timm_efficientnet_se(act_layer=nn.ReLU6), ValueError,
                        "SqueezeExcite.act1 is ReLU6"),
