@@ -28,9 +28,18 @@ SE_CLASS_NAMES = {"SEModule", "SqueezeExcite", "EffectiveSEModule", "EseModule",
                   "SqueezeExciteCl"}
 
 
+#: Name prefixes that are not a family of their own (TensorFlow ports, timm's legacy ports,
+#: test models, ESE-VoVNet): the family is the prefix with the next word.
+_PREFIXES = {"tf", "legacy", "test", "ese"}
+
+
 def family(arch):
-    """The family of an architecture name: its leading letters ("seresnext", "efficientnet")."""
-    return re.match(r"[a-z]+", arch).group(0)
+    """The family of an architecture: its first word without the size suffix
+    ("seresnet50" -> "seresnet", "efficientnetv2_rw_s" -> "efficientnetv2",
+    "tf_efficientnet_b0" -> "tf_efficientnet")."""
+    words = arch.split("_")
+    head = words[:2] if words[0] in _PREFIXES and len(words) > 1 else words[:1]
+    return "_".join(re.sub(r"(?<![v\d])\d+[a-z]*$", "", w) or w for w in head)
 
 
 def se_modules(model):
@@ -58,6 +67,24 @@ def scan(arch):
     return before, len(se_modules(model))
 
 
+def table(results):
+    """A Markdown table of {arch: (SE modules, SE modules left)} by family."""
+    by_family = collections.defaultdict(collections.Counter)
+    for arch, (before, left) in results.items():
+        state = "all" if left == 0 else ("none" if left == before else "some")
+        by_family[family(arch)][state] += 1
+    lines = ["| family | SE archs | all converted | some | none |", "|---|---|---|---|---|"]
+    total = collections.Counter()
+    for name in sorted(by_family):
+        counts = by_family[name]
+        total.update(counts)
+        lines.append(f"| {name} | {sum(counts.values())} | {counts['all']} | {counts['some']} "
+                     f"| {counts['none']} |")
+    lines.append(f"| **total** | {sum(total.values())} | {total['all']} | {total['some']} | "
+                 f"{total['none']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="*", help="fnmatch pattern of architectures")
@@ -73,23 +100,10 @@ def main(argv=None):
             failed.append(arch)
         elif result[0]:
             results[arch] = result
-    by_family = collections.defaultdict(collections.Counter)
-    for arch, (before, left) in results.items():
-        state = "all" if left == 0 else ("none" if left == before else "some")
-        by_family[family(arch)][state] += 1
     print(f"timm {timm.__version__}: {len(archs)} architectures, {len(results)} with SE modules, "
           f"{len(failed)} not buildable on the meta device, "
           f"{time.perf_counter() - start:.0f} s")
-    print("| family | SE archs | all converted | some | none |")
-    print("|---|---|---|---|---|")
-    total = collections.Counter()
-    for name in sorted(by_family):
-        counts = by_family[name]
-        total.update(counts)
-        print(f"| {name} | {sum(counts.values())} | {counts['all']} | {counts['some']} | "
-              f"{counts['none']} |")
-    print(f"| **total** | {sum(total.values())} | {total['all']} | {total['some']} | "
-          f"{total['none']} |")
+    print(table(results))
     if failed:
         print("not buildable on the meta device:", ", ".join(failed), file=sys.stderr)
     if args.json:
