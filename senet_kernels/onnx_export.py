@@ -3,8 +3,9 @@
 The fused kernels have no ONNX form, so an exported graph computes the SE block from
 standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul, Relu or Sigmoid * x,
 Sigmoid or HardSigmoid (Min, Max and Div for float64 inputs), Mul, Add, Relu, Cast around
-half-precision inputs and mixed-precision parameters) that any engine runs. Both of ``torch.onnx.export``'s exporters are taught this at package import
-(``register()``), so users export models with ``FusedSEBlock``s as they are:
+half-precision inputs and mixed-precision parameters) that any engine runs. Both of
+``torch.onnx.export``'s exporters are taught this at package import (``register()``), so
+users export models with ``FusedSEBlock``s as they are:
 
 * ``dynamo=True`` (the default since torch 2.9): the exporter captures the model with
   ``torch.export`` (our custom op appears as one node) and then decomposes every op it has
