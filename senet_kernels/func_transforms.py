@@ -10,18 +10,19 @@ kernels cannot read a transform's wrapped tensors anyway. While a transform is a
 * backward: the differentiable gradients of double_backward.py (PyTorch ops, which every
   transform handles; ``torch.func.grad`` always asks for a graph of the gradient anyway, so
   the backward kernels would not be used there either);
+* jvp (forward-mode AD: ``jvp``, ``jacfwd``, ``hessian``): the tangent of the reference's
+  forward, taken with ``torch.func.jvp``;
 * vmap: the vmapped dimension folded into N when only x and the residual carry it (the SE op
   treats the N samples independently, so this is one kernel call), else one call per index of
   the vmapped dimension (per-sample parameters, e.g. ``vmap`` over a stack of weights).
   Per-sample gradients (``vmap(grad(loss))`` over samples) take the first path forward and
   vectorised PyTorch ops backward.
-
-Forward-mode AD (``jvp``, ``jacfwd``) is not supported (backend="reference" supports it).
 """
 
 import torch
 
 from .double_backward import differentiable_input_grads
+from .reference import forward_with_vectors
 
 
 def transforms_active():
@@ -44,16 +45,22 @@ def transformable_function(inference_impl):
         @staticmethod
         def setup_context(ctx, inputs, output):
             x, w1, b1, w2, b2, residual, activation, gate, post_relu = inputs
-            ctx.save_for_backward(x, w1, b1, w2, b2, output if post_relu else None)
-            ctx.has_residual = residual is not None
-            ctx.activation, ctx.gate = activation, gate
+            saved = (x, w1, b1, w2, b2, residual, output if post_relu else None)
+            ctx.save_for_backward(*saved)
+            ctx.save_for_forward(*saved)
+            ctx.activation, ctx.gate, ctx.post_relu = activation, gate, post_relu
 
         @staticmethod
         def backward(ctx, grad_out):
-            x, w1, b1, w2, b2, out = ctx.saved_tensors
+            x, w1, b1, w2, b2, residual, out = ctx.saved_tensors
             grads = differentiable_input_grads(grad_out, x, w1, b1, w2, b2, out,
-                                               ctx.has_residual, ctx.activation, ctx.gate)
+                                               residual is not None, ctx.activation, ctx.gate)
             return (*grads, None, None, None)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            return output_tangent(ctx.saved_tensors[:6], tangents[:6], ctx.activation,
+                                  ctx.gate, ctx.post_relu)
 
         @staticmethod
         def vmap(info, in_dims, x, w1, b1, w2, b2, residual, activation, gate, post_relu):
@@ -88,3 +95,19 @@ def _select(t, dim, index):
         return t
     return t.select(dim, index)
 
+
+
+def output_tangent(inputs, tangents, activation, gate, post_relu):
+    """The tangent of the op's output at ``inputs`` (x, w1, b1, w2, b2, residual) along
+    ``tangents`` (None where an input has none), from the reference's forward."""
+    moving = [i for i, (t, d) in enumerate(zip(inputs, tangents))
+              if t is not None and d is not None]
+
+    def out(*moving_inputs):
+        args = list(inputs)
+        for i, t in zip(moving, moving_inputs):
+            args[i] = t
+        return forward_with_vectors(*args, activation, gate, post_relu)[0]
+
+    return torch.func.jvp(out, tuple(inputs[i] for i in moving),
+                          tuple(tangents[i] for i in moving))[1]

@@ -1,13 +1,15 @@
-"""torch.func transforms over the SE op: grad, jacrev, vmap and per-sample gradients.
+"""torch.func transforms over the SE op: grad, jacrev, jacfwd, hessian, vmap and per-sample
+gradients.
 
 Every kernel backend that runs here is checked against the reference backend in float64
 (senet_kernels/func_transforms.py: the forward runs the backend's kernels, the backward is
-PyTorch ops, vmap folds the vmapped dimension into N or loops over it).
+PyTorch ops, the jvp the reference's tangent, vmap folds the vmapped dimension into N or
+loops over it).
 """
 
 import pytest
 import torch
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, vmap
 
 from senet_kernels import FusedSEBlock, backends, squeeze_excite
 
@@ -79,6 +81,33 @@ def test_jacrev_matches_the_reference(backend, device, dtype, post_relu):
     expected = jacrev(block, argnums=(1, 2, 3, 4))("reference", *(args64[k] for k in wrt))
     for name, a, e in zip(wrt, actual, expected):
         assert_close(a, e, dtype, f"jacobian w.r.t. {name}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("activation,gate,residual,post_relu", VARIANTS[:2])
+def test_forward_mode_matches_the_reference(backend, device, activation, gate, residual,
+                                            post_relu):
+    """jacfwd (the Function's jvp) and hessian (jacfwd of jacrev: forward mode through the
+    backward), in float64."""
+    args = _inputs(2, torch.float64, residual, device, seed=12, c=4, h=2, cr=2)
+    options = dict(activation=activation, gate=gate, post_relu=post_relu)
+
+    def block(backend, x, w1, b1):
+        return squeeze_excite(x, w1, b1, args["w2"], args["b2"], args["residual"],
+                              backend=backend, **options)
+
+    def loss(backend, w1, b1):
+        return block(backend, args["x"], w1, b1).square().sum()
+
+    wrt = (args["x"], args["w1"], args["b1"])
+    actual = jacfwd(block, argnums=(1, 2, 3))(backend, *wrt)
+    expected = jacfwd(block, argnums=(1, 2, 3))("reference", *wrt)
+    for name, a, e in zip(("x", "w1", "b1"), actual, expected):
+        assert_close(a, e, torch.float64, f"jacfwd w.r.t. {name}")
+    actual = hessian(loss, argnums=(1, 2))(backend, args["w1"], args["b1"])
+    expected = hessian(loss, argnums=(1, 2))("reference", args["w1"], args["b1"])
+    for i, j in ((0, 0), (0, 1), (1, 1)):
+        assert_close(actual[i][j], expected[i][j], torch.float64, f"hessian block {i}{j}")
 
 
 def _per_sample_loss(block, params, x, residual, upstream):
