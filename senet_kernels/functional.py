@@ -49,9 +49,9 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
     ``torch.autograd.Function`` when a gradient is needed); under torch.compile, export or a
     dispatch mode the call goes through the backend's custom op
     (``torch.ops.senet_kernels.se_forward_<backend>``). Both run the same kernels. Under
-    torch.func transforms (``grad``, ``jacrev``, ``vmap``, per-sample gradients) a Function
-    made for them runs the forward kernels (func_transforms.py); forward-mode AD (``jvp``,
-    ``jacfwd``) is supported by backend="reference" only.
+    torch.func transforms (``grad``, ``vjp``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``,
+    ``vmap``, per-sample gradients) an autograd.Function made for them runs the forward
+    kernels and differentiates in PyTorch ops (func_transforms.py).
     """
     w1, w2 = check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate,
                                        post_relu)
