@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .func_transforms import transformable_function
 from .interpreter import interpreting
 from .ops import BackendOps, define_backend_ops, eager_function
 
@@ -115,7 +116,10 @@ _PROBES = {
 def backend_status(name):
     """BackendStatus of one backend, probed once (a constant to torch.compile)."""
     if name not in _status:
-        _status[name] = _PROBES[name]()
+        # A first call may come from inside a torch.func transform, which would wrap the
+        # probes' own tensors (Triton's interpreter cannot read them): probe outside it.
+        with torch._C._DisableFuncTorch():
+            _status[name] = _PROBES[name]()
     return _status[name]
 
 
@@ -229,20 +233,23 @@ class BackendKernels:
     (no dispatcher round trip into Python). ``inference``: ``out`` alone, for calls that no
     backward follows (a backend may skip keeping what only the backward reads).
     ``function``: the eager autograd.Function over forward and backward, with the ops'
-    autograd formula (ops.eager_function).
+    autograd formula (ops.eager_function). ``transformable``: the autograd.Function used
+    under torch.func transforms (func_transforms.transformable_function).
     """
     ops: BackendOps
     forward: object
     backward: object
     inference: object
     function: type
+    transformable: type
 
 
 def _kernels(ops, forward, backward, inference=None):
     if inference is None:
         def inference(*args):
             return forward(*args)[0]
-    return BackendKernels(ops, forward, backward, inference, eager_function(forward, backward))
+    return BackendKernels(ops, forward, backward, inference, eager_function(forward, backward),
+                          transformable_function(inference))
 
 
 # The C++ extension registers its CPU and CUDA kernels for these (csrc/); one op pair serves

@@ -25,6 +25,11 @@ def differentiable_input_grads(grad_out, x, w1, b1, w2, b2, out, has_residual, a
     passes), and that mask is piecewise constant, so neither the residual nor the mask needs
     a graph. Entries are None for inputs that do not require a gradient (and the residual
     when there is none).
+
+    The gradients are taken with ``torch.func.vjp``, not ``torch.autograd.grad``: under a
+    torch.func transform (``jacrev`` runs the backward under ``vmap``) a nested
+    ``torch.autograd.grad`` does not see the recomputed graph; a nested transform does, and
+    outside transforms the two agree.
     """
     acc = compute_dtype(x.dtype)
     with torch.enable_grad():
@@ -35,12 +40,16 @@ def differentiable_input_grads(grad_out, x, w1, b1, w2, b2, out, has_residual, a
         wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
         result = [None] * len(inputs)
         if wanted:  # each of them is used by the excitation, so each gets a gradient
-            xa = x.to(acc)
-            scale = excite(xa.mean(dim=(2, 3)), w1, b1, w2, b2, activation, gate)
-            rescaled = xa * scale[:, :, None, None]
-            grads = torch.autograd.grad(rescaled, [inputs[i] for i in wanted], gy,
-                                        create_graph=True)
-            for i, g in zip(wanted, grads):
+            def rescaled(*wanted_inputs):
+                args = list(inputs)
+                for i, t in zip(wanted, wanted_inputs):
+                    args[i] = t
+                xa = args[0].to(acc)
+                scale = excite(xa.mean(dim=(2, 3)), *args[1:], activation, gate)
+                return xa * scale[:, :, None, None]
+
+            _, vjp_fn = torch.func.vjp(rescaled, *(inputs[i] for i in wanted))
+            for i, g in zip(wanted, vjp_fn(gy)):
                 result[i] = g
         grad_residual = None
         if has_residual:

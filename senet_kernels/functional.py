@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .backends import backend_kernels, resolve_backend
+from .func_transforms import transforms_active
 from .reference import squeeze_excite_reference
 from .validation import check_squeeze_excite_args
 
@@ -59,7 +60,10 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
     In eager mode the backend's kernels are called directly (through a
     ``torch.autograd.Function`` when a gradient is needed); under torch.compile, export or a
     dispatch mode the call goes through the backend's custom op
-    (``torch.ops.senet_kernels.se_forward_<backend>``). Both run the same kernels.
+    (``torch.ops.senet_kernels.se_forward_<backend>``). Both run the same kernels. Under
+    torch.func transforms (``grad``, ``vjp``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``,
+    ``vmap``, per-sample gradients) an autograd.Function made for them runs the forward
+    kernels and differentiates in PyTorch ops (func_transforms.py).
     """
     w1, w2 = check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate,
                                        post_relu)
@@ -69,6 +73,8 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
                                         gate=gate, post_relu=post_relu)
     kernels = backend_kernels(name)
     args = (x, w1, b1, w2, b2, residual, activation, gate, post_relu)
+    if transforms_active() and not torch.compiler.is_compiling():
+        return kernels.transformable.apply(*args)
     if not _eager(x):
         return kernels.ops.forward(*args)[0]
     if _needs_grad(x, w1, b1, w2, b2, residual):

@@ -2,9 +2,10 @@
 
 The fused kernels have no ONNX form, so an exported graph computes the SE block from
 standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul, Relu or Sigmoid * x,
-Sigmoid or HardSigmoid, Mul, Add, Relu, Cast around half-precision inputs) that any engine
-runs. Both of ``torch.onnx.export``'s exporters are taught this at package import
-(``register()``), so users export models with ``FusedSEBlock``s as they are:
+Sigmoid or HardSigmoid (Min, Max and Div for float64 inputs), Mul, Add, Relu, Cast around
+half-precision inputs and mixed-precision parameters) that any engine runs. Both of
+``torch.onnx.export``'s exporters are taught this at package import (``register()``), so
+users export models with ``FusedSEBlock``s as they are:
 
 * ``dynamo=True`` (the default since torch 2.9): the exporter captures the model with
   ``torch.export`` (our custom op appears as one node) and then decomposes every op it has
@@ -70,20 +71,31 @@ def _linear(g, inp, weight, bias):
 
 
 def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    """The TorchScript exporter's translation of ``se_forward_<backend>``: its four outputs."""
+    """The TorchScript exporter's translation of ``se_forward_<backend>``: its four outputs.
+
+    float64 inputs get ops ONNX Runtime implements for double (its CPU GlobalAveragePool and
+    HardSigmoid are float-only): ReduceMean and the clamped ``(z + 3) / 6``; float32
+    parameters beside them are cast to float64, as the op computes.
+    """
     x_type = x.type().scalarType()
     if x_type not in _ONNX_TYPE:
         raise ValueError(f"ONNX export of the SE op needs x's dtype to be known and one of "
                          f"float16/bfloat16/float32/float64, got {x_type}")
-    acc = _ONNX_TYPE["Double" if x_type == "Double" else "Float"]
-    low_precision = x_type in ("Half", "BFloat16")
+    double = x_type == "Double"
+    acc_type = "Double" if double else "Float"
 
     def to_acc(value):
-        # Parameters may be float32 beside half inputs: a Cast to their own type is a no-op.
-        return value if not low_precision or _is_none(value) else g.op("Cast", value, to_i=acc)
+        # Parameters may be float32 beside half or float64 inputs: cast what is not in the
+        # compute type already (a value of unknown type too).
+        if _is_none(value) or value.type().scalarType() == acc_type:
+            return value
+        return g.op("Cast", value, to_i=_ONNX_TYPE[acc_type])
 
     xa = to_acc(x)
-    pooled = g.op("Flatten", g.op("GlobalAveragePool", xa), axis_i=1)
+    if double:
+        pooled = _mean_hw(g, xa)
+    else:
+        pooled = g.op("Flatten", g.op("GlobalAveragePool", xa), axis_i=1)
     hidden = _linear(g, pooled, to_acc(w1), to_acc(b1))
     if activation == "relu":
         act = g.op("Relu", hidden)
@@ -92,6 +104,11 @@ def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_
     logits = _linear(g, act, to_acc(w2), to_acc(b2))
     if gate == "sigmoid":
         scale = g.op("Sigmoid", logits)
+    elif double:  # (z + 3).clamp(0, 6) / 6, exact in float64 as the reference computes it
+        def const(v):
+            return g.op("Constant", value_t=torch.tensor(v, dtype=torch.float64))
+        clamped = g.op("Min", g.op("Max", g.op("Add", logits, const(3.0)), const(0.0)), const(6.0))
+        scale = g.op("Div", clamped, const(6.0))
     else:  # F.hardsigmoid = clamp(z / 6 + 1 / 2, 0, 1)
         scale = g.op("HardSigmoid", logits, alpha_f=1.0 / 6.0, beta_f=0.5)
     # [N, C] -> [N, C, 1, 1]: Reshape keeps N (0) and infers C (-1), whatever the batch.
@@ -101,9 +118,18 @@ def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_
         out = g.op("Add", out, to_acc(residual))
     if post_relu:
         out = g.op("Relu", out)
-    if low_precision:
+    if x_type != acc_type:
         out = g.op("Cast", out, to_i=_ONNX_TYPE[x_type])
     return out, pooled, hidden, scale
+
+
+def _mean_hw(g, x):
+    """[N, C, H, W] -> [N, C], the mean over H and W, with ReduceMean (axes an attribute
+    before opset 18, an input from 18 on)."""
+    if g.opset >= 18:
+        axes = g.op("Constant", value_t=torch.tensor([2, 3]))
+        return g.op("ReduceMean", x, axes, keepdims_i=0)
+    return g.op("ReduceMean", x, axes_i=[2, 3], keepdims_i=0)
 
 
 def _legacy_symbolic():

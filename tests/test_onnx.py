@@ -33,7 +33,7 @@ OTHER_BACKENDS = [b for b in BACKENDS if b != "cpu"]
 #: What an exported SE block may consist of: standard ONNX ops only.
 SE_ONNX_OPS = {"ReduceMean", "GlobalAveragePool", "Flatten", "Gemm", "MatMul", "Transpose",
                "Relu", "Sigmoid", "HardSigmoid", "Mul", "Add", "Unsqueeze", "Reshape", "Cast",
-               "Constant"}
+               "Constant", "Min", "Max", "Div"}
 #: (activation, gate, bias, residual, post_relu): the first four have each value of each
 #: option; all six have each pair of values of two options.
 VARIANTS = [
@@ -86,12 +86,13 @@ def export_dynamo(model, args, **kwargs):
     return program.model_proto
 
 
-def export_torchscript(model, args):
+def export_torchscript(model, args, opset_version=None):
     """torch.onnx.export with the TorchScript exporter (dynamo=False), dynamic batch."""
     names = [f"input{i}" for i in range(len(args))]
     buffer = io.BytesIO()
     torch.onnx.export(model, args, buffer, dynamo=False, input_names=names,
-                      output_names=["out"], dynamic_axes={n: {0: "batch"} for n in names + ["out"]})
+                      output_names=["out"], dynamic_axes={n: {0: "batch"} for n in names + ["out"]},
+                      opset_version=opset_version)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -236,6 +237,22 @@ def test_torchscript_exporter(backend, variant):
     block = make_block(act, gate, bias, post_relu, backend)
     proto = export_torchscript(block, block_inputs(2, residual))
     check_block_export(proto, block, residual=residual)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("opset", [None, 11, 18])
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", VARIANTS[:3], ids=variant_id)
+def test_torchscript_exporter_float64(variant, param_dtype, opset):
+    """float64 inputs (beside float32 or float64 parameters): the exported model runs in ONNX
+    Runtime, which has no double GlobalAveragePool or HardSigmoid on the CPU, and parameters
+    are cast to the input's precision (the model failed to run before)."""
+    act, gate, bias, residual, post_relu = variant
+    block = make_block(act, gate, bias, post_relu, "auto", dtype=param_dtype)
+    proto = export_torchscript(block, block_inputs(2, residual, torch.float64),
+                               opset_version=opset)
+    check_block_export(proto, block, torch.float64, residual=residual)
 
 
 # --- Whole networks ------------------------------------------------------------------------
