@@ -211,6 +211,7 @@ def assert_blocks_fused_with_same_results(model, x_shape):
     # The converted blocks' checkpoint is the source's: same keys and shapes, both ways.
     assert {k: v.shape for k, v in model.state_dict().items()} == layout
     copy.deepcopy(source).load_state_dict(model.state_dict())
+    copy.deepcopy(model).load_state_dict(source.state_dict())
     assert all(type(block) is FusedResidualBlock for block in model)
     x = make_x(*x_shape).double().requires_grad_()
     results = []
