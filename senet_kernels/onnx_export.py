@@ -1,8 +1,9 @@
 """ONNX export of the SE op: what the exporters turn ``se_forward_<backend>`` into.
 
 The fused kernels have no ONNX form, so an exported graph computes the SE block from
-standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul, Relu or Sigmoid * x,
-Sigmoid or HardSigmoid, Mul, Add, Relu, Cast around half-precision inputs) that any engine
+standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul; the activation Relu,
+Sigmoid * x, GELU from Erf or Tanh, HardSigmoid * x or HardSwish; the gate Sigmoid or
+HardSigmoid; Mul, Add, Relu, Cast around half-precision inputs) that any engine
 runs. Both of ``torch.onnx.export``'s exporters are taught this at package import
 (``register()``), so users export models with ``FusedSEBlock``s as they are:
 
@@ -28,10 +29,13 @@ runs. Both of ``torch.onnx.export``'s exporters are taught this at package impor
 op in the graph, so it still runs the fused kernels.
 """
 
+import math
+
 import torch
 
 from .backends import backend_ops
 from .reference import forward_with_vectors
+from .spec import ACTIVATIONS
 
 #: Kernel backends whose forward op gets the decomposition ("cpu" and "cuda" share "ext").
 KERNEL_BACKENDS = ("triton", "cpu")
@@ -85,10 +89,8 @@ def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_
     xa = to_acc(x)
     pooled = g.op("Flatten", g.op("GlobalAveragePool", xa), axis_i=1)
     hidden = _linear(g, pooled, to_acc(w1), to_acc(b1))
-    if activation == "relu":
-        act = g.op("Relu", hidden)
-    else:
-        act = g.op("Mul", hidden, g.op("Sigmoid", hidden))
+    act = _activation_symbolic(g, hidden, activation,
+                               torch.float64 if x_type == "Double" else torch.float32)
     logits = _linear(g, act, to_acc(w2), to_acc(b2))
     if gate == "sigmoid":
         scale = g.op("Sigmoid", logits)
@@ -104,6 +106,28 @@ def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_
     if low_precision:
         out = g.op("Cast", out, to_i=_ONNX_TYPE[x_type])
     return out, pooled, hidden, scale
+
+
+def _activation_symbolic(g, h, activation, dtype):
+    """act(h) in ONNX ops of opset 11 (no Gelu or HardSwish there); ``dtype`` is h's."""
+    def const(value):
+        return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+    if activation == "relu":
+        return g.op("Relu", h)
+    if activation == "silu":
+        return g.op("Mul", h, g.op("Sigmoid", h))
+    if activation == "gelu":  # h / 2 * (1 + erf(h / sqrt(2)))
+        erf = g.op("Erf", g.op("Mul", h, const(math.sqrt(0.5))))
+        return g.op("Mul", g.op("Mul", h, const(0.5)), g.op("Add", const(1.0), erf))
+    if activation == "gelu_tanh":  # h / 2 * (1 + tanh(sqrt(2 / pi) (h + 0.044715 h^3)))
+        cube = g.op("Mul", g.op("Mul", h, h), h)
+        inner = g.op("Mul", g.op("Add", h, g.op("Mul", cube, const(0.044715))),
+                     const(math.sqrt(2.0 / math.pi)))
+        return g.op("Mul", g.op("Mul", h, const(0.5)), g.op("Add", const(1.0), g.op("Tanh", inner)))
+    if activation == "hardswish":  # h * hardsigmoid(h) = h * clamp(h / 6 + 1 / 2, 0, 1)
+        return g.op("Mul", h, g.op("HardSigmoid", h, alpha_f=1.0 / 6.0, beta_f=0.5))
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def _legacy_symbolic():
