@@ -1,17 +1,17 @@
 """Triton device functions shared by the forward and backward kernels.
 
 Activation and gate are runtime integer codes (``spec.ACTIVATION_CODE`` / ``spec.GATE_CODE``,
-bound below as constexprs): they only run in the excitation tails and GEMM epilogues, so
-selecting with ``tl.where`` costs nothing measurable and saves a compiled variant per
-combination. Each helper names every code; an unknown code yields NaN (the host maps names
+bound below as constexprs): they only run in the excitation tails and GEMM epilogues, on
+[N, Cr] / [N, C] vectors, so selecting with ``tl.where`` (every activation is computed, one
+kept) costs little there and saves a compiled variant per combination. Each helper names every code; an unknown code yields NaN (the host maps names
 through ``spec``, which raises on an unknown one, so this only catches a code added there and
 forgotten here).
 
 NaN and Inf propagate exactly as in the PyTorch ops of ``reference.py`` (see csrc/se_math.h,
 which computes the same formulas): comparisons with NaN are false, so every clamp is written
 as a select that leaves NaN in place (``tl.maximum`` without ``propagate_nan`` may drop it),
-and every derivative that is 0 somewhere (ReLU, hardsigmoid) is a select, not a product, so
-an Inf or NaN incoming gradient gives 0 there, as PyTorch's backward kernels do.
+and every derivative that is 0 somewhere (ReLU, hardswish, hardsigmoid) is a select, not a
+product, so an Inf or NaN incoming gradient gives 0 there, as PyTorch's backward kernels do.
 """
 
 import math
