@@ -14,8 +14,9 @@ namespace senet_kernels {
 namespace {
 
 // Names and codes in one table each: parse_* and the pybind listings read them.
-constexpr std::pair<const char*, Activation> kActivationNames[] = {{"relu", kRelu},
-                                                                    {"silu", kSilu}};
+constexpr std::pair<const char*, Activation> kActivationNames[] = {
+    {"relu", kRelu}, {"silu", kSilu}, {"gelu", kGelu}, {"gelu_tanh", kGeluTanh},
+    {"hardswish", kHardSwish}};
 constexpr std::pair<const char*, Gate> kGateNames[] = {{"sigmoid", kSigmoid},
                                                         {"hardsigmoid", kHardSigmoid}};
 

@@ -12,7 +12,12 @@
 //                  incoming gradient is Inf or NaN (PyTorch: z > -3 && z < 3 ? g / 6 : 0).
 //                  Written from s = gate(z): -3 < z < 3 exactly where 0 < s < 1.
 //   sigmoid, silu  the formulas PyTorch uses, so sigmoid(+-Inf) = 1 / 0, silu(-Inf) = NaN and
-//                  their gradients at +-Inf are NaN or 0 as in PyTorch.
+//   gelu           their gradients at +-Inf are NaN or 0 as in PyTorch; gelu(+Inf) = +Inf,
+//                  gelu(-Inf) = NaN (-Inf * 0), and both forms' gradients at +-Inf are NaN.
+//   hardswish      h * relu6(h + 3) / 6 with NaN kept (so hardswish(-Inf) = NaN); its backward
+//                  is a select: 0 where h <= -3 (an Inf gradient too), g * (h / 3 + 1/2) where
+//                  -3 < h < 3, g elsewhere, where h is NaN too (PyTorch's scalar and CUDA
+//                  kernels; see reference.hardswish).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -47,6 +52,35 @@ C10_HOST_DEVICE inline T relu(T h) {
   return h <= T(0) ? T(0) : h;  // NaN stays NaN
 }
 
+// GELU's constants as PyTorch's kernels spell them: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi) and
+// the tanh form's cubic coefficient.
+constexpr double kSqrt1_2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+constexpr double kSqrt2OverPi = 0.79788456080286535588;
+constexpr double kGeluTanhKappa = 0.044715;
+
+// sqrt(2/pi) (h + 0.044715 h^3), the argument of tanh in nn.GELU(approximate="tanh").
+template <typename T>
+C10_HOST_DEVICE inline T gelu_tanh_inner(T h) {
+  return T(kSqrt2OverPi) * (h + T(kGeluTanhKappa) * (h * h * h));
+}
+
+// 1 + tanh(u) = 2 sigmoid(2u), as triton/common.py writes it (Triton has no tanh): no
+// cancellation where tanh(u) is near -1; +-Inf give 2 / 0, NaN stays NaN.
+template <typename T>
+C10_HOST_DEVICE inline T one_plus_tanh(T u) {
+  return T(2) / (T(1) + ::exp(T(-2) * u));
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T hardswish(T h) {
+  // h * relu6(h + 3) / 6, PyTorch's CPU order; comparisons are false for NaN, so NaN stays NaN.
+  T v = h + T(3);
+  v = v <= T(0) ? T(0) : v;
+  v = v >= T(6) ? T(6) : v;
+  return h * v / T(6);
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T activate(T h, Activation act) {
   switch (act) {
@@ -54,6 +88,12 @@ C10_HOST_DEVICE inline T activate(T h, Activation act) {
       return relu(h);
     case kSilu:
       return h * sigmoid(h);
+    case kGelu:
+      return h * T(0.5) * (T(1) + ::erf(h * T(kSqrt1_2)));
+    case kGeluTanh:
+      return T(0.5) * h * one_plus_tanh(gelu_tanh_inner(h));
+    case kHardSwish:
+      return hardswish(h);
   }
   return unknown_code<T>(act);
 }
@@ -68,6 +108,20 @@ C10_HOST_DEVICE inline T activate_backward(T ga, T h, Activation act) {
       const T s = sigmoid(h);
       return ga * s * (T(1) + h * (T(1) - s));  // PyTorch's silu_backward, same order
     }
+    case kGelu: {  // PyTorch's gelu_backward: ga * (cdf + h * pdf)
+      const T cdf = T(0.5) * (T(1) + ::erf(h * T(kSqrt1_2)));
+      const T pdf = ::exp(T(-0.5) * h * h) * T(kInvSqrt2Pi);
+      return ga * (cdf + h * pdf);
+    }
+    case kGeluTanh: {  // gelu_backward, tanh form, with 1 - tanh^2 = (1 + tanh)(1 - tanh)
+      const T inner = gelu_tanh_inner(h);
+      const T left = T(0.5) * h;
+      const T tanh_derivative = one_plus_tanh(inner) * one_plus_tanh(-inner);
+      const T inner_derivative = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluTanhKappa) * (h * h));
+      return ga * (T(0.5) * one_plus_tanh(inner) + left * tanh_derivative * inner_derivative);
+    }
+    case kHardSwish:  // a select: no product with ga where the derivative is 0
+      return h <= T(-3) ? T(0) : (h < T(3) ? ga * (h / T(3) + T(0.5)) : ga);
   }
   return unknown_code<T>(act);
 }

@@ -23,6 +23,12 @@ def _activate(h, activation):
         return F.relu(h, inplace=True)
     if activation == "silu":
         return F.silu(h, inplace=True)
+    if activation == "gelu":
+        return F.gelu(h)
+    if activation == "gelu_tanh":
+        return F.gelu(h, approximate="tanh")
+    if activation == "hardswish":
+        return F.hardswish(h, inplace=True)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 

@@ -22,6 +22,8 @@ VARIANTS = [  # (activation, gate, residual + post_relu)
     ("relu", "sigmoid", True),
     ("silu", "sigmoid", False),
     ("relu", "hardsigmoid", False),
+    ("gelu", "hardsigmoid", True),
+    ("hardswish", "sigmoid", False),
 ]
 
 

@@ -37,7 +37,8 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
         w1: [Cr, C] (or a 1x1 conv weight [Cr, C, 1, 1]); b1: [Cr] or None.
         w2: [C, Cr] (or [C, Cr, 1, 1]); b2: [C] or None. Parameters share one dtype: x's or float32.
         residual: like x, added after the rescale (SE-ResNet), or None.
-        activation: "relu" or "silu". gate: "sigmoid" or "hardsigmoid".
+        activation: "relu", "silu", "gelu" (nn.GELU()), "gelu_tanh"
+            (nn.GELU(approximate="tanh")) or "hardswish". gate: "sigmoid" or "hardsigmoid".
         post_relu: apply ReLU last (SE-ResNet's tail).
         backend: "auto", "triton", "cuda", "cpu" or "reference" (see ``available_backends()``).
             "auto" takes Triton for CUDA tensors (then the CUDA extension), the C++ kernels

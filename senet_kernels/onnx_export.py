@@ -1,11 +1,12 @@
 """ONNX export of the SE op: what the exporters turn ``se_forward_<backend>`` into.
 
 The fused kernels have no ONNX form, so an exported graph computes the SE block from
-standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul, Relu or Sigmoid * x,
-Sigmoid or HardSigmoid (Min, Max and Div for float64 inputs), Mul, Add, Relu, Cast around
-half-precision inputs and mixed-precision parameters) that any engine runs. Both of
-``torch.onnx.export``'s exporters are taught this at package import (``register()``), so
-users export models with ``FusedSEBlock``s as they are:
+standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul; the activation Relu,
+Sigmoid * x, GELU from Erf or Tanh, or hardswish as x * HardSigmoid; the gate Sigmoid or
+HardSigmoid (Min, Max and Div in place of HardSigmoid for float64 inputs); Mul, Add, Relu,
+Cast around half-precision inputs and mixed-precision parameters) that any engine runs.
+Both of ``torch.onnx.export``'s exporters are taught this at package import (``register()``),
+so users export models with ``FusedSEBlock``s as they are:
 
 * ``dynamo=True`` (the default since torch 2.9): the exporter captures the model with
   ``torch.export`` (our custom op appears as one node) and then decomposes every op it has
@@ -29,10 +30,13 @@ users export models with ``FusedSEBlock``s as they are:
 op in the graph, so it still runs the fused kernels.
 """
 
+import math
+
 import torch
 
 from .backends import backend_ops
 from .reference import forward_with_vectors
+from .spec import ACTIVATIONS
 
 #: Kernel backends whose forward op gets the decomposition ("cpu" and "cuda" share "ext").
 KERNEL_BACKENDS = ("triton", "cpu")
@@ -97,20 +101,12 @@ def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_
     else:
         pooled = g.op("Flatten", g.op("GlobalAveragePool", xa), axis_i=1)
     hidden = _linear(g, pooled, to_acc(w1), to_acc(b1))
-    if activation == "relu":
-        act = g.op("Relu", hidden)
-    else:
-        act = g.op("Mul", hidden, g.op("Sigmoid", hidden))
+    act = _activation_symbolic(g, hidden, activation, double)
     logits = _linear(g, act, to_acc(w2), to_acc(b2))
     if gate == "sigmoid":
         scale = g.op("Sigmoid", logits)
-    elif double:  # (z + 3).clamp(0, 6) / 6, exact in float64 as the reference computes it
-        def const(v):
-            return g.op("Constant", value_t=torch.tensor(v, dtype=torch.float64))
-        clamped = g.op("Min", g.op("Max", g.op("Add", logits, const(3.0)), const(0.0)), const(6.0))
-        scale = g.op("Div", clamped, const(6.0))
-    else:  # F.hardsigmoid = clamp(z / 6 + 1 / 2, 0, 1)
-        scale = g.op("HardSigmoid", logits, alpha_f=1.0 / 6.0, beta_f=0.5)
+    else:
+        scale = _hardsigmoid_symbolic(g, logits, double)
     # [N, C] -> [N, C, 1, 1]: Reshape keeps N (0) and infers C (-1), whatever the batch.
     out = g.op("Mul", xa, g.op("Reshape", scale,
                                g.op("Constant", value_t=torch.tensor([0, -1, 1, 1]))))
@@ -130,6 +126,44 @@ def _mean_hw(g, x):
         axes = g.op("Constant", value_t=torch.tensor([2, 3]))
         return g.op("ReduceMean", x, axes, keepdims_i=0)
     return g.op("ReduceMean", x, axes_i=[2, 3], keepdims_i=0)
+
+
+def _const(g, value, double):
+    return g.op("Constant", value_t=torch.tensor(
+        value, dtype=torch.float64 if double else torch.float32))
+
+
+def _hardsigmoid_symbolic(g, z, double):
+    """F.hardsigmoid(z). In float64 (z + 3).clamp(0, 6) / 6, exact as the reference computes
+    it, with Min / Max / Div: ONNX Runtime's CPU HardSigmoid has no double kernel."""
+    if not double:  # clamp(z / 6 + 1 / 2, 0, 1)
+        return g.op("HardSigmoid", z, alpha_f=1.0 / 6.0, beta_f=0.5)
+    shifted = g.op("Add", z, _const(g, 3.0, double))
+    clamped = g.op("Min", g.op("Max", shifted, _const(g, 0.0, double)), _const(g, 6.0, double))
+    return g.op("Div", clamped, _const(g, 6.0, double))
+
+
+def _activation_symbolic(g, h, activation, double):
+    """act(h) in ONNX ops of opset 11 (no Gelu or HardSwish there); ``double``: h is float64
+    (else float32)."""
+    def const(value):
+        return _const(g, value, double)
+
+    if activation == "relu":
+        return g.op("Relu", h)
+    if activation == "silu":
+        return g.op("Mul", h, g.op("Sigmoid", h))
+    if activation == "gelu":  # h / 2 * (1 + erf(h / sqrt(2)))
+        erf = g.op("Erf", g.op("Mul", h, const(math.sqrt(0.5))))
+        return g.op("Mul", g.op("Mul", h, const(0.5)), g.op("Add", const(1.0), erf))
+    if activation == "gelu_tanh":  # h / 2 * (1 + tanh(sqrt(2 / pi) (h + 0.044715 h^3)))
+        cube = g.op("Mul", g.op("Mul", h, h), h)
+        inner = g.op("Mul", g.op("Add", h, g.op("Mul", cube, const(0.044715))),
+                     const(math.sqrt(2.0 / math.pi)))
+        return g.op("Mul", g.op("Mul", h, const(0.5)), g.op("Add", const(1.0), g.op("Tanh", inner)))
+    if activation == "hardswish":  # h * hardsigmoid(h)
+        return g.op("Mul", h, _hardsigmoid_symbolic(g, h, double))
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def _legacy_symbolic():

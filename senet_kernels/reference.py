@@ -20,7 +20,39 @@ def activate(h, activation):
         return F.relu(h)
     if activation == "silu":
         return F.silu(h)
+    if activation == "gelu":
+        return F.gelu(h)
+    if activation == "gelu_tanh":
+        return F.gelu(h, approximate="tanh")
+    if activation == "hardswish":
+        return hardswish(h)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def hardswish(h):
+    """F.hardswish, with one gradient rule where h is NaN: PyTorch's CPU kernel has two.
+
+    PyTorch's hardswish_backward is a select: 0 where h <= -3 (an Inf grad included),
+    grad * (h / 3 + 1/2) where -3 < h < 3, grad elsewhere, a NaN h included -- in its scalar
+    loop and on CUDA; the vectorized loop of its CPU kernel gives NaN for a NaN h instead, so
+    on the CPU which one a NaN gets depends on its position in the tensor. This keeps the
+    first everywhere (the kernels' rule), with F.hardswish's values exactly, in differentiable
+    ops (double backward: the second derivative is 1/3 inside, 0 elsewhere).
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return F.hardswish(h)  # one op in compiled, exported or traced graphs (ONNX HardSwish)
+    if not (h.requires_grad and torch.is_grad_enabled()):
+        return F.hardswish(h)
+    values = F.hardswish(h.detach())
+    inside = (h > -3) & (h < 3)
+    above = (h >= 3) & torch.isfinite(h)
+    # A tensor with hardswish's derivative at every finite h and no NaN or Inf anywhere (which
+    # a zero gradient times a derivative would turn into NaN): h (h + 3) / 6 =
+    # ((h + 3/2)^2 - 9/4) / 6 inside, h above, 0 below.
+    curve = ((torch.where(inside, h, 0) + 1.5).pow(2) - 2.25) / 6
+    carrier = torch.where(inside, curve, torch.where(above, h, 0))
+    finite = values + (carrier - carrier.detach())  # F.hardswish's values exactly
+    return torch.where((h == float("inf")) | h.isnan(), h, finite)  # h itself, gradient 1
 
 
 def hardsigmoid(z):

@@ -28,7 +28,9 @@ tests/test_variant_codes.py checks that the C++ codes equal these and that every
 every name.
 """
 
-ACTIVATIONS = ("relu", "silu")
+#: "gelu" is nn.GELU() (the erf form), "gelu_tanh" nn.GELU(approximate="tanh"), "hardswish"
+#: nn.Hardswish().
+ACTIVATIONS = ("relu", "silu", "gelu", "gelu_tanh", "hardswish")
 GATES = ("sigmoid", "hardsigmoid")
 
 #: Integer code of each activation / gate, as passed to the kernels.

@@ -7,7 +7,7 @@ from senet_kernels import check
 
 def test_shards_cover_every_case_once():
     total = len(check.cases())
-    assert total == 36
+    assert total == 60
     covered = sorted(i for shard in range(4) for i in range(shard, total, 4))
     assert covered == list(range(total))
 

@@ -133,9 +133,9 @@ def test_parameters_on_another_device_are_rejected(device):
 @pytest.mark.parametrize("device", _devices())
 def test_unknown_activation_and_gate_are_rejected(device):
     a = forward_args(device)
-    with pytest.raises(ValueError, match="activation must be one of 'relu', 'silu'"):
+    with pytest.raises(ValueError, match="activation must be one of 'relu', 'silu', 'gelu'"):
         torch.ops.senet_kernels.se_forward_ext(a["x"], a["w1"], None, a["w2"], None, None,
-                                               "gelu", "sigmoid", False)
+                                               "softsign", "sigmoid", False)
     with pytest.raises(ValueError, match="gate must be one of 'sigmoid', 'hardsigmoid'"):
         torch.ops.senet_kernels.se_forward_ext(a["x"], a["w1"], None, a["w2"], None, None,
                                                "relu", "tanh", False)

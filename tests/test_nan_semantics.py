@@ -1,7 +1,8 @@
 """NaN and Inf propagate through every kernel backend exactly as through the reference.
 
-The reference is plain PyTorch (F.relu, F.silu, torch.sigmoid, F.hardsigmoid, mean, linear),
-so its NaN / Inf behavior, forward and backward, is PyTorch's: ReLU keeps NaN and its backward
+The reference is plain PyTorch (F.relu, F.silu, F.gelu, torch.sigmoid, F.hardsigmoid, mean,
+linear; hardswish with one rule for a NaN, see reference.hardswish), so its NaN / Inf
+behavior, forward and backward, is PyTorch's: ReLU keeps NaN and its backward
 (threshold_backward on the result) lets the gradient through where the result is NaN;
 hardsigmoid keeps NaN and its backward is 0 wherever it is clamped, whatever the incoming
 gradient (Inf included); 0 * Inf is NaN. Each backend must put NaN, +Inf and -Inf in exactly
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from senet_kernels import squeeze_excite, squeeze_excite_reference
+from senet_kernels.spec import ACTIVATIONS, GATES
 
 from cases import backend_device_params, make_inputs
 from nonfinite import assert_backend_matches_reference
@@ -72,7 +74,7 @@ def _case(shape, target, value, seed, **variant):
 
 
 TARGETS = ["x", "w1", "b1", "w2", "b2", "residual", "grad_out"]
-VARIANTS = list(itertools.product(("relu", "silu"), ("sigmoid", "hardsigmoid")))
+VARIANTS = list(itertools.product(ACTIVATIONS, GATES))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -96,7 +98,7 @@ TRITON_PATHS = [p for p in BACKEND_PATHS if p.values[0] == "triton"]
 @pytest.mark.parametrize("value", NONFINITE)
 def test_triton_backend_every_injection(backend, device, path, target, value):
     """Triton kernels, both excitation paths: the same check, each (target, value) with one
-    variant (cycling through all four) to keep the interpreter's time down."""
+    variant (cycling through all of them) to keep the interpreter's time down."""
     i = TARGETS.index(target) * len(NONFINITE) + list(NONFINITE).index(value)
     activation, gate = VARIANTS[i % len(VARIANTS)]
     args, grad_out, options = _case(SHAPES[0], target, value, i, activation=activation, gate=gate)
@@ -161,3 +163,19 @@ def test_gates_saturate_at_infinity(backend, device, path, gate):
     out, _ = assert_backend_matches_reference(
         backend, args, dict(activation="silu", gate=gate), torch.float32, grad_out)
     assert torch.equal(out[:, 0], args["x"][:, 0]) and (out[:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("backend,device,path", BACKEND_PATHS)
+def test_hardswish_passes_gradient_where_hidden_is_nan(backend, device, path):
+    """A NaN in b1 makes hidden unit 0 NaN for every sample, hence every gate (hardsigmoid
+    keeps NaN) and output; hardsigmoid's backward is 0 at a NaN gate, so ga is 0 and
+    hardswish's backward at the NaN hidden unit passes it: grad_b1[0] = 0, as PyTorch's
+    scalar and CUDA kernels give (its vectorized CPU loop, which a 20-unit hidden vector
+    reaches, gives NaN there; the reference keeps the first rule)."""
+    args = make_inputs(2, 24, 3, 3, 20, seed=11, device=device)
+    args["b1"][0] = float("nan")
+    grad_out = torch.randn(2, 24, 3, 3, generator=torch.Generator().manual_seed(12)).to(device)
+    out, grads = assert_backend_matches_reference(
+        backend, args, dict(activation="hardswish", gate="hardsigmoid"), torch.float32, grad_out)
+    assert torch.isnan(out).all()
+    assert grads["b1"][0] == 0 and torch.isfinite(grads["w1"]).all()

@@ -18,6 +18,7 @@ import torch
 from senet_kernels import FusedSEBlock, convert_se_modules, models
 from senet_kernels.backends import backend_ops
 from senet_kernels.onnx_export import se_forward_decomposition
+from senet_kernels.spec import ACTIVATIONS
 
 from cases import assert_close, kernel_backends, make_inputs, reference64
 
@@ -33,7 +34,7 @@ OTHER_BACKENDS = [b for b in BACKENDS if b != "cpu"]
 #: What an exported SE block may consist of: standard ONNX ops only.
 SE_ONNX_OPS = {"ReduceMean", "GlobalAveragePool", "Flatten", "Gemm", "MatMul", "Transpose",
                "Relu", "Sigmoid", "HardSigmoid", "Mul", "Add", "Unsqueeze", "Reshape", "Cast",
-               "Constant", "Min", "Max", "Div"}
+               "Constant", "Min", "Max", "Div", "Gelu", "Erf", "Tanh", "HardSwish"}
 #: (activation, gate, bias, residual, post_relu): the first four have each value of each
 #: option; all six have each pair of values of two options.
 VARIANTS = [
@@ -253,6 +254,32 @@ def test_torchscript_exporter_float64(variant, param_dtype, opset):
     proto = export_torchscript(block, block_inputs(2, residual, torch.float64),
                                opset_version=opset)
     check_block_export(proto, block, torch.float64, residual=residual)
+
+
+#: The activations besides ReLU and SiLU (VARIANTS): GELU (both forms) and hardswish.
+OTHER_ACTIVATIONS = [a for a in ACTIVATIONS if a not in ("relu", "silu")]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("activation", OTHER_ACTIVATIONS)
+def test_other_activations(activation, exporter):
+    """Each exporter's form of the other activations: the dynamo exporter's Gelu / HardSwish,
+    the TorchScript symbolic's opset-11 forms (Erf, Tanh, x * HardSigmoid)."""
+    block = make_block(activation, "sigmoid", True, True, "auto")
+    args = block_inputs(2, True)
+    export = export_dynamo if exporter == "dynamo" else export_torchscript
+    check_block_export(export(block, args), block, residual=True)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_exporter_float64_hardswish():
+    """hardswish in float64: its hard-sigmoid takes the Min / Max / Div form too."""
+    block = make_block("hardswish", "hardsigmoid", True, False, "auto", dtype=torch.float64)
+    proto = export_torchscript(block, block_inputs(2, False, torch.float64))
+    check_block_export(proto, block, torch.float64, residual=False)
 
 
 # --- Whole networks ------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_bad_arguments(backend, name, make, error, message):
 
 
 @pytest.mark.parametrize("option,value,message", [
-    ("activation", "gelu", "activation must be one of"),
+    ("activation", "softsign", "activation must be one of"),
     ("gate", "tanh", "gate must be one of"),
     ("backend", "cudnn", "backend must be one of .*'cudnn'"),
     ("backend", ["cpu"], "backend must be one of"),

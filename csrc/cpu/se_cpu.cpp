@@ -361,8 +361,19 @@ bool excite_in_batch(int64_t Cr, int64_t HW, int64_t x_element_size, int64_t acc
   return 2 * Cr * acc_size >= HW * x_element_size;
 }
 
+// act(h) elementwise with se_math.h's formula; h and out dense, of one dtype.
+void activate_each(at::Tensor& out, const at::Tensor& h, Activation act) {
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "senet_kernels_activate", [&] {
+    const scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < h.numel(); ++i) op[i] = activate(hp[i], act);
+  });
+}
+
 // act(h) and gate(z) on whole tensors: ATen's vectorized pointwise kernels, the ops the
-// reference uses (so the same functions as se_math.h, NaN and Inf included). Every code is
+// reference uses (so the same functions as se_math.h, NaN and Inf included), except GELU:
+// ATen's vectorized float32 erf makes gelu(+Inf) NaN where the float64 reference (and CUDA)
+// give +Inf, so it takes se_math.h's formula (on [N, Cr], a negligible cost). Every code is
 // a case and there is no default: -Werror=switch makes a forgotten one a build error.
 void activate_out(at::Tensor& out, const at::Tensor& h, Activation act) {
   switch (act) {
@@ -371,6 +382,13 @@ void activate_out(at::Tensor& out, const at::Tensor& h, Activation act) {
       return;
     case kSilu:
       at::silu_out(out, h);
+      return;
+    case kGelu:
+    case kGeluTanh:
+      activate_each(out, h, act);
+      return;
+    case kHardSwish:
+      at::hardswish_out(out, h);
       return;
   }
   unknown_code<int>(act);

@@ -1,18 +1,20 @@
 """Triton device functions shared by the forward and backward kernels.
 
 Activation and gate are runtime integer codes (``spec.ACTIVATION_CODE`` / ``spec.GATE_CODE``,
-bound below as constexprs): they only run in the excitation tails and GEMM epilogues, so
-selecting with ``tl.where`` costs nothing measurable and saves a compiled variant per
-combination. Each helper names every code; an unknown code yields NaN (the host maps names
+bound below as constexprs): they only run in the excitation tails and GEMM epilogues, on
+[N, Cr] / [N, C] vectors, so selecting with ``tl.where`` (every activation is computed, one
+kept) costs little there and saves a compiled variant per combination. Each helper names every code; an unknown code yields NaN (the host maps names
 through ``spec``, which raises on an unknown one, so this only catches a code added there and
 forgotten here).
 
 NaN and Inf propagate exactly as in the PyTorch ops of ``reference.py`` (see csrc/se_math.h,
 which computes the same formulas): comparisons with NaN are false, so every clamp is written
 as a select that leaves NaN in place (``tl.maximum`` without ``propagate_nan`` may drop it),
-and every derivative that is 0 somewhere (ReLU, hardsigmoid) is a select, not a product, so
-an Inf or NaN incoming gradient gives 0 there, as PyTorch's backward kernels do.
+and every derivative that is 0 somewhere (ReLU, hardswish, hardsigmoid) is a select, not a
+product, so an Inf or NaN incoming gradient gives 0 there, as PyTorch's backward kernels do.
 """
+
+import math
 
 import triton
 import triton.language as tl
@@ -27,6 +29,9 @@ FLAGS = ["has_b1", "has_b2", "has_bias", "act", "gate"]
 
 RELU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["relu"])
 SILU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["silu"])
+GELU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["gelu"])
+GELU_TANH: tl.constexpr = tl.constexpr(ACTIVATION_CODE["gelu_tanh"])
+HARDSWISH: tl.constexpr = tl.constexpr(ACTIVATION_CODE["hardswish"])
 SIGMOID: tl.constexpr = tl.constexpr(GATE_CODE["sigmoid"])
 HARDSIGMOID: tl.constexpr = tl.constexpr(GATE_CODE["hardsigmoid"])
 
@@ -48,20 +53,81 @@ def _unknown(v):
     return tl.where(v == v, float("nan"), v)
 
 
+# GELU's constants, as PyTorch's kernels spell them: 1/sqrt(2), 1/sqrt(2 pi) and sqrt(2/pi).
+# Python floats, so that float64 code gets them unrounded. A constexpr goes right of a tensor
+# in a product (the interpreter's constexpr * tensor is no tensor).
+SQRT1_2: tl.constexpr = tl.constexpr(math.sqrt(0.5))
+INV_SQRT_2PI: tl.constexpr = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
+SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(math.sqrt(2.0 / math.pi))
+GELU_TANH_KAPPA: tl.constexpr = tl.constexpr(0.044715)
+
+
+@triton.jit
+def _gelu_tanh_inner(h):
+    """sqrt(2/pi) (h + 0.044715 h^3), the argument of tanh in nn.GELU(approximate="tanh")."""
+    return (h + (h * h * h) * GELU_TANH_KAPPA) * SQRT_2_OVER_PI
+
+
+@triton.jit
+def _one_plus_tanh(u):
+    """1 + tanh(u) = 2 sigmoid(2u): Triton's core language has no tanh, and this form has no
+    cancellation where tanh(u) is near -1. +-Inf give 2 / 0, NaN stays NaN."""
+    return 2.0 / (1.0 + tl.exp(-2.0 * u))
+
+
+@triton.jit
+def _hardswish(h):
+    """h * relu6(h + 3) / 6 with NaN kept (PyTorch's CPU formula and order): -Inf gives NaN
+    (-Inf * 0), as in PyTorch."""
+    v = h + 3.0
+    v = tl.where(v <= 0.0, 0.0, v)
+    return h * tl.where(v >= 6.0, 6.0, v) / 6.0
+
+
 @triton.jit
 def activate(h, act):
-    """act(h) for act RELU or SILU."""
-    return tl.where(act == RELU, _relu(h), tl.where(act == SILU, h * _sigmoid(h), _unknown(h)))
+    """act(h) for every activation code (see spec.ACTIVATIONS)."""
+    gelu = h * 0.5 * (1.0 + tl.erf(h * SQRT1_2))
+    gelu_tanh = 0.5 * h * _one_plus_tanh(_gelu_tanh_inner(h))
+    return tl.where(act == RELU, _relu(h),
+                    tl.where(act == SILU, h * _sigmoid(h),
+                             tl.where(act == GELU, gelu,
+                                      tl.where(act == GELU_TANH, gelu_tanh,
+                                               tl.where(act == HARDSWISH, _hardswish(h),
+                                                        _unknown(h))))))
 
 
 @triton.jit
 def activate_backward(ga, h, act):
-    """ga * act'(h). ReLU: threshold_backward on relu(h), so 0 where h <= 0 (relu'(0) = 0, as
-    in PyTorch) and ga elsewhere, where h is NaN too. SiLU: PyTorch's formula and order."""
+    """ga * act'(h), as PyTorch's backward kernels compute it (formula and order; csrc/se_math.h
+    writes the same).
+
+    ReLU: threshold_backward on relu(h), so 0 where h <= 0 (relu'(0) = 0, as in PyTorch) and
+    ga elsewhere, where h is NaN too. SiLU: silu_backward. GELU: gelu_backward, erf form
+    ga * (cdf + h * pdf), tanh form ga * (left' + left * tanh' * inner') with tanh' = 1 - tanh^2
+    written (1 + tanh)(1 - tanh) (see _one_plus_tanh); at h = +-Inf both are NaN (Inf * 0), as
+    in PyTorch. Hardswish: a select, 0 where h <= -3 (an Inf ga included), ga * (h / 3 + 1/2)
+    where -3 < h < 3, ga elsewhere, a NaN h included (PyTorch's scalar and CUDA kernels; the
+    reference keeps that rule, see reference.hardswish).
+    """
     sig = _sigmoid(h)
     silu = ga * sig * (1.0 + h * (1.0 - sig))
     relu = tl.where(h <= 0.0, 0.0, ga)
-    return tl.where(act == RELU, relu, tl.where(act == SILU, silu, _unknown(ga)))
+    cdf = 0.5 * (1.0 + tl.erf(h * SQRT1_2))
+    pdf = tl.exp(-0.5 * h * h) * INV_SQRT_2PI
+    gelu = ga * (cdf + h * pdf)
+    inner = _gelu_tanh_inner(h)
+    left = 0.5 * h
+    tanh_derivative = _one_plus_tanh(inner) * _one_plus_tanh(-inner)
+    inner_derivative = (1.0 + (h * h) * (3.0 * GELU_TANH_KAPPA)) * SQRT_2_OVER_PI
+    gelu_tanh = ga * (0.5 * _one_plus_tanh(inner) + left * tanh_derivative * inner_derivative)
+    hardswish = tl.where(h <= -3.0, 0.0, tl.where(h < 3.0, ga * (h / 3.0 + 0.5), ga))
+    return tl.where(act == RELU, relu,
+                    tl.where(act == SILU, silu,
+                             tl.where(act == GELU, gelu,
+                                      tl.where(act == GELU_TANH, gelu_tanh,
+                                               tl.where(act == HARDSWISH, hardswish,
+                                                        _unknown(ga))))))
 
 
 @triton.jit
