@@ -41,7 +41,7 @@ def convert_se_modules(model, backend="auto", *, fuse_residual=True):
 
     Warns:
         UserWarning, once, naming every module left as it was: SE modules of a known class
-        in a configuration the fused op does not compute (e.g. a GELU activation), with
+        in a configuration the fused op does not compute (e.g. a LeakyReLU activation), with
         the reason, SE classes the fused op does not compute (timm's Effective SE, its
         channels-last SE; ``recognize.UNCONVERTED_SE_CLASSES``), and look-alikes (a subclass of an SE class, a home-made module with the
         layout of one), which are never converted. Other modules are passed over silently.

@@ -48,7 +48,8 @@ class FusedSEBlock(nn.Module):
         reduction: Cr = max(1, channels // reduction) unless ``rd_channels`` is given.
         rd_channels: Cr, the width of the bottleneck, overriding ``reduction``.
         bias: whether fc1 and fc2 have biases (both or neither).
-        activation: "relu" or "silu", applied after fc1.
+        activation: "relu", "silu", "gelu" (erf form), "gelu_tanh" or "hardswish", applied
+            after fc1.
         gate: "sigmoid" or "hardsigmoid", applied after fc2.
         post_relu: apply a ReLU after the rescale (and the residual add), as in SE-ResNet.
         backend: "auto", "triton", "cuda", "cpu" or "reference". Whether a backend can run
@@ -192,7 +193,7 @@ class FusedSEBlock(nn.Module):
             TypeError: ``module``'s class is not a recognized SE class, or a layer of it
                 has an unsupported type.
             ValueError: a recognized module in a configuration the fused op does not compute
-                (e.g. a GELU activation, a max-pool squeeze, a norm layer, a 3x3 conv).
+                (e.g. a LeakyReLU activation, a max-pool squeeze, a norm layer, a 3x3 conv).
         """
         spec = read_se_module(module)
         block = cls.__new__(cls)

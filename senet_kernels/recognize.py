@@ -271,17 +271,24 @@ def _fc_params(layer, fc_type, module, name):
 
 
 #: Activation / gate modules by exact type (subclasses might compute something else).
-_ACTIVATION_TYPES = {nn.ReLU: "relu", nn.SiLU: "silu"}
+#: nn.GELU's name depends on its ``approximate`` (see _map_layer).
+_ACTIVATION_TYPES = {nn.ReLU: "relu", nn.SiLU: "silu", nn.GELU: "gelu",
+                     nn.Hardswish: "hardswish"}
 _GATE_TYPES = {nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid"}
 # timm's own layers, matched by class name within timm (importing timm is not an option).
-# HardSigmoid / HardSigmoidMe compute relu6(x + 3) / 6, which is F.hardsigmoid.
-_TIMM_ACTIVATIONS = {"Swish": "silu", "SwishMe": "silu"}
+# HardSigmoid / HardSigmoidMe compute relu6(x + 3) / 6, which is F.hardsigmoid, and
+# HardSwish / HardSwishMe x * relu6(x + 3) / 6, F.hardswish; GELU / GELUTanh call F.gelu.
+_TIMM_ACTIVATIONS = {"Swish": "silu", "SwishMe": "silu", "GELU": "gelu",
+                     "GELUTanh": "gelu_tanh", "HardSwish": "hardswish",
+                     "HardSwishMe": "hardswish"}
 _TIMM_GATES = {"Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid",
                "HardSigmoidMe": "hardsigmoid"}
 
 
 def _map_layer(layer, torch_types, timm_names):
     cls = type(layer)
+    if cls is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(layer.approximate)
     if cls in torch_types:
         return torch_types[cls]
     if cls.__module__.startswith("timm.") and cls.__name__ in timm_names:
@@ -293,7 +300,8 @@ def _activation_name(layer, module, name):
     activation = _map_layer(layer, _ACTIVATION_TYPES, _TIMM_ACTIVATIONS)
     if activation is None:
         raise ValueError(f"{type(module).__name__}.{name} is {type(layer).__name__}: unsupported "
-                         "activation (FusedSEBlock supports nn.ReLU and nn.SiLU / timm Swish)")
+                         "activation (FusedSEBlock supports nn.ReLU, nn.SiLU, nn.GELU, "
+                         "nn.Hardswish and timm's Swish, GELU, GELUTanh, HardSwish)")
     return activation
 
 

@@ -194,12 +194,12 @@ def tv_se(activation=nn.ReLU, channels=16):
 
 
 def test_unsupported_se_is_left_alone_with_one_warning():
-    gelu_se = tv_se(nn.GELU)
+    softsign_se = tv_se(nn.Softsign)
     maxpool_se = SEModule(16, rd_channels=4, add_maxpool=True)
     model = nn.Sequential(OrderedDict(
         stem=nn.Conv2d(3, 16, 3, padding=1),
         se=tv_se(),
-        stage=nn.Sequential(OrderedDict(gelu_se=gelu_se, body=nn.Conv2d(16, 16, 1),
+        stage=nn.Sequential(OrderedDict(softsign_se=softsign_se, body=nn.Conv2d(16, 16, 1),
                                         maxpool_se=maxpool_se))))
     randomize_(model).eval()
     x = make_x(2, 3, 16, 16)
@@ -210,10 +210,10 @@ def test_unsupported_se_is_left_alone_with_one_warning():
     assert len(record) == 1
     message = str(record[0].message)
     assert "2 SE-like module(s)" in message
-    assert "stage.gelu_se: SqueezeExcitation.activation is GELU" in message
+    assert "stage.softsign_se: SqueezeExcitation.activation is Softsign" in message
     assert "stage.maxpool_se: SEModule with add_maxpool=True" in message
     assert type(model.se) is FusedSEBlock
-    assert model.stage.gelu_se is gelu_se and model.stage.maxpool_se is maxpool_se
+    assert model.stage.softsign_se is softsign_se and model.stage.maxpool_se is maxpool_se
     with torch.no_grad():
         assert rel_err(model(x), expected) < TOLS["reference"]
 
