@@ -3,9 +3,10 @@
 Activation and gate are runtime integer codes (``spec.ACTIVATION_CODE`` / ``spec.GATE_CODE``,
 bound below as constexprs): they only run in the excitation tails and GEMM epilogues, on
 [N, Cr] / [N, C] vectors, so selecting with ``tl.where`` (every activation is computed, one
-kept) costs little there and saves a compiled variant per combination. Each helper names every code; an unknown code yields NaN (the host maps names
-through ``spec``, which raises on an unknown one, so this only catches a code added there and
-forgotten here).
+kept) costs little there and saves a compiled variant per combination (not yet timed on a GPU
+with five activations). Each helper names every code; an unknown code yields NaN (the host
+maps names through ``spec``, which raises on an unknown one, so this only catches a code
+added there and forgotten here).
 
 NaN and Inf propagate exactly as in the PyTorch ops of ``reference.py`` (see csrc/se_math.h,
 which computes the same formulas): comparisons with NaN are false, so every clamp is written
