@@ -275,14 +275,14 @@ def bn_squeeze_excite_two_pass(y, bn_weight, bn_bias, running_mean, running_var,
     return out, BnSqueezeExciteSaved(sample_mean, pooled, hidden, scale, mean, rstd, use_batch)
 
 
-def activation_derivative(hidden, activation):
-    """act'(hidden), as PyTorch's backward of each activation (relu' = 0 at 0)."""
-    if activation == "relu":
-        return (hidden > 0).to(hidden.dtype)
-    if activation == "silu":
-        sig = torch.sigmoid(hidden)
-        return sig * (1 + hidden * (1 - sig))
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+def activation_backward(grad, hidden, activation):
+    """grad * act'(hidden), by PyTorch's own backward of ``reference.activate`` on the small
+    [N, Cr] matrix: one definition of every activation's derivative (spec.ACTIVATIONS), the
+    one the kernels are held to."""
+    with torch.enable_grad():
+        h = hidden.detach().requires_grad_()
+        (result,) = torch.autograd.grad(activate(h, activation), h, grad)
+    return result
 
 
 def gate_derivative(scale, gate):
@@ -331,7 +331,7 @@ def bn_squeeze_excite_two_pass_backward(grad_out, y, out, saved, bn_weight, bn_b
     # The SE backward on the [N, C] vectors: x = a (y - mean) + beta is the SE op's input.
     gs = a * gc_sum + beta * g_sum            # sum_hw gy x
     gz = gs * gate_derivative(scale, gate)
-    gh = (gz @ w2.to(acc)) * activation_derivative(saved.hidden, activation)
+    gh = activation_backward(gz @ w2.to(acc), saved.hidden, activation)
     gp = (gh @ w1.to(acc)) / p                # d loss / d x gains gp[n, c] at every pixel
     grad_w2 = gz.t() @ activate(saved.hidden, activation)
     grad_w1 = gh.t() @ saved.pooled

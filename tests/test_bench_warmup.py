@@ -137,7 +137,10 @@ def test_check_process_reports_the_checks_result():
     from senet_kernels.bench_warmup import CheckProcess
     failures, text, seconds = CheckProcess.start(shards=2).result()
     assert failures == 0, text
-    assert "check reference" in text and "36/36 cases within tolerance" in text and seconds > 0
+    from senet_kernels.check import cases
+    count = len(list(cases()))
+    assert "check reference" in text and f"{count}/{count} cases within tolerance" in text
+    assert seconds > 0
     assert text.startswith("device: ")
 
 
