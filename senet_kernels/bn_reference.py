@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .dtypes import compute_dtype
 from .layout import is_channels_last, to_layout
 from .reference import _excite_vectors, activate, forward_with_vectors
-from .spec import ACTIVATIONS, GATES, check_activation, check_gate, check_post_relu
+from .spec import GATES, check_activation, check_gate, check_post_relu
 
 #: Width of the H*W tiles of the statistics pass: each tile's mean and M2 are exact sums over
 #: values held at once (in a kernel, registers), and tiles are merged with Chan's formula.
