@@ -58,10 +58,17 @@ class FusedSEBlock(nn.Module):
 
     Parameters: ``fc1.weight [Cr, C]``, ``fc1.bias [Cr]``, ``fc2.weight [C, Cr]``,
     ``fc2.bias [C]``, initialized as ``nn.Linear`` does. ``load_state_dict`` also accepts
-    1x1-conv shaped weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``.
+    1x1-conv shaped weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``. A block made by
+    ``from_module`` has the source's layers and parameter names instead (``fc_layers()``
+    returns the two layers either way).
 
     Forward: ``block(x, residual=None)`` with x [N, C, H, W] (NCHW or channels_last) returns a
-    tensor like x; see ``squeeze_excite`` for dtypes and layouts.
+    tensor like x; see ``squeeze_excite`` for dtypes, layouts and the errors it raises.
+
+    Raises:
+        TypeError: ``channels`` / ``reduction`` / ``rd_channels`` not an int (a bool
+            included), ``activation`` / ``gate`` not a str, ``post_relu`` not a bool.
+        ValueError: a size < 1, an unknown activation, gate or backend name.
     """
 
     def __init__(self, channels, reduction=16, *, rd_channels=None, bias=True, activation="relu",
