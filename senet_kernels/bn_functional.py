@@ -1,0 +1,129 @@
+"""``bn_squeeze_excite``: BatchNorm absorbed into the SE op, as a function, validated and
+dispatched to a backend."""
+
+import numbers
+
+import torch
+
+from .backends import backend_status, check_backend_name, resolve_backend
+from .bn_ops import ext_bn_ops, update_running_stats_op
+from .bn_reference import bn_squeeze_excite_reference, check_bn_args, uses_batch_stats
+from .validation import _check_tensor, _check_squeeze_excite_args
+
+#: The backends with kernels for the fused BatchNorm + SE op (Triton and CUDA come later).
+BN_BACKENDS = ("cpu", "reference")
+
+
+def _check_bn_vector(name, v, y):
+    if v is None:
+        return
+    _check_tensor(name, v)
+    if v.device != y.device:
+        raise ValueError(f"{name} is on {v.device} but y is on {y.device}")
+    if v.dtype not in (y.dtype, torch.float32):
+        raise TypeError(f"{name} has dtype {v.dtype} but y has {y.dtype}: "
+                        "it must be y's dtype or float32")
+
+
+def check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2,
+                                 b2, residual, training, momentum, eps, num_batches_tracked,
+                                 activation, gate, post_relu):
+    """Validate the arguments of ``bn_squeeze_excite``; return ``(w1, w2)`` as 2-D matrices."""
+    w1, w2 = _check_squeeze_excite_args(y, w1, b1, w2, b2, residual, activation, gate,
+                                        post_relu, x_name="y")
+    if y.shape[0] == 0:
+        raise ValueError(f"y must have N >= 1, got shape {tuple(y.shape)}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if momentum is not None and (not isinstance(momentum, numbers.Real)
+                                 or isinstance(momentum, bool)):
+        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    for name, v in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
+                    ("running_mean", running_mean), ("running_var", running_var)):
+        _check_bn_vector(name, v, y)
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, torch.Tensor):
+            raise TypeError("num_batches_tracked must be a torch.Tensor or None, got "
+                            f"{type(num_batches_tracked).__name__}")
+        if num_batches_tracked.dtype != torch.int64 or num_batches_tracked.dim() != 0:
+            raise TypeError("num_batches_tracked must be an int64 scalar tensor, got "
+                            f"{num_batches_tracked.dtype} of shape {tuple(num_batches_tracked.shape)}")
+    check_bn_args(y, bn_weight, bn_bias, running_mean, running_var,
+                  uses_batch_stats(training, running_mean), eps)
+    return w1, w2
+
+
+def _resolve_bn_backend(backend, y):
+    check_backend_name(backend)
+    if backend == "auto":
+        if y.device.type == "cpu" and backend_status("cpu").available:
+            return "cpu"
+        return "reference"
+    if backend not in BN_BACKENDS:
+        raise NotImplementedError(f"bn_squeeze_excite has no {backend!r} kernels yet; "
+                                  f"use one of {BN_BACKENDS} or 'auto'")
+    return resolve_backend(backend, y)
+
+
+def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2, b2,
+                      residual=None, *, training, momentum=0.1, eps=1e-5,
+                      num_batches_tracked=None, activation="relu", gate="sigmoid",
+                      post_relu=False, backend="auto"):
+    """BatchNorm absorbed into the SE op: ``relu?(se(batch_norm(y)) + residual?)``.
+
+    The block of SE-ResNet's bn3 + SE + residual + ReLU in one op: the SE squeeze is taken
+    on the BatchNorm's output, which is never materialized (docs/design.md, "BatchNorm
+    absorbed into the SE op").
+
+    Args:
+        y: [N, C, H, W] (N >= 1), float16/bfloat16/float32/float64, NCHW or channels_last.
+        bn_weight, bn_bias: [C] or None (``affine=False``).
+        running_mean, running_var: [C], or both None (``track_running_stats=False``).
+            Updated in place in training mode, exactly as ``nn.BatchNorm2d`` does.
+        w1, b1, w2, b2, residual, activation, gate, post_relu: as ``squeeze_excite``.
+        training: batch statistics (and the running-statistics update); in eval mode the
+            running statistics normalize y (the batch's when there are none).
+        momentum: the running statistics' update factor, or None for the cumulative average
+            (1 / num_batches_tracked). eps: added to the variance.
+        num_batches_tracked: an int64 scalar tensor incremented in training, or None.
+        backend: "auto", "cpu" (the C++ kernels, CPU tensors) or "reference" (PyTorch ops,
+            any device). "auto" takes "cpu" for CPU tensors when the extension is built, else
+            the reference. The BN vectors and running statistics may be y's dtype or float32.
+
+    Returns:
+        A tensor like y (dtype, shape, layout), differentiable w.r.t. y, the BatchNorm and SE
+        parameters and the residual. Statistics and reductions in float32 (float64 for float64).
+
+    Raises:
+        TypeError / ValueError: as ``squeeze_excite`` for the SE arguments (naming y); a BN
+            vector not [C], of another dtype than y's or float32, or on another device; only
+            one of running_mean / running_var; N == 0; batch statistics with one value per
+            channel or eps <= 0 (as ``F.batch_norm``); a non-bool training; a momentum or eps
+            that is not a number; num_batches_tracked not an int64 scalar tensor.
+        NotImplementedError: backend "triton" or "cuda" (no kernels for this op yet), or a
+            double backward (``create_graph=True``) through the "cpu" kernels.
+        Nothing is changed when it raises.
+    """
+    w1, w2 = check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var,
+                                          w1, b1, w2, b2, residual, training, momentum, eps,
+                                          num_batches_tracked, activation, gate, post_relu)
+    name = _resolve_bn_backend(backend, y)
+    if name == "reference":
+        return bn_squeeze_excite_reference(
+            y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2, b2, residual,
+            training=training, num_batches_tracked=num_batches_tracked, momentum=momentum,
+            eps=eps, activation=activation, gate=gate, post_relu=post_relu)
+    batch_stats = uses_batch_stats(training, running_mean)
+    update = training and running_mean is not None
+    # With batch statistics the forward does not read the running statistics: not passed.
+    out, _, _, _, _, mean, _, var = ext_bn_ops.forward(
+        y, bn_weight, bn_bias, None if batch_stats else running_mean,
+        None if batch_stats else running_var, w1, b1, w2, b2, residual, batch_stats,
+        float(eps), activation, gate, post_relu)
+    if update:
+        n, _, h, w = y.shape
+        update_running_stats_op(running_mean, running_var, num_batches_tracked, mean, var,
+                                n * h * w, None if momentum is None else float(momentum))
+    return out
