@@ -45,15 +45,22 @@ constexpr const char* kBnOp = "senet_kernels bn_se op: ";
 constexpr int64_t kHwTile = 1024;
 // Elements handed to one thread at a time by the streaming passes.
 constexpr int64_t kGrainElements = 32768;
-// NHWC reductions: channels per work item, and bytes of y per statistics tile (kept in L1/L2
-// for the tile's second read).
-constexpr int64_t kBlockChannels = 128;
-constexpr int64_t kTileBytes = 32768;
+// NHWC statistics: bytes of y per tile of pixels (kept in L2 for the tile's second read).
+constexpr int64_t kTileBytes = 65536;
 
 struct Shape {
   int64_t N, C, P;  // P = H * W
   bool channels_last;
 };
+
+// NHWC reductions: the channels of one work item. Whole pixel rows (a sample per item, one
+// pass down its slab with the row sums in L1) when the samples keep every thread busy; else
+// blocks of channels, so that a few samples still spread over the threads.
+int64_t channel_block(const Shape& s) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks = std::max<int64_t>(1, (2 * threads + s.N - 1) / s.N);
+  return std::min(s.C, std::max<int64_t>(64, (s.C + blocks - 1) / blocks));
+}
 
 // Chan et al.'s merge of (count, mean, M2) with another group's (bn_reference.chan_merge).
 template <typename A>
@@ -160,11 +167,16 @@ void block_statistics(const T* slab, int64_t C, int64_t P, int64_t c0, int64_t c
         }
       }
     }
+    // chan_merge of every channel with the tile's, its count factors shared (vectorizable)
+    const int64_t total = count + len;
+    const A f_mean = static_cast<A>(static_cast<double>(len) / total);
+    const A f_m2 = static_cast<A>(static_cast<double>(count) * len / total);
     for (int64_t j = 0; j < width; ++j) {
-      int64_t k = count;
-      chan_merge(k, mean[j], m2[j], len, tsum[j], tm2[j]);
+      const A delta = tsum[j] - mean[j];
+      mean[j] += delta * f_mean;
+      m2[j] += tm2[j] + delta * delta * f_m2;
     }
-    count += len;
+    count = total;
   }
   std::copy(mean, mean + width, mean_out + c0);
   if constexpr (kM2) std::copy(m2, m2 + width, m2_out + c0);
@@ -182,11 +194,11 @@ void sample_statistics(const T* y, const Shape& s, A* sample_mean, A* m2) {
     });
     return;
   }
-  const int64_t blocks = (s.C + kBlockChannels - 1) / kBlockChannels;
+  const int64_t width = channel_block(s), blocks = (s.C + width - 1) / width;
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
-      const int64_t n = item / blocks, c0 = (item % blocks) * kBlockChannels;
-      const int64_t c1 = std::min(s.C, c0 + kBlockChannels);
+      const int64_t n = item / blocks, c0 = (item % blocks) * width;
+      const int64_t c1 = std::min(s.C, c0 + width);
       block_statistics<T, A, kM2>(y + n * s.C * s.P, s.C, s.P, c0, c1, sample_mean + n * s.C,
                                   kM2 ? m2 + n * s.C : nullptr);
     }
@@ -259,12 +271,12 @@ void grad_sums(const Term& term, const Shape& s, const A* mean, A* G, A* Q) {
     });
     return;
   }
-  const int64_t blocks = (s.C + kBlockChannels - 1) / kBlockChannels;
+  const int64_t block = channel_block(s), blocks = (s.C + block - 1) / block;
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t b, int64_t e) {
-    std::vector<A> rows(2 * kBlockChannels);
+    std::vector<A> rows(2 * block);
     for (int64_t item = b; item < e; ++item) {
-      const int64_t n = item / blocks, c0 = (item % blocks) * kBlockChannels;
-      const int64_t c1 = std::min(s.C, c0 + kBlockChannels), width = c1 - c0;
+      const int64_t n = item / blocks, c0 = (item % blocks) * block;
+      const int64_t c1 = std::min(s.C, c0 + block), width = c1 - c0;
       A* gacc = rows.data();
       A* qacc = gacc + width;
       std::fill(gacc, gacc + 2 * width, A(0));
