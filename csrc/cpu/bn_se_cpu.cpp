@@ -53,13 +53,16 @@ struct Shape {
   bool channels_last;
 };
 
-// NHWC reductions: the channels of one work item. Whole pixel rows (a sample per item, one
-// pass down its slab with the row sums in L1) when the samples keep every thread busy; else
-// blocks of channels, so that a few samples still spread over the threads.
+// NHWC reductions: the channels of one work item, walked down a sample's pixels with their
+// row sums in L1. At most kMaxBlockChannels (the statistics keep four rows of them), and
+// fewer when that leaves threads idle, so that a few samples still spread over the threads.
+constexpr int64_t kMaxBlockChannels = 512;
+
 int64_t channel_block(const Shape& s) {
   const int64_t threads = at::get_num_threads();
   const int64_t blocks = std::max<int64_t>(1, (2 * threads + s.N - 1) / s.N);
-  return std::min(s.C, std::max<int64_t>(64, (s.C + blocks - 1) / blocks));
+  const int64_t width = std::max<int64_t>(64, (s.C + blocks - 1) / blocks);
+  return std::min({s.C, width, kMaxBlockChannels});
 }
 
 // Chan et al.'s merge of (count, mean, M2) with another group's (bn_reference.chan_merge).
