@@ -116,7 +116,7 @@ ODD_SHAPES = {
     # 1200 values per (n, c): two NCHW tiles merged. (With C = 3 this seed's SE weight
     # gradients cancel to 3e-4 relative error in float32, the spec's as well as the kernel's.)
     "HW>tile": (2, 4, 40, 30, 2),
-    # N = 1: NHWC channel blocks (two of 68), each in 2 (fp32) or 3 (fp64) pixel tiles
+    # N = 1: several NHWC channel blocks, each in 2 (fp32) or 3 (fp64) pixel tiles
     "C>block": (1, 136, 17, 19, 8),
 }
 
