@@ -1,58 +1,13 @@
 """``bn_squeeze_excite``: BatchNorm absorbed into the SE op, as a function, validated and
 dispatched to a backend."""
 
-import numbers
-
-import torch
-
 from .backends import backend_status, check_backend_name, resolve_backend
 from .bn_ops import ext_bn_ops, update_running_stats_op
-from .bn_reference import bn_squeeze_excite_reference, check_bn_args, uses_batch_stats
-from .validation import _check_tensor, _check_squeeze_excite_args
+from .bn_reference import bn_squeeze_excite_reference, uses_batch_stats
+from .validation import check_bn_squeeze_excite_args
 
 #: The backends with kernels for the fused BatchNorm + SE op (Triton and CUDA come later).
 BN_BACKENDS = ("cpu", "reference")
-
-
-def _check_bn_vector(name, v, y):
-    if v is None:
-        return
-    _check_tensor(name, v)
-    if v.device != y.device:
-        raise ValueError(f"{name} is on {v.device} but y is on {y.device}")
-    if v.dtype not in (y.dtype, torch.float32):
-        raise TypeError(f"{name} has dtype {v.dtype} but y has {y.dtype}: "
-                        "it must be y's dtype or float32")
-
-
-def check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2,
-                                 b2, residual, training, momentum, eps, num_batches_tracked,
-                                 activation, gate, post_relu):
-    """Validate the arguments of ``bn_squeeze_excite``; return ``(w1, w2)`` as 2-D matrices."""
-    w1, w2 = _check_squeeze_excite_args(y, w1, b1, w2, b2, residual, activation, gate,
-                                        post_relu, x_name="y")
-    if y.shape[0] == 0:
-        raise ValueError(f"y must have N >= 1, got shape {tuple(y.shape)}")
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if momentum is not None and (not isinstance(momentum, numbers.Real)
-                                 or isinstance(momentum, bool)):
-        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    for name, v in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        _check_bn_vector(name, v, y)
-    if num_batches_tracked is not None:
-        if not isinstance(num_batches_tracked, torch.Tensor):
-            raise TypeError("num_batches_tracked must be a torch.Tensor or None, got "
-                            f"{type(num_batches_tracked).__name__}")
-        if num_batches_tracked.dtype != torch.int64 or num_batches_tracked.dim() != 0:
-            raise TypeError("num_batches_tracked must be an int64 scalar tensor, got "
-                            f"{num_batches_tracked.dtype} of shape {tuple(num_batches_tracked.shape)}")
-    check_bn_args(y, bn_weight, bn_bias, running_mean, running_var,
-                  uses_batch_stats(training, running_mean), eps)
-    return w1, w2
 
 
 def _resolve_bn_backend(backend, y):

@@ -1,10 +1,14 @@
-"""Argument checks of the public SE op: a clear TypeError/ValueError naming the argument.
+"""Argument checks of the public SE op and of ``bn_squeeze_excite``: a clear TypeError /
+ValueError naming the argument.
 
 Backends may assume what these checks establish; they never see a bad argument.
 """
 
+import numbers
+
 import torch
 
+from .bn_reference import check_bn_args, uses_batch_stats
 from .spec import check_activation, check_gate, check_post_relu
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -126,4 +130,54 @@ def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate, po
             raise TypeError(f"residual has dtype {residual.dtype} but {x_name} has {x.dtype}")
         if residual.device != x.device:
             raise ValueError(f"residual is on {residual.device} but {x_name} is on {x.device}")
+    return w1, w2
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm absorbed into the SE op
+
+def _check_bn_vector(name, v, y):
+    if v is None:
+        return
+    _check_tensor(name, v)
+    if v.device != y.device:
+        raise ValueError(f"{name} is on {v.device} but y is on {y.device}")
+    if v.dtype not in (y.dtype, torch.float32):
+        raise TypeError(f"{name} has dtype {v.dtype} but y has {y.dtype}: "
+                        "it must be y's dtype or float32")
+
+
+def check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2,
+                                 b2, residual, training, momentum, eps, num_batches_tracked,
+                                 activation, gate, post_relu):
+    """Validate the arguments of ``bn_squeeze_excite``; return ``(w1, w2)`` as 2-D matrices.
+
+    The SE arguments as ``squeeze_excite``'s (y in x's place); the BatchNorm vectors [C] of
+    y's dtype or float32 on y's device; N >= 1; training a bool, momentum a number or None,
+    eps a number, num_batches_tracked an int64 scalar tensor or None; then
+    ``bn_reference.check_bn_args`` (F.batch_norm's rules). Runs in full on every call.
+    """
+    w1, w2 = _check_squeeze_excite_args(y, w1, b1, w2, b2, residual, activation, gate,
+                                        post_relu, x_name="y")
+    if y.shape[0] == 0:
+        raise ValueError(f"y must have N >= 1, got shape {tuple(y.shape)}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if momentum is not None and (not isinstance(momentum, numbers.Real)
+                                 or isinstance(momentum, bool)):
+        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    for name, v in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
+                    ("running_mean", running_mean), ("running_var", running_var)):
+        _check_bn_vector(name, v, y)
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, torch.Tensor):
+            raise TypeError("num_batches_tracked must be a torch.Tensor or None, got "
+                            f"{type(num_batches_tracked).__name__}")
+        if num_batches_tracked.dtype != torch.int64 or num_batches_tracked.dim() != 0:
+            raise TypeError("num_batches_tracked must be an int64 scalar tensor, got "
+                            f"{num_batches_tracked.dtype} of shape {tuple(num_batches_tracked.shape)}")
+    check_bn_args(y, bn_weight, bn_bias, running_mean, running_var,
+                  uses_batch_stats(training, running_mean), eps)
     return w1, w2

@@ -348,3 +348,30 @@ def test_kernel_checks_its_arguments():
     a = op_args(args, False)
     with pytest.raises(ValueError, match="running_mean"):
         ext_bn_ops.forward(*a[:3], a[3][:2], *a[4:])
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(momentum="0.1"), "momentum"),
+    (dict(eps=None), "eps"),
+    (dict(eps=0.0), "eps must be positive"),
+])
+def test_bad_options_raise(options, match):
+    args = make_bn_inputs(2, 4, 3, 3, 2)
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(bn_squeeze_excite, args, None, training=True, backend="cpu", **options)
+
+
+def test_num_batches_tracked_must_be_an_int64_scalar():
+    args = make_bn_inputs(2, 4, 3, 3, 2)
+    stats = (args["running_mean"], args["running_var"], torch.tensor(1.0))
+    with pytest.raises(TypeError, match="num_batches_tracked"):
+        call(bn_squeeze_excite, args, stats, training=True, backend="cpu")
+
+
+def test_auto_takes_the_cpu_kernels_for_cpu_tensors():
+    args = make_bn_inputs(2, 6, 4, 3, 2, dtype=torch.float32)
+    s1, s2 = stats_for(args, torch.float32), stats_for(args, torch.float32)
+    out = call(bn_squeeze_excite, args, s1, training=True, post_relu=True, backend="auto")
+    expected = call(bn_squeeze_excite, args, s2, training=True, post_relu=True, backend="cpu")
+    assert torch.equal(out, expected)
+    assert all(torch.equal(a, b) for a, b in zip(s1, s2))
