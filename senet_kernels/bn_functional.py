@@ -1,13 +1,19 @@
 """``bn_squeeze_excite``: BatchNorm absorbed into the SE op, as a function, validated and
 dispatched to a backend."""
 
-from .backends import backend_status, check_backend_name, resolve_backend
-from .bn_ops import ext_bn_ops, update_running_stats_op
+from .backends import _below_autograd, backend_status, check_backend_name, resolve_backend
+from .bn_ops import bn_eager_function, ext_bn_ops, update_running_stats_op
 from .bn_reference import bn_squeeze_excite_reference, uses_batch_stats
+from .functional import _eager, _needs_grad
 from .validation import check_bn_squeeze_excite_args
 
 #: The backends with kernels for the fused BatchNorm + SE op (Triton and CUDA come later).
 BN_BACKENDS = ("cpu", "reference")
+
+# The eager fast path: the C++ kernels called past the ops' Python autograd, as
+# backends.py does for the SE op (the same kernels and autograd formula as the ops).
+_ext_forward = _below_autograd(ext_bn_ops.forward)
+_ExtFunction = bn_eager_function(_ext_forward, _below_autograd(ext_bn_ops.backward))
 
 
 def _resolve_bn_backend(backend, y):
@@ -60,6 +66,11 @@ def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, 
         NotImplementedError: backend "triton" or "cuda" (no kernels for this op yet), or a
             double backward (``create_graph=True``) through the "cpu" kernels.
         Nothing is changed when it raises.
+
+    In eager mode the C++ kernels are called directly (through a ``torch.autograd.Function``
+    when a gradient is needed); under torch.compile, export, a dispatch mode or a torch.func
+    transform the call goes through the custom ops (``torch.ops.senet_kernels.
+    bn_se_forward_ext``, then ``bn_update_running_stats``). Both run the same kernels.
     """
     w1, w2 = check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var,
                                           w1, b1, w2, b2, residual, training, momentum, eps,
@@ -73,10 +84,16 @@ def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, 
     batch_stats = uses_batch_stats(training, running_mean)
     update = training and running_mean is not None
     # With batch statistics the forward does not read the running statistics: not passed.
-    out, _, _, _, _, mean, _, var = ext_bn_ops.forward(
-        y, bn_weight, bn_bias, None if batch_stats else running_mean,
-        None if batch_stats else running_var, w1, b1, w2, b2, residual, batch_stats,
-        float(eps), activation, gate, post_relu)
+    args = (y, bn_weight, bn_bias, None if batch_stats else running_mean,
+            None if batch_stats else running_var, w1, b1, w2, b2, residual, batch_stats,
+            float(eps), activation, gate, post_relu)
+    if not _eager(y):  # compiling, exporting, a dispatch mode or a torch.func transform
+        forward = ext_bn_ops.forward
+    elif _needs_grad(y, bn_weight, bn_bias, w1, b1, w2, b2, residual):
+        forward = _ExtFunction.apply
+    else:
+        forward = _ext_forward
+    out, _, _, _, _, mean, _, var = forward(*args)
     if update:
         n, _, h, w = y.shape
         update_running_stats_op(running_mean, running_var, num_batches_tracked, mean, var,

@@ -156,6 +156,30 @@ def _make_autograd(backward_op):
     return backward, setup_context
 
 
+def bn_eager_function(forward_impl, backward_impl):
+    """A ``torch.autograd.Function`` running a backend's kernels directly (no dispatcher
+    round trip through the ops' Python autograd), with the ops' autograd formula.
+
+    ``apply`` takes the forward op's arguments and returns its eight outputs, all but
+    ``out`` non-differentiable. Only for eager mode: torch.compile, dispatch modes and
+    torch.func transforms must see the op (``bn_functional`` chooses).
+    """
+    backward, setup_context = _make_autograd(backward_impl)
+
+    class BnSqueezeExcite(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = forward_impl(*inputs)
+            setup_context(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    return BnSqueezeExcite
+
+
 def define_bn_backend_ops(backend, forward_impl=None, backward_impl=None,
                           dispatch_keys=("CPU", "CUDA")):
     """Define ``bn_se_forward_<backend>`` / ``bn_se_backward_<backend>`` with fake kernels

@@ -375,3 +375,36 @@ def test_auto_takes_the_cpu_kernels_for_cpu_tensors():
     expected = call(bn_squeeze_excite, args, s2, training=True, post_relu=True, backend="cpu")
     assert torch.equal(out, expected)
     assert all(torch.equal(a, b) for a, b in zip(s1, s2))
+
+
+@pytest.mark.parametrize("training", (True, False), ids=("train", "eval"))
+def test_eager_path_equals_the_op(training):
+    """The eager fast path (the kernels called past the ops' autograd, through an
+    autograd.Function, or directly without grad) gives the op's outputs and gradients
+    bitwise."""
+    args = make_bn_inputs(2, 6, 4, 3, 2, dtype=torch.float32, channels_last=True)
+    stats = stats_for(args, torch.float32)
+    grad = torch.randn(args["y"].shape).contiguous(memory_format=torch.channels_last)
+    results = []
+    for path in ("eager", "op"):
+        leaves = {k: None if v is None else v.clone().requires_grad_(k in GRAD_NAMES)
+                  for k, v in args.items()}
+        batch = training
+        if path == "eager":
+            out = call(bn_squeeze_excite, leaves, None if training else stats[:2] + (None,),
+                       training=training, post_relu=True, backend="cpu")
+        else:
+            out = ext_bn_ops.forward(
+                leaves["y"], leaves["bn_weight"], leaves["bn_bias"],
+                None if batch else stats[0], None if batch else stats[1], leaves["w1"],
+                leaves["b1"], leaves["w2"], leaves["b2"], leaves["residual"], batch, 1e-5,
+                "relu", "sigmoid", True)[0]
+        wanted = [leaves[k] for k in GRAD_NAMES]
+        results.append((out, torch.autograd.grad(out, wanted, grad)))
+    (e_out, e_grads), (o_out, o_grads) = results
+    assert torch.equal(e_out, o_out)
+    assert all(torch.equal(e, o) for e, o in zip(e_grads, o_grads))
+    with torch.no_grad():
+        out = call(bn_squeeze_excite, args, None if training else stats[:2] + (None,),
+                   training=training, post_relu=True, backend="cpu")
+    assert torch.equal(out, e_out)
