@@ -6,6 +6,7 @@ docstring says what it accepts and what it raises.
 
 Public names (``__all__``):
     squeeze_excite             the op as a function (``backend="auto"`` or a backend's name)
+    bn_squeeze_excite          the BatchNorm in front of the SE op absorbed into it (bn3 + SE)
     FusedSEBlock               the op as an ``nn.Module`` (``from_module`` converts one SE module)
     convert_se_modules         swap a model's known SE modules (and SE-ResNet block tails) in place
     FusedResidualBlock         what ``convert_se_modules`` puts in place of an SE-ResNet block
@@ -25,6 +26,7 @@ import importlib
 
 from . import onnx_export as _onnx_export
 from .backends import BackendStatus, available_backends
+from .bn_functional import bn_squeeze_excite
 from .convert import convert_se_modules
 from .functional import squeeze_excite
 from .modules import FusedSEBlock
@@ -37,7 +39,7 @@ from .residual_tail import FusedResidualBlock
 _onnx_export.register()
 
 __all__ = ["BackendStatus", "FusedResidualBlock", "FusedSEBlock", "available_backends",
-           "convert_se_modules",
+           "bn_squeeze_excite", "convert_se_modules",
            "register_se_class", "squeeze_excite", "squeeze_excite_reference"]
 
 #: Subpackages imported when first used as attributes (``senet_kernels.models``), as

@@ -20,42 +20,17 @@
 
 #include "../se.h"
 #include "../se_math.h"
+#include "cpu_helpers.h"
+#include "excitation_cpu.h"
 
 namespace senet_kernels {
 namespace {
 
 using at::vec::Vectorized;
+using namespace cpu;
 
 // Elements of a pass handed to one thread at a time when a sample's passes are split.
 constexpr int64_t kGrainElements = 32768;
-
-// Loads / stores of Vectorized<A>::size() elements of T, converting T <-> A (A = compute type).
-template <typename T, typename A>
-struct VecIO {
-  using Vec = Vectorized<A>;
-  static constexpr int64_t kSize = Vec::size();
-  static Vec load(const T* p) {
-    if constexpr (std::is_same_v<T, A>) {
-      return Vec::loadu(p);
-    } else {
-      Vec v;
-      at::vec::load_to_float<T>(p, v);
-      return v;
-    }
-  }
-  static void store(T* p, const Vec& v) {
-    if constexpr (std::is_same_v<T, A>) {
-      v.store(p);
-    } else {
-      at::vec::convert_from_float<T>(v, v).store(p, kSize);
-    }
-  }
-};
-
-template <typename A>
-A vec_sum(const Vectorized<A>& v) {
-  return at::vec::vec_reduce_all<A>([](Vectorized<A>& a, Vectorized<A>& b) { return a + b; }, v);
-}
 
 // Four independent accumulators: one FMA chain would be latency-bound.
 template <typename A>
@@ -86,19 +61,6 @@ void axpy(A alpha, const A* x, A* y, int64_t n) {
     at::vec::fmadd(va, Vec::loadu(x + i), Vec::loadu(y + i)).store(y + i);
   }
   for (; i < n; ++i) y[i] += alpha * x[i];
-}
-
-// Where a gradient passes the ReLU tail: threshold_backward on relu's output, i.e. 0 where
-// out <= 0, g elsewhere, NaN outputs included (not "g where out > 0", which drops them).
-template <typename A>
-Vectorized<A> relu_mask(const Vectorized<A>& g, const Vectorized<A>& out) {
-  const Vectorized<A> zero(A(0));
-  return Vectorized<A>::blendv(g, zero, out <= zero);
-}
-
-template <typename A>
-A relu_mask(A g, A out) {
-  return out <= A(0) ? A(0) : g;
 }
 
 // One sample's view of the tensors: [C, HW] (NCHW) or [HW, C] (NHWC) slabs.
@@ -294,31 +256,6 @@ void sample_pass(const Geometry& geo, const Op& op) {
   split_channels(geo, [&](int64_t c0, int64_t c1) { channel_affine_pass<T, A>(geo, c0, c1, op); });
 }
 
-// Runs per_sample(n) for every sample: samples in parallel when there are enough of them to
-// keep every thread busy, else one after another, each splitting its channels over the
-// threads. (Measured on 2 cores: splitting large slabs over threads even when N >= threads,
-// to keep a thread's half slab in L2, was slower with NHWC and no faster with NCHW.)
-template <typename F>
-void for_each_sample(int64_t n, const F& per_sample) {
-  if (n >= at::get_num_threads()) {
-    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) per_sample(i);
-    });
-  } else {
-    for (int64_t i = 0; i < n; ++i) per_sample(i);
-  }
-}
-
-// Calls fn(std::integral_constant<bool, flag>{}) so a runtime flag becomes a template one.
-template <typename F>
-void with_flag(bool flag, const F& fn) {
-  if (flag) {
-    fn(std::true_type{});
-  } else {
-    fn(std::false_type{});
-  }
-}
-
 // ---- Excitation of one sample -------------------------------------------------------------
 
 template <typename A>
@@ -439,16 +376,6 @@ void excite_backward_batch(const at::Tensor& gs, const at::Tensor& scale, const 
   }
   at::mm_out(gp, gh, w1);
   gp.div_(static_cast<double>(HW));
-}
-
-template <typename A>
-const A* data_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<A>() : nullptr;
-}
-
-template <typename T>
-const T* data_or_null_t(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
 }  // namespace
@@ -600,6 +527,24 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
   }
   write_weight_grads(gz, act_hidden, gh, pooled, grads);
   return grads;
+}
+
+void excite_batch_cpu(const at::Tensor& pooled, const at::Tensor& w1,
+                      const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                      const std::optional<at::Tensor>& b2, Activation act, Gate gate,
+                      at::Tensor& hidden, at::Tensor& act_hidden, at::Tensor& scale) {
+  excite_batch(pooled, w1, b1, w2, b2, act, gate, hidden, act_hidden, scale);
+}
+
+void excite_backward_batch_cpu(const at::Tensor& gs, const at::Tensor& scale,
+                               const at::Tensor& hidden, const at::Tensor& w1,
+                               const at::Tensor& w2, int64_t hw, Activation act, Gate gate,
+                               at::Tensor& gz, at::Tensor& act_hidden, at::Tensor& gh,
+                               at::Tensor& gp) {
+  AT_DISPATCH_FLOATING_TYPES(gs.scalar_type(), "excite_backward_batch_cpu", [&] {
+    excite_backward_batch<scalar_t>(gs, scale, hidden, w1, w2, hw, act, gate, gz, act_hidden,
+                                    gh, gp);
+  });
 }
 
 }  // namespace senet_kernels

@@ -1,0 +1,101 @@
+"""``bn_squeeze_excite``: BatchNorm absorbed into the SE op, as a function, validated and
+dispatched to a backend."""
+
+from .backends import _below_autograd, backend_status, check_backend_name, resolve_backend
+from .bn_ops import bn_eager_function, ext_bn_ops, update_running_stats_op
+from .bn_reference import bn_squeeze_excite_reference, uses_batch_stats
+from .functional import _eager, _needs_grad
+from .validation import check_bn_squeeze_excite_args
+
+#: The backends with kernels for the fused BatchNorm + SE op (Triton and CUDA come later).
+BN_BACKENDS = ("cpu", "reference")
+
+# The eager fast path: the C++ kernels called past the ops' Python autograd, as
+# backends.py does for the SE op (the same kernels and autograd formula as the ops).
+_ext_forward = _below_autograd(ext_bn_ops.forward)
+_ExtFunction = bn_eager_function(_ext_forward, _below_autograd(ext_bn_ops.backward))
+
+
+def _resolve_bn_backend(backend, y):
+    check_backend_name(backend)
+    if backend == "auto":
+        if y.device.type == "cpu" and backend_status("cpu").available:
+            return "cpu"
+        return "reference"
+    if backend not in BN_BACKENDS:
+        raise NotImplementedError(f"bn_squeeze_excite has no {backend!r} kernels yet; "
+                                  f"use one of {BN_BACKENDS} or 'auto'")
+    return resolve_backend(backend, y)
+
+
+def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2, b2,
+                      residual=None, *, training, momentum=0.1, eps=1e-5,
+                      num_batches_tracked=None, activation="relu", gate="sigmoid",
+                      post_relu=False, backend="auto"):
+    """BatchNorm absorbed into the SE op: ``relu?(se(batch_norm(y)) + residual?)``.
+
+    The block of SE-ResNet's bn3 + SE + residual + ReLU in one op: the SE squeeze is taken
+    on the BatchNorm's output, which is never materialized (docs/design.md, "BatchNorm
+    absorbed into the SE op").
+
+    Args:
+        y: [N, C, H, W] (N >= 1), float16/bfloat16/float32/float64, NCHW or channels_last.
+        bn_weight, bn_bias: [C] or None (``affine=False``).
+        running_mean, running_var: [C], or both None (``track_running_stats=False``).
+            Updated in place in training mode, exactly as ``nn.BatchNorm2d`` does.
+        w1, b1, w2, b2, residual, activation, gate, post_relu: as ``squeeze_excite``.
+        training: batch statistics (and the running-statistics update); in eval mode the
+            running statistics normalize y (the batch's when there are none).
+        momentum: the running statistics' update factor, or None for the cumulative average
+            (1 / num_batches_tracked). eps: added to the variance.
+        num_batches_tracked: an int64 scalar tensor incremented in training, or None.
+        backend: "auto", "cpu" (the C++ kernels, CPU tensors) or "reference" (PyTorch ops,
+            any device). "auto" takes "cpu" for CPU tensors when the extension is built, else
+            the reference. The BN vectors and running statistics may be y's dtype or float32.
+
+    Returns:
+        A tensor like y (dtype, shape, layout), differentiable w.r.t. y, the BatchNorm and SE
+        parameters and the residual. Statistics and reductions in float32 (float64 for float64).
+
+    Raises:
+        TypeError / ValueError: as ``squeeze_excite`` for the SE arguments (naming y); a BN
+            vector not [C], of another dtype than y's or float32, or on another device; only
+            one of running_mean / running_var; N == 0; batch statistics with one value per
+            channel or eps <= 0 (as ``F.batch_norm``); a non-bool training; a momentum or eps
+            that is not a number; num_batches_tracked not an int64 scalar tensor.
+        NotImplementedError: backend "triton" or "cuda" (no kernels for this op yet), or a
+            double backward (``create_graph=True``) through the "cpu" kernels.
+        Nothing is changed when it raises.
+
+    In eager mode the C++ kernels are called directly (through a ``torch.autograd.Function``
+    when a gradient is needed); under torch.compile, export, a dispatch mode or a torch.func
+    transform the call goes through the custom ops (``torch.ops.senet_kernels.
+    bn_se_forward_ext``, then ``bn_update_running_stats``). Both run the same kernels.
+    """
+    w1, w2 = check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var,
+                                          w1, b1, w2, b2, residual, training, momentum, eps,
+                                          num_batches_tracked, activation, gate, post_relu)
+    name = _resolve_bn_backend(backend, y)
+    if name == "reference":
+        return bn_squeeze_excite_reference(
+            y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2, b2, residual,
+            training=training, num_batches_tracked=num_batches_tracked, momentum=momentum,
+            eps=eps, activation=activation, gate=gate, post_relu=post_relu)
+    batch_stats = uses_batch_stats(training, running_mean)
+    update = training and running_mean is not None
+    # With batch statistics the forward does not read the running statistics: not passed.
+    args = (y, bn_weight, bn_bias, None if batch_stats else running_mean,
+            None if batch_stats else running_var, w1, b1, w2, b2, residual, batch_stats,
+            float(eps), activation, gate, post_relu)
+    if not _eager(y):  # compiling, exporting, a dispatch mode or a torch.func transform
+        forward = ext_bn_ops.forward
+    elif _needs_grad(y, bn_weight, bn_bias, w1, b1, w2, b2, residual):
+        forward = _ExtFunction.apply
+    else:
+        forward = _ext_forward
+    out, _, _, _, _, mean, _, var = forward(*args)
+    if update:
+        n, _, h, w = y.shape
+        update_running_stats_op(running_mean, running_var, num_batches_tracked, mean, var,
+                                n * h * w, None if momentum is None else float(momentum))
+    return out
