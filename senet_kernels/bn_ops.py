@@ -54,7 +54,7 @@ import torch
 
 from .bn_reference import update_running_stats_
 from .dtypes import compute_dtype
-from .ops import NAMESPACE, _format_of, _lib
+from .ops import NAMESPACE, _format_of, _lib, define_op_pair
 
 BN_FORWARD_SCHEMA = (
     "(Tensor y, Tensor? bn_weight, Tensor? bn_bias, Tensor? running_mean, Tensor? running_var, "
@@ -185,22 +185,10 @@ def define_bn_backend_ops(backend, forward_impl=None, backward_impl=None,
     """Define ``bn_se_forward_<backend>`` / ``bn_se_backward_<backend>`` with fake kernels
     and autograd; ``forward_impl`` / ``backward_impl`` (Python callables taking the schema's
     arguments) are registered for ``dispatch_keys``, None when C++ registers the kernels."""
-    fwd_name, bwd_name = f"bn_se_forward_{backend}", f"bn_se_backward_{backend}"
-    _lib.define(fwd_name + BN_FORWARD_SCHEMA)
-    _lib.define(bwd_name + BN_BACKWARD_SCHEMA)
-    torch.library.register_fake(f"{NAMESPACE}::{fwd_name}", _fake_forward, lib=_lib)
-    torch.library.register_fake(f"{NAMESPACE}::{bwd_name}", _fake_backward, lib=_lib)
-    for key in dispatch_keys:
-        if forward_impl is not None:
-            _lib.impl(fwd_name, forward_impl, key)
-        if backward_impl is not None:
-            _lib.impl(bwd_name, backward_impl, key)
-    namespace = getattr(torch.ops, NAMESPACE)
-    ops = BnBackendOps(getattr(namespace, fwd_name).default, getattr(namespace, bwd_name).default)
-    backward, setup_context = _make_autograd(ops.backward)
-    torch.library.register_autograd(f"{NAMESPACE}::{fwd_name}", backward,
-                                    setup_context=setup_context, lib=_lib)
-    return ops
+    return BnBackendOps(*define_op_pair(
+        f"bn_se_forward_{backend}", f"bn_se_backward_{backend}", BN_FORWARD_SCHEMA,
+        BN_BACKWARD_SCHEMA, _fake_forward, _fake_backward, _make_autograd, forward_impl,
+        backward_impl, dispatch_keys))
 
 
 def _update_running_stats(running_mean, running_var, num_batches_tracked, batch_mean, batch_var,

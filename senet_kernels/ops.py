@@ -176,19 +176,31 @@ def define_backend_ops(backend, forward_impl=None, backward_impl=None, dispatch_
     ``forward_impl`` / ``backward_impl`` (Python callables taking the schema's arguments) are
     registered for ``dispatch_keys``; leave them None when C++ registers the kernels.
     """
-    fwd_name, bwd_name = f"se_forward_{backend}", f"se_backward_{backend}"
-    _lib.define(fwd_name + FORWARD_SCHEMA)
-    _lib.define(bwd_name + BACKWARD_SCHEMA)
-    torch.library.register_fake(f"{NAMESPACE}::{fwd_name}", _fake_forward, lib=_lib)
-    torch.library.register_fake(f"{NAMESPACE}::{bwd_name}", _fake_backward, lib=_lib)
+    return BackendOps(*define_op_pair(
+        f"se_forward_{backend}", f"se_backward_{backend}", FORWARD_SCHEMA, BACKWARD_SCHEMA,
+        _fake_forward, _fake_backward, _make_autograd, forward_impl, backward_impl,
+        dispatch_keys))
+
+
+def define_op_pair(fwd_name, bwd_name, forward_schema, backward_schema, fake_forward,
+                   fake_backward, make_autograd, forward_impl, backward_impl, dispatch_keys):
+    """Define a forward op and its backward op in this package's namespace: schemas, fake
+    kernels, the Python kernels for ``dispatch_keys`` (where given), and the forward's
+    autograd from ``make_autograd(backward_op) -> (backward, setup_context)``. Returns the two
+    ``OpOverload``s. Shared by the SE ops and the BatchNorm + SE ops (bn_ops.py)."""
+    _lib.define(fwd_name + forward_schema)
+    _lib.define(bwd_name + backward_schema)
+    torch.library.register_fake(f"{NAMESPACE}::{fwd_name}", fake_forward, lib=_lib)
+    torch.library.register_fake(f"{NAMESPACE}::{bwd_name}", fake_backward, lib=_lib)
     for key in dispatch_keys:
         if forward_impl is not None:
             _lib.impl(fwd_name, forward_impl, key)
         if backward_impl is not None:
             _lib.impl(bwd_name, backward_impl, key)
     namespace = getattr(torch.ops, NAMESPACE)
-    ops = BackendOps(getattr(namespace, fwd_name).default, getattr(namespace, bwd_name).default)
-    backward, setup_context = _make_autograd(ops.backward)
+    forward = getattr(namespace, fwd_name).default
+    backward_op = getattr(namespace, bwd_name).default
+    backward, setup_context = make_autograd(backward_op)
     torch.library.register_autograd(f"{NAMESPACE}::{fwd_name}", backward,
                                     setup_context=setup_context, lib=_lib)
-    return ops
+    return forward, backward_op
