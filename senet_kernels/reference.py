@@ -29,6 +29,22 @@ def activate(h, activation):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def _in_graph():
+    """Whether the op is being compiled, exported or traced: there hardswish and hardsigmoid
+    are one op each (ONNX HardSwish / HardSigmoid), except in float64, where ONNX Runtime has
+    no kernel for those two and the graph keeps the eager formulas (elementary ops, the same
+    values and gradient rules as in eager mode)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _hardswish_values(h):
+    """F.hardswish's values; in float64 graphs h * clamp(h + 3, 0, 6) / 6, PyTorch's CPU
+    formula in its order (the same float64 values), in ops ONNX Runtime runs in double."""
+    if h.dtype == torch.float64 and _in_graph():
+        return h * (h + 3).clamp(0, 6) / 6
+    return F.hardswish(h)
+
+
 def hardswish(h):
     """F.hardswish, with one gradient rule where h is NaN: PyTorch's CPU kernel has two.
 
@@ -39,11 +55,11 @@ def hardswish(h):
     first everywhere (the kernels' rule), with F.hardswish's values exactly, in differentiable
     ops (double backward: the second derivative is 1/3 inside, 0 elsewhere).
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if _in_graph() and h.dtype != torch.float64:
         return F.hardswish(h)  # one op in compiled, exported or traced graphs (ONNX HardSwish)
     if not (h.requires_grad and torch.is_grad_enabled()):
-        return F.hardswish(h)
-    values = F.hardswish(h.detach())
+        return _hardswish_values(h)
+    values = _hardswish_values(h.detach())
     inside = (h > -3) & (h < 3)
     above = (h >= 3) & torch.isfinite(h)
     # A tensor with hardswish's derivative at every finite h and no NaN or Inf anywhere (which
@@ -65,7 +81,7 @@ def hardsigmoid(z):
     rounded to float32 (3e-8 off, so that a saturated gate is 1 + 3e-8), and its backward
     does so on every device. In other dtypes the values are F.hardsigmoid's.
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if _in_graph() and z.dtype != torch.float64:
         return F.hardsigmoid(z)  # one op in compiled, exported or traced graphs (ONNX HardSigmoid)
     if not (z.requires_grad and torch.is_grad_enabled()):
         return _hardsigmoid_values(z)

@@ -34,7 +34,7 @@ OTHER_BACKENDS = [b for b in BACKENDS if b != "cpu"]
 #: What an exported SE block may consist of: standard ONNX ops only.
 SE_ONNX_OPS = {"ReduceMean", "GlobalAveragePool", "Flatten", "Gemm", "MatMul", "Transpose",
                "Relu", "Sigmoid", "HardSigmoid", "Mul", "Add", "Unsqueeze", "Reshape", "Cast",
-               "Constant", "Min", "Max", "Div", "Gelu", "Erf", "Tanh", "HardSwish"}
+               "Constant", "Min", "Max", "Div", "Clip", "Gelu", "Erf", "Tanh", "HardSwish"}
 #: (activation, gate, bias, residual, post_relu): the first four have each value of each
 #: option; all six have each pair of values of two options.
 VARIANTS = [
@@ -325,3 +325,14 @@ def test_torchvision_mobilenet_v3_small_converted():
     model = torchvision.models.mobilenet_v3_small(weights=None).eval()
     assert convert_se_modules(model) == 9
     check_network(model, (3, 64, 64))
+
+
+@pytest.mark.parametrize("activation", ["relu", "hardswish"])
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.float64])
+def test_dynamo_exporter_float64_hardsigmoid(activation, param_dtype):
+    """The default exporter with a float64 input and the hard-sigmoid gate: ONNX Runtime has
+    no double HardSigmoid on the CPU, so float64 graphs compute it as the reference does,
+    (z + 3).clamp(0, 6) / 6 (the model failed to load before)."""
+    block = make_block(activation, "hardsigmoid", True, True, "auto", dtype=param_dtype)
+    args = block_inputs(2, True, torch.float64)
+    check_block_export(export_dynamo(block, args), block, torch.float64, residual=True)
