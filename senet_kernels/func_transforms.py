@@ -96,7 +96,6 @@ def _select(t, dim, index):
     return t.select(dim, index)
 
 
-
 def output_tangent(inputs, tangents, activation, gate, post_relu):
     """The tangent of the op's output at ``inputs`` (x, w1, b1, w2, b2, residual) along
     ``tangents`` (None where an input has none), from the reference's forward."""
