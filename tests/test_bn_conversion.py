@@ -230,3 +230,29 @@ def test_not_absorbed_bn_trains_as_the_source(kind):
     convert_se_modules(model, backend="cpu")
     assert not absorbed(model)
     assert_trains_as(model, source, make_x(2, 3, 32, 32).double())
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("block, relu_before_se, absorbed_bns", [
+    ("bottleneck", False, 4), ("basic", False, 4), ("basic", True, 0)])
+def test_senet_models_absorb_the_bn_in_front_of_the_se(block, relu_before_se, absorbed_bns,
+                                                       monkeypatch):
+    """senet_kernels.models with backend "cpu" compute bn3 / bn2 in the fused op (not with a
+    ReLU between it and the SE), and train as with backend "reference" (BatchNorm, then SE)."""
+    from senet_kernels.models import SENet
+    torch.manual_seed(0)
+    kwargs = {"relu_before_se": relu_before_se} if block == "basic" else {}
+    source = randomize_(SENet(block, [1, 1, 1, 1], num_classes=10, backend="reference",
+                              **kwargs)).double()
+    for bn in source.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.momentum = 0.1
+    model = copy.deepcopy(source).set_backend("cpu")
+    last_bns = {id(getattr(m, "bn3", None) or m.bn2) for m in model.modules() if hasattr(m, "se")}
+    calls = []
+    bn_forward = nn.BatchNorm2d.forward
+    monkeypatch.setattr(nn.BatchNorm2d, "forward",
+                        lambda bn, y: calls.append(id(bn) in last_bns) or bn_forward(bn, y))
+    assert_trains_as(model, source, make_x(2, 3, 32, 32).double())
+    # the training step and the eval-mode forward
+    assert calls.count(True) == 2 * (4 - absorbed_bns)
