@@ -1,7 +1,9 @@
 """CPU training step of a whole SE-ResNet with and without the BatchNorm absorbed into the SE op.
 
-    python benchmarks/bn_model_cpu_bench.py [--model seresnet50] [--batch 8] [--size 224]
-        [--rounds 3] [--layouts channels_last nchw]
+    PYTHONPATH=. python benchmarks/bn_model_cpu_bench.py [--model seresnet50] [--batch 8]
+        [--size 224] [--rounds 3] [--layouts channels_last nchw]
+
+(PYTHONPATH=. runs this checkout's senet_kernels rather than an installed one.)
 
 One training step (forward, cross-entropy backward, SGD step), fp32, of timm's ``--model``
 (random weights) in three forms, each its own copy:
