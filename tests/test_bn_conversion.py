@@ -256,3 +256,29 @@ def test_senet_models_absorb_the_bn_in_front_of_the_se(block, relu_before_se, ab
     assert_trains_as(model, source, make_x(2, 3, 32, 32).double())
     # the training step and the eval-mode forward
     assert calls.count(True) == 2 * (4 - absorbed_bns)
+
+
+@needs_cpu_kernels
+def test_absorbed_bn_compiles_in_training_mode():
+    """torch.compile(fullgraph=True) of a block with its bn3 absorbed, training mode: the same
+    output, gradients and running statistics as eager."""
+    source = make_model("timm-bottleneck").layer2[0]
+    blocks = {}
+    for mode in ("eager", "compiled"):
+        block = nn.Sequential(copy.deepcopy(source))
+        convert_se_modules(block, backend="cpu")
+        assert block[0].absorbed_bn == "bn3"
+        blocks[mode] = block.train()
+    torch._dynamo.reset()
+    compiled = torch.compile(blocks["compiled"], fullgraph=True, backend="aot_eager")
+    x = make_x(2, 256, 8, 8).double()
+    results = {}
+    for mode, fn in (("eager", blocks["eager"]), ("compiled", compiled)):
+        out = fn(x)
+        grads = torch.autograd.grad(out.square().sum(), list(blocks[mode].parameters()))
+        results[mode] = [out, *grads, *blocks[mode].buffers()]
+    for actual, expected in zip(results["compiled"], results["eager"]):
+        if actual.dtype == torch.int64:
+            assert torch.equal(actual, expected)
+        else:
+            assert rel_err(actual, expected) < TOL64
