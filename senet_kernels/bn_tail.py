@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .bn_functional import bn_fused_kernels_for, bn_squeeze_excite
+from .func_transforms import transforms_active
 from .recognize import altered_instance
 
 #: SE block backends under which the absorbed BatchNorm may run on the fused kernels:
@@ -52,15 +53,17 @@ def bn_se_tail(bn, se, y, shortcut):
         se: a ``FusedSEBlock``; y: the branch before ``bn``; shortcut: the residual or None.
 
     The fused op runs for CPU tensors with the C++ extension built, an SE backend "auto" or
-    "cpu", an absorbable ``bn`` and an SE block without its own norm layer, except during an
-    ONNX export (the fused BatchNorm + SE op has no ONNX form; the SE op has one). It computes what
+    "cpu", an absorbable ``bn`` and an SE block without its own norm layer, except under a
+    torch.func transform or during an ONNX export (the fused BatchNorm + SE op supports
+    neither yet; the SE op does). A second-order gradient through the fused op
+    (``create_graph=True``) raises NotImplementedError: it cannot be foreseen in the forward. It computes what
     the module does, running statistics and ``num_batches_tracked`` included (``bn.training``
     decides batch statistics; ``momentum=None`` is the cumulative average). Errors are those
     of ``bn_squeeze_excite`` / the modules.
     """
     if (se.backend in _BN_FUSED_SE_BACKENDS and bn_fused_kernels_for(y) and se_takes_bn(se)
             and altered_instance(se) is None and absorbable_bn_reason(bn) is None
-            and not torch.onnx.is_in_onnx_export()):
+            and not transforms_active() and not torch.onnx.is_in_onnx_export()):
         fc1, fc2 = se.fc_layers()
         return bn_squeeze_excite(
             y, bn.weight, bn.bias, bn.running_mean, bn.running_var, fc1.weight, fc1.bias,

@@ -282,3 +282,26 @@ def test_absorbed_bn_compiles_in_training_mode():
             assert torch.equal(actual, expected)
         else:
             assert rel_err(actual, expected) < TOL64
+
+
+@needs_cpu_kernels
+def test_torch_func_transforms_run_the_bn_module():
+    """Under torch.func (no transform rules for the fused BatchNorm + SE op yet) the BatchNorm
+    module runs, then the SE op: per-parameter gradients as without absorption."""
+    source = make_model("timm-bottleneck").layer2[0].eval()
+    blocks = {}
+    for fuse_bn in (True, False):
+        blocks[fuse_bn] = nn.Sequential(copy.deepcopy(source))
+        convert_se_modules(blocks[fuse_bn], backend="cpu", fuse_bn=fuse_bn)
+    x = make_x(2, 256, 8, 8).double()
+    grads = {}
+    for fuse_bn, block in blocks.items():
+        params = {k: v.detach() for k, v in block.named_parameters()}
+        buffers = dict(block.named_buffers())
+
+        def loss(p, block=block, buffers=buffers):
+            return torch.func.functional_call(block, (p, buffers), (x,)).square().sum()
+
+        grads[fuse_bn] = torch.func.grad(loss)(params)
+    for name, grad in grads[True].items():
+        assert rel_err(grad, grads[False][name]) < TOL64, name
