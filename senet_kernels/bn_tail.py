@@ -55,11 +55,11 @@ def bn_se_tail(bn, se, y, shortcut):
     The fused op runs for CPU tensors with the C++ extension built, an SE backend "auto" or
     "cpu", an absorbable ``bn`` and an SE block without its own norm layer, except under a
     torch.func transform or during an ONNX export (the fused BatchNorm + SE op supports
-    neither yet; the SE op does). A second-order gradient through the fused op
-    (``create_graph=True``) raises NotImplementedError: it cannot be foreseen in the forward. It computes what
-    the module does, running statistics and ``num_batches_tracked`` included (``bn.training``
-    decides batch statistics; ``momentum=None`` is the cumulative average). Errors are those
-    of ``bn_squeeze_excite`` / the modules.
+    neither yet; the SE op does). It computes what the module does, running statistics and
+    ``num_batches_tracked`` included (``bn.training`` decides batch statistics;
+    ``momentum=None`` is the cumulative average). Errors are those of ``bn_squeeze_excite`` /
+    the modules; a second-order gradient through the fused op (``create_graph=True``) raises
+    NotImplementedError, which the forward cannot foresee.
     """
     if (se.backend in _BN_FUSED_SE_BACKENDS and bn_fused_kernels_for(y) and se_takes_bn(se)
             and altered_instance(se) is None and absorbable_bn_reason(bn) is None
