@@ -16,12 +16,18 @@ _ext_forward = _below_autograd(ext_bn_ops.forward)
 _ExtFunction = bn_eager_function(_ext_forward, _below_autograd(ext_bn_ops.backward))
 
 
+def bn_fused_kernels_for(y):
+    """Whether fused BatchNorm + SE kernels exist for the tensor ``y``: a CPU tensor with the
+    C++ extension built (the Triton and CUDA kernels are still to come). ``backend="auto"``
+    takes the slow PyTorch reference elsewhere, so callers with a faster unfused path (a
+    BatchNorm, then the fused SE op) take that path instead."""
+    return y.device.type == "cpu" and backend_status("cpu").available
+
+
 def _resolve_bn_backend(backend, y):
     check_backend_name(backend)
     if backend == "auto":
-        if y.device.type == "cpu" and backend_status("cpu").available:
-            return "cpu"
-        return "reference"
+        return "cpu" if bn_fused_kernels_for(y) else "reference"
     if backend not in BN_BACKENDS:
         raise NotImplementedError(f"bn_squeeze_excite has no {backend!r} kernels yet; "
                                   f"use one of {BN_BACKENDS} or 'auto'")

@@ -21,7 +21,7 @@ from .recognize import is_known_se_class, unconverted_reason
 from .residual_tail import FusedResidualBlock, block_layout
 
 
-def convert_se_modules(model, backend="auto", *, fuse_residual=True):
+def convert_se_modules(model, backend="auto", *, fuse_residual=True, fuse_bn=True):
     """Replace every supported SE module inside ``model`` by ``FusedSEBlock.from_module``.
 
     Args:
@@ -34,6 +34,13 @@ def convert_se_modules(model, backend="auto", *, fuse_residual=True):
             the ReLU in one op, two passes over the activation fewer forward and more
             backward). Their ``state_dict`` keys stay the same, but the block's class is no
             longer the source's. False: fuse the SE modules only.
+        fuse_bn: in those blocks, also absorb the BatchNorm right in front of the SE (bn3 of
+            the bottlenecks, bn2 of timm's and senet.pytorch's basic blocks) when it is exactly
+            ``nn.BatchNorm2d`` with ``affine`` and ``track_running_stats``, neither hooked
+            nor with a replaced forward (``bn_tail.py``). It stays a submodule under its name
+            (same parameters, buffers and ``state_dict``); the fused BatchNorm + SE kernels
+            compute it for CPU tensors (SE backend "auto" or "cpu"), elsewhere it runs as a
+            module before the fused SE op. No effect with ``fuse_residual=False``.
 
     Returns:
         The number of SE modules replaced (alone or with their block's tail). A module
@@ -48,7 +55,8 @@ def convert_se_modules(model, backend="auto", *, fuse_residual=True):
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or is itself an SE module (it cannot
-            be replaced in place: use ``FusedSEBlock.from_module(model)``).
+            be replaced in place: use ``FusedSEBlock.from_module(model)``); ``fuse_residual``
+            or ``fuse_bn`` not a bool.
         ValueError: ``backend`` is not a backend name.
     """
     if not isinstance(model, nn.Module):
@@ -56,10 +64,12 @@ def convert_se_modules(model, backend="auto", *, fuse_residual=True):
     check_backend_name(backend)
     if not isinstance(fuse_residual, bool):
         raise TypeError(f"fuse_residual must be a bool, got {type(fuse_residual).__name__}")
+    if not isinstance(fuse_bn, bool):
+        raise TypeError(f"fuse_bn must be a bool, got {type(fuse_bn).__name__}")
     if is_known_se_class(model):
         raise TypeError(f"the model itself is an SE module ({type(model).__name__}); it cannot "
                         "be replaced in place, use FusedSEBlock.from_module(model)")
-    walk = _Walk(backend, fuse_residual, _shared_modules(model))
+    walk = _Walk(backend, fuse_residual, fuse_bn, _shared_modules(model))
     reason = unconverted_reason(model)
     if reason is not None:
         walk.skipped[id(model)] = ("(the model itself)", reason)
@@ -77,6 +87,7 @@ class _Walk:
     """What one conversion carries through the module tree."""
     backend: str
     fuse_residual: bool
+    fuse_bn: bool
     shared: set  # ids of modules that are children in more than one place
     # {id(source): (source, replacement)}: a module shared by several parents becomes one
     # shared replacement (the source is kept so that its id is not reused while we walk)
@@ -104,7 +115,8 @@ def _convert(module, walk):
     # block is built, which copies the SE weights.
     layout = block_layout(module) if walk.fuse_residual else None
     if layout is not None and id(module._modules[layout.se]) not in walk.shared:
-        block = FusedResidualBlock.from_module(module, backend=walk.backend)
+        block = FusedResidualBlock.from_module(module, backend=walk.backend,
+                                               fuse_bn=walk.fuse_bn)
         if block is not None:
             return block
     if not is_known_se_class(module):

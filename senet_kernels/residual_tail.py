@@ -17,6 +17,13 @@ block classes whose forward is known (matched by exact class, like the SE classe
 
 ``FusedResidualBlock`` takes over the block's submodules under their own names, so the
 parameters stay the same objects and checkpoints of the original model load as they are.
+
+Where the branch ends with the BatchNorm right in front of the SE module (the bottlenecks'
+bn3, the basic blocks' bn2; not the legacy basic block, whose branch ends with a ReLU), that
+BatchNorm is absorbed into the fused op too (``bn_tail.py``), when it is a plain
+``nn.BatchNorm2d``: it stays a submodule under its own name, but the block's forward hands it
+to ``bn_se_tail``, which computes it inside the fused op where kernels for that exist (CPU
+tensors, for now) and calls it as a module everywhere else.
 """
 
 import sys
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .bn_tail import absorbable_bn_reason, bn_se_tail, se_takes_bn
 from .modules import FusedSEBlock
 from .recognize import altered_instance, is_known_se_class
 
@@ -129,21 +137,30 @@ class FusedResidualBlock(nn.Module):
     submodules are the source block's, under the same names and in the same order, with the
     SE module replaced by the fused block: ``state_dict`` keys are the source's (1x1-conv SE
     weights load as they are), and every other parameter is the same object.
+
+    ``absorbed_bn`` (an attribute, None or a submodule name): the BatchNorm ending the branch
+    that ``bn_se_tail`` computes with the SE (``bn_tail.py``).
     """
 
-    def __init__(self, modules, layout, source_name):
+    def __init__(self, modules, layout, source_name, *, fuse_bn=False):
         super().__init__()
         for name, module in modules.items():
             self.add_module(name, module)
-        self._body = tuple(name for name in layout.body if modules.get(name) is not None)
+        body = tuple(name for name in layout.body if modules.get(name) is not None)
+        self.absorbed_bn = None
+        if fuse_bn and body and _absorbable(modules[body[-1]], modules[layout.se]):
+            self.absorbed_bn, body = body[-1], body[:-1]
+        self._body = body
         self._se_name = layout.se
         self._downsample = layout.downsample
         self.source_name = source_name
 
     @classmethod
-    def from_module(cls, block, *, backend="auto"):
+    def from_module(cls, block, *, backend="auto", fuse_bn=False):
         """The fused form of ``block``, sharing its submodules; None if ``block`` is not a
-        fusable residual block (see ``block_layout``) or its SE module is not convertible."""
+        fusable residual block (see ``block_layout``) or its SE module is not convertible.
+        ``fuse_bn``: absorb the BatchNorm ending the branch, if there is one right in front
+        of the SE and it is absorbable (``bn_tail.absorbable_bn_reason``)."""
         layout = block_layout(block)
         if layout is None:
             return None
@@ -155,7 +172,7 @@ class FusedResidualBlock(nn.Module):
         modules = dict(block._modules)
         modules[layout.se] = se
         source = f"{type(block).__module__}.{type(block).__qualname__}"
-        fused = cls(modules, layout, source)
+        fused = cls(modules, layout, source, fuse_bn=fuse_bn)
         fused.training = block.training  # the flag only: the shared submodules keep theirs
         return fused
 
@@ -165,7 +182,16 @@ class FusedResidualBlock(nn.Module):
             out = getattr(self, name)(out)
         downsample = getattr(self, self._downsample, None)
         shortcut = x if downsample is None else downsample(x)
-        return getattr(self, self._se_name)(out, shortcut)
+        se = getattr(self, self._se_name)
+        if self.absorbed_bn is None:
+            return se(out, shortcut)
+        return bn_se_tail(getattr(self, self.absorbed_bn), se, out, shortcut)
 
     def extra_repr(self):
-        return f"source={self.source_name}, tail: SE + shortcut add + ReLU fused"
+        bn = "" if self.absorbed_bn is None else f"{self.absorbed_bn} + "
+        return f"source={self.source_name}, tail: {bn}SE + shortcut add + ReLU fused"
+
+
+def _absorbable(bn, se):
+    """Whether the module ``bn`` ending a branch can be absorbed into the fused SE ``se``."""
+    return absorbable_bn_reason(bn) is None and se_takes_bn(se)

@@ -357,6 +357,8 @@ def test_bad_arguments():
         convert_se_modules(nn.Sequential(tv_se()), backend="bogus")
     with pytest.raises(TypeError, match="fuse_residual must be a bool"):
         convert_se_modules(nn.Sequential(tv_se()), fuse_residual="yes")
+    with pytest.raises(TypeError, match="fuse_bn must be a bool"):
+        convert_se_modules(nn.Sequential(tv_se()), fuse_bn=1)
 
 
 # --- What a converted model keeps of the source: frozen flags, parameters, checkpoints -----

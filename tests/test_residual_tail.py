@@ -67,7 +67,7 @@ def test_fused_blocks_keep_parameters_and_checkpoints():
     x = make_x(2, 3, 32, 32)
     with torch.no_grad():
         assert rel_err(fresh.eval()(x), source.eval()(x)) < TOLS["reference"]
-    assert "tail: SE + shortcut add + ReLU fused" in repr(block)
+    assert "tail: bn2 + SE + shortcut add + ReLU fused" in repr(block)
     assert "timm.models.resnet.BasicBlock" in repr(block)
 
 

@@ -5,6 +5,10 @@ branch and the shortcut to a ``FusedSEBlock(post_relu=True)``:
 ``out = relu(branch * gate(excite(mean_hw(branch))) + shortcut)``. In eager PyTorch those
 are 7-8 kernels; the fused backends do them in two (and read the branch twice, not ~8 times).
 
+The BatchNorm in front of the SE (bn2 / bn3) is computed inside the fused op where its kernels
+exist (``bn_tail.bn_se_tail``: CPU tensors, SE backend "auto" or "cpu"); elsewhere the BatchNorm
+module runs, then the fused SE op.
+
 Submodule names follow timm's ResNet (``conv1``/``bn1``/.../``se``/``downsample``), so
 state dicts of timm's ``seresnet*`` models load by name; ``se`` holds ``fc1``/``fc2``.
 """
@@ -13,6 +17,7 @@ import math
 
 from torch import nn
 
+from ..bn_tail import bn_se_tail
 from ..modules import FusedSEBlock
 
 
@@ -79,10 +84,10 @@ class SEBasicBlock(nn.Module):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.conv2(out)
         if self.relu_before_se:
-            out = self.relu(out)
-        return self.se(out, shortcut)
+            return self.se(self.relu(self.bn2(out)), shortcut)
+        return bn_se_tail(self.bn2, self.se, out, shortcut)
 
 
 class SEBottleneck(nn.Module):
@@ -120,5 +125,4 @@ class SEBottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.se(out, shortcut)
+        return bn_se_tail(self.bn3, self.se, self.conv3(out), shortcut)
