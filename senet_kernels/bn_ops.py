@@ -44,8 +44,9 @@ Running statistics::
 ``bn_reference.update_running_stats_``, as ``nn.BatchNorm2d`` updates its buffers in
 training; one implementation in ATen ops for every device.
 
-A backward asked for a graph of its own (``create_graph=True``) raises NotImplementedError:
-the double backward is not implemented for these ops (``backend="reference"`` has it).
+A backward asked for a graph of its own (``create_graph=True``: double backward, gradient
+penalties) computes the same gradients in differentiable PyTorch ops instead of the backward
+kernel (``_differentiable_grads``; slower), as double_backward.py does for the SE op.
 """
 
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ import torch
 
 from .bn_reference import update_running_stats_
 from .dtypes import compute_dtype
+from .reference import _excite_vectors
 from .ops import NAMESPACE, _format_of, _lib, define_op_pair
 
 BN_FORWARD_SCHEMA = (
@@ -129,21 +131,24 @@ def _make_autograd(backward_op):
          activation, gate, post_relu) = inputs
         out, sample_mean, pooled, hidden, scale, mean, rstd, _var = output
         ctx.save_for_backward(y, out if post_relu else None, bn_weight, bn_bias, w1, w2,
-                              sample_mean, pooled, hidden, scale, mean, rstd)
+                              sample_mean, pooled, hidden, scale, mean, rstd, b1, b2)
         ctx.has = (bn_weight is not None, bn_bias is not None, b1 is not None, b2 is not None)
+        ctx.eps = _eps
         ctx.has_residual, ctx.post_relu, ctx.batch_stats = residual is not None, post_relu, batch_stats
         ctx.activation, ctx.gate = activation, gate
         ctx.mark_non_differentiable(*output[1:])
 
     def backward(ctx, grad_out, *_grad_vectors):
-        if torch.is_grad_enabled():  # create_graph=True
-            raise NotImplementedError(
-                "the double backward of the fused BatchNorm + SE op is not implemented; "
-                "use backend='reference' for higher-order gradients")
-        y, out, bn_weight, bn_bias, w1, w2, *saved = ctx.saved_tensors
-        (grad_y, grad_gamma, grad_beta, grad_w1, grad_b1, grad_w2, grad_b2,
-         grad_res) = backward_op(grad_out, y, out, bn_weight, bn_bias, w1, w2, *saved,
-                                 ctx.batch_stats, ctx.has_residual, ctx.activation, ctx.gate)
+        y, out, bn_weight, bn_bias, w1, w2, *saved, b1, b2 = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable
+            mean, rstd = saved[-2:]
+            (grad_y, grad_gamma, grad_beta, grad_w1, grad_b1, grad_w2, grad_b2,
+             grad_res) = _differentiable_grads(ctx, grad_out, y, out, bn_weight, bn_bias, w1, b1,
+                                               w2, b2, mean, rstd)
+        else:
+            (grad_y, grad_gamma, grad_beta, grad_w1, grad_b1, grad_w2, grad_b2,
+             grad_res) = backward_op(grad_out, y, out, bn_weight, bn_bias, w1, w2, *saved,
+                                     ctx.batch_stats, ctx.has_residual, ctx.activation, ctx.gate)
         if not ctx.has_residual:
             grad_res = None
         elif not ctx.post_relu:
@@ -154,6 +159,49 @@ def _make_autograd(backward_op):
                 grad_b2 if has_b2 else None, grad_res, None, None, None, None, None)
 
     return backward, setup_context
+
+
+def _differentiable_grads(ctx, grad_out, y, out, bn_weight, bn_bias, w1, b1, w2, b2, mean,
+                          rstd):
+    """The backward's eight gradients (as the backward op returns them) in differentiable
+    PyTorch ops: the vector-Jacobian product of the forward recomputed from y with the
+    reference's formulas (batch statistics from y, or the saved running ones as constants),
+    the ReLU tail's mask taken from the saved output."""
+    acc = compute_dtype(y.dtype)
+    c = y.shape[1]
+    present = {name: t for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
+                                       ("b1", b1), ("b2", b2)) if t is not None}
+
+    def per_channel(v):
+        return v.to(acc).reshape(1, c, 1, 1)
+
+    def pre_tail(y, w1, w2, **optional):
+        ya = y.to(acc)
+        if ctx.batch_stats:
+            batch_mean = ya.mean((0, 2, 3))
+            batch_rstd = torch.rsqrt(ya.var((0, 2, 3), unbiased=False) + ctx.eps)
+        else:
+            batch_mean, batch_rstd = mean, rstd
+        z = (ya - per_channel(batch_mean)) * per_channel(batch_rstd)
+        if "bn_weight" in optional:
+            z = z * per_channel(optional["bn_weight"])
+        if "bn_bias" in optional:
+            z = z + per_channel(optional["bn_bias"])
+        _, s = _excite_vectors(z.mean((2, 3)), w1, optional.get("b1"), w2, optional.get("b2"),
+                               ctx.activation, ctx.gate)
+        return z * s[:, :, None, None]
+
+    grad = grad_out.to(acc)
+    if out is not None:  # relu's backward: 0 where out <= 0 (NaN passes, as in PyTorch)
+        grad = torch.where(out <= 0, torch.zeros_like(grad), grad)
+    names = list(present)
+    _, vjp = torch.func.vjp(lambda y, w1, w2, *opt: pre_tail(y, w1, w2, **dict(zip(names, opt))),
+                            y, w1, w2, *present.values())
+    grad_y, grad_w1, grad_w2, *grad_opt = vjp(grad)
+    grads = dict(zip(names, grad_opt))
+    grad_res = grad.to(y.dtype) if ctx.has_residual else None
+    return (grad_y, grads.get("bn_weight"), grads.get("bn_bias"), grad_w1, grads.get("b1"),
+            grad_w2, grads.get("b2"), grad_res)
 
 
 def bn_eager_function(forward_impl, backward_impl):
