@@ -112,7 +112,7 @@ def _convert(module, walk):
     message saying why an SE-like module is left alone."""
     # An SE module that is also used elsewhere keeps one fused copy with one post_relu
     # everywhere: its block is left as it is and the SE converted alone. Checked before the
-    # block is built, which copies the SE weights.
+    # block is built, which takes over the SE module's layers.
     layout = block_layout(module) if walk.fuse_residual else None
     if layout is not None and id(module._modules[layout.se]) not in walk.shared:
         block = FusedResidualBlock.from_module(module, backend=walk.backend,
