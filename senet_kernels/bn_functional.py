@@ -69,8 +69,7 @@ def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, 
             one of running_mean / running_var; N == 0; batch statistics with one value per
             channel or eps <= 0 (as ``F.batch_norm``); a non-bool training; a momentum or eps
             that is not a number; num_batches_tracked not an int64 scalar tensor.
-        NotImplementedError: backend "triton" or "cuda" (no kernels for this op yet), or a
-            double backward (``create_graph=True``) through the "cpu" kernels.
+        NotImplementedError: backend "triton" or "cuda" (no kernels for this op yet).
         Nothing is changed when it raises.
 
     In eager mode the C++ kernels are called directly (through a ``torch.autograd.Function``

@@ -58,8 +58,7 @@ def bn_se_tail(bn, se, y, shortcut):
     neither yet; the SE op does). It computes what the module does, running statistics and
     ``num_batches_tracked`` included (``bn.training`` decides batch statistics;
     ``momentum=None`` is the cumulative average). Errors are those of ``bn_squeeze_excite`` /
-    the modules; a second-order gradient through the fused op (``create_graph=True``) raises
-    NotImplementedError, which the forward cannot foresee.
+    the modules.
     """
     if (se.backend in _BN_FUSED_SE_BACKENDS and bn_fused_kernels_for(y) and se_takes_bn(se)
             and altered_instance(se) is None and absorbable_bn_reason(bn) is None

@@ -91,15 +91,9 @@ def two_pass_forward_backward(args, grad, stats, *, post_relu, activation, gate,
     return out, grads
 
 
-def check_against_reference(args, *, dtype, training, track=True, **options):
-    """Forward, every gradient and the running statistics of the spec vs the reference."""
-    gen = torch.Generator().manual_seed(1)
-    grad = torch.randn(args["y"].shape, generator=gen, dtype=torch.float64).to(args["y"].dtype)
-    ref_stats = fresh_stats(args) if track else None
-    spec_stats = fresh_stats(args) if track else None
-    expected, expected_grads = reference_forward_backward(args, grad, ref_stats,
-                                                          training=training, **options)
-    out, grads = two_pass_forward_backward(args, grad, spec_stats, training=training, **options)
+def assert_output_and_grads(args, out, grads, expected, expected_grads, dtype):
+    """``out`` (dtype, y's layout, values) and each gradient (None exactly where the reference
+    has none, the input's dtype, values) against the reference's."""
     assert out.dtype == args["y"].dtype
     channels_last = not args["y"].is_contiguous()
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last
@@ -111,6 +105,18 @@ def check_against_reference(args, *, dtype, training, track=True, **options):
             continue
         assert g.dtype == args[name].dtype, f"grad {name}: dtype {g.dtype}"
         assert_close(g, e, dtype, f"grad {name}")
+
+
+def check_against_reference(args, *, dtype, training, track=True, **options):
+    """Forward, every gradient and the running statistics of the spec vs the reference."""
+    gen = torch.Generator().manual_seed(1)
+    grad = torch.randn(args["y"].shape, generator=gen, dtype=torch.float64).to(args["y"].dtype)
+    ref_stats = fresh_stats(args) if track else None
+    spec_stats = fresh_stats(args) if track else None
+    expected, expected_grads = reference_forward_backward(args, grad, ref_stats,
+                                                          training=training, **options)
+    out, grads = two_pass_forward_backward(args, grad, spec_stats, training=training, **options)
+    assert_output_and_grads(args, out, grads, expected, expected_grads, dtype)
     if track:
         for name, s, r in zip(("running_mean", "running_var"), spec_stats, ref_stats):
             assert_close(s, r, dtype, name)

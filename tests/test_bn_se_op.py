@@ -20,7 +20,8 @@ from senet_kernels.bn_reference import bn_squeeze_excite_reference
 from senet_kernels.reference import squeeze_excite_reference
 from senet_kernels.spec import ACTIVATIONS, GATES
 from senet_kernels.testing import assert_close
-from test_bn_reference import GRAD_NAMES, call, make_bn_inputs, reference_forward_backward
+from test_bn_reference import (GRAD_NAMES, assert_output_and_grads, call, make_bn_inputs,
+                               reference_forward_backward)
 
 pytestmark = pytest.mark.skipif(load_extension()[0] is None, reason=str(load_extension()[1]))
 
@@ -57,17 +58,7 @@ def check_fused(args, *, dtype, training, track=True, **options):
     expected, expected_grads = reference_forward_backward(args, grad, ref_stats,
                                                           training=training, **options)
     out, grads = fused_forward_backward(args, grad, our_stats, training=training, **options)
-    assert out.dtype == args["y"].dtype
-    channels_last = not args["y"].is_contiguous()
-    assert out.is_contiguous(memory_format=torch.channels_last if channels_last
-                             else torch.contiguous_format)
-    assert_close(out, expected, dtype, "out")
-    for name, g, e in zip(GRAD_NAMES, grads, expected_grads):
-        if e is None:
-            assert g is None, f"grad {name} should be None"
-            continue
-        assert g.dtype == args[name].dtype, f"grad {name}: dtype {g.dtype}"
-        assert_close(g, e, dtype, f"grad {name}")
+    assert_output_and_grads(args, out, grads, expected, expected_grads, dtype)
     if track:
         for name, s, r in zip(("running_mean", "running_var"), our_stats, ref_stats):
             assert s.dtype == stats_dtype
