@@ -1,33 +1,91 @@
 """``bn_squeeze_excite``: BatchNorm absorbed into the SE op, as a function, validated and
 dispatched to a backend."""
 
+from dataclasses import dataclass
+
 from .backends import _below_autograd, backend_status, check_backend_name, resolve_backend
-from .bn_ops import bn_eager_function, ext_bn_ops, update_running_stats_op
+from .bn_ops import bn_eager_function, define_bn_backend_ops, ext_bn_ops, update_running_stats_op
 from .bn_reference import bn_squeeze_excite_reference, uses_batch_stats
 from .functional import _eager, _needs_grad
 from .validation import check_bn_squeeze_excite_args
 
-#: The backends with kernels for the fused BatchNorm + SE op (Triton and CUDA come later).
-BN_BACKENDS = ("cpu", "reference")
+#: The backends with kernels for the fused BatchNorm + SE op (the CUDA extension has none).
+BN_BACKENDS = ("triton", "cpu", "reference")
 
-# The eager fast path: the C++ kernels called past the ops' Python autograd, as
-# backends.py does for the SE op (the same kernels and autograd formula as the ops).
+#: Whether ``backend="auto"`` (and so ``convert_se_modules``' BatchNorm absorption) takes the
+#: Triton kernels for CUDA tensors. They are checked here through the Triton interpreter and
+#: compiled ahead of time for sm_80 / sm_90, but have not run on a GPU yet: until a GPU run of
+#: benchmarks/gpu_check.sh passes their tests, CUDA tensors keep the unfused path (BatchNorm,
+#: then the fused SE op) unless ``backend="triton"`` asks for them.
+TRITON_BN_BY_DEFAULT = False
+
+
+@dataclass(frozen=True)
+class _BnKernels:
+    """How one kernel backend runs the op: its custom ops (torch.compile, dispatch modes,
+    torch.func), its kernels called directly (``forward``, the eager fast path) and the
+    autograd.Function over them with the ops' formula (``function``)."""
+    forward_op: object
+    forward: object
+    function: type
+
+
+# The C++ kernels called past the ops' Python autograd, as backends.py does for the SE op.
 _ext_forward = _below_autograd(ext_bn_ops.forward)
-_ExtFunction = bn_eager_function(_ext_forward, _below_autograd(ext_bn_ops.backward))
+_ext = _BnKernels(ext_bn_ops.forward, _ext_forward,
+                  bn_eager_function(_ext_forward, _below_autograd(ext_bn_ops.backward)))
+
+# The Triton kernels (and triton itself) are imported on the first call, not here. The ops
+# allocate their scratch per call; the eager fast path reuses the plans' (triton/se_op.py).
+_bn_op = None
+
+
+def _triton_bn_op():
+    global _bn_op
+    if _bn_op is None:
+        from .triton import bn_op
+        _bn_op = bn_op
+    return _bn_op
+
+
+def _triton_forward(*args):
+    return _triton_bn_op().bn_se_forward(*args)
+
+
+def _triton_backward(*args):
+    return _triton_bn_op().bn_se_backward(*args)
+
+
+def _triton_eager_forward(*args):
+    return _triton_bn_op().bn_se_forward(*args, reuse_scratch=True)
+
+
+def _triton_eager_backward(*args):
+    return _triton_bn_op().bn_se_backward(*args, reuse_scratch=True)
+
+
+triton_bn_ops = define_bn_backend_ops("triton", _triton_forward, _triton_backward)
+_triton = _BnKernels(triton_bn_ops.forward, _triton_eager_forward,
+                     bn_eager_function(_triton_eager_forward, _triton_eager_backward))
+_KERNELS = {"cpu": _ext, "triton": _triton}
 
 
 def bn_fused_kernels_for(y):
-    """Whether fused BatchNorm + SE kernels exist for the tensor ``y``: a CPU tensor with the
-    C++ extension built (the Triton and CUDA kernels are still to come). ``backend="auto"``
-    takes the slow PyTorch reference elsewhere, so callers with a faster unfused path (a
-    BatchNorm, then the fused SE op) take that path instead."""
-    return y.device.type == "cpu" and backend_status("cpu").available
+    """Whether ``backend="auto"`` runs fused BatchNorm + SE kernels for the tensor ``y``: a
+    CPU tensor with the C++ extension built, or a CUDA tensor with Triton available once
+    ``TRITON_BN_BY_DEFAULT`` is set. Elsewhere auto takes the slow PyTorch reference, so
+    callers with a faster unfused path (a BatchNorm, then the fused SE op) take that path."""
+    if y.device.type == "cpu":
+        return backend_status("cpu").available
+    return y.is_cuda and TRITON_BN_BY_DEFAULT and backend_status("triton").available
 
 
 def _resolve_bn_backend(backend, y):
     check_backend_name(backend)
     if backend == "auto":
-        return "cpu" if bn_fused_kernels_for(y) else "reference"
+        if not bn_fused_kernels_for(y):
+            return "reference"
+        return "cpu" if y.device.type == "cpu" else "triton"
     if backend not in BN_BACKENDS:
         raise NotImplementedError(f"bn_squeeze_excite has no {backend!r} kernels yet; "
                                   f"use one of {BN_BACKENDS} or 'auto'")
@@ -55,9 +113,11 @@ def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, 
         momentum: the running statistics' update factor, or None for the cumulative average
             (1 / num_batches_tracked). eps: added to the variance.
         num_batches_tracked: an int64 scalar tensor incremented in training, or None.
-        backend: "auto", "cpu" (the C++ kernels, CPU tensors) or "reference" (PyTorch ops,
-            any device). "auto" takes "cpu" for CPU tensors when the extension is built, else
-            the reference. The BN vectors and running statistics may be y's dtype or float32.
+        backend: "auto", "cpu" (the C++ kernels, CPU tensors), "triton" (CUDA tensors, or
+            CPU tensors under TRITON_INTERPRET=1) or "reference" (PyTorch ops, any device).
+            "auto" takes "cpu" for CPU tensors when the extension is built, else the
+            reference (see ``TRITON_BN_BY_DEFAULT`` for CUDA tensors). The BN vectors and
+            running statistics may be y's dtype or float32.
 
     Returns:
         A tensor like y (dtype, shape, layout), differentiable w.r.t. y, the BatchNorm and SE
@@ -69,13 +129,14 @@ def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, 
             one of running_mean / running_var; N == 0; batch statistics with one value per
             channel or eps <= 0 (as ``F.batch_norm``); a non-bool training; a momentum or eps
             that is not a number; num_batches_tracked not an int64 scalar tensor.
-        NotImplementedError: backend "triton" or "cuda" (no kernels for this op yet).
+        NotImplementedError: backend "cuda" (the CUDA extension has no kernels for this op).
         Nothing is changed when it raises.
 
-    In eager mode the C++ kernels are called directly (through a ``torch.autograd.Function``
+    In eager mode the kernels are called directly (through a ``torch.autograd.Function``
     when a gradient is needed); under torch.compile, export, a dispatch mode or a torch.func
     transform the call goes through the custom ops (``torch.ops.senet_kernels.
-    bn_se_forward_ext``, then ``bn_update_running_stats``). Both run the same kernels.
+    bn_se_forward_ext`` / ``bn_se_forward_triton``, then ``bn_update_running_stats``). Both
+    run the same kernels.
     """
     w1, w2 = check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_var,
                                           w1, b1, w2, b2, residual, training, momentum, eps,
@@ -92,12 +153,13 @@ def bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, 
     args = (y, bn_weight, bn_bias, None if batch_stats else running_mean,
             None if batch_stats else running_var, w1, b1, w2, b2, residual, batch_stats,
             float(eps), activation, gate, post_relu)
+    kernels = _KERNELS[name]
     if not _eager(y):  # compiling, exporting, a dispatch mode or a torch.func transform
-        forward = ext_bn_ops.forward
+        forward = kernels.forward_op
     elif _needs_grad(y, bn_weight, bn_bias, w1, b1, w2, b2, residual):
-        forward = _ExtFunction.apply
+        forward = kernels.function.apply
     else:
-        forward = _ext_forward
+        forward = kernels.forward
     out, _, _, _, _, mean, _, var = forward(*args)
     if update:
         n, _, h, w = y.shape

@@ -76,6 +76,8 @@ def _signature(launch):
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TRITON_TYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif isinstance(value, float):  # Triton passes a Python float as fp32
+            signature[name] = "fp32"
         elif i not in fixed and value == 1:
             signature[name] = "constexpr"
             constexprs[name] = 1
@@ -97,6 +99,7 @@ def _record_cases():
     with recording_launches(run_too=False) as launches:
         with configs.force_tuning(configs.DEFAULT_TUNING):
             _record_paths(picked)
+            _record_bn_cases()
         for tuned in tuning.shipped().values():
             # the tuned tiles in every dtype and layout (the sweeps time bf16 channels_last),
             # on small maps and on one past TUNED_SMALL_MAP_PIXELS
@@ -125,6 +128,28 @@ def _record_paths(paths, map_sizes=MAP_SIZES):
         b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
         with configs.force_excitation_path(path):
             _forward_backward(x, w1, b1, w2, b2, res, post_relu, torch.randn_like(x))
+
+
+def _record_bn_cases(map_sizes=MAP_SIZES):
+    """The fused BatchNorm + SE op (bn_op.py): every dtype pair, map size, layout, tail and
+    statistics mode (running statistics in the parameters' dtype: float32, or y's own)."""
+    from .bn_op import bn_se_backward, bn_se_forward
+    for (dtype, pdtype), (h, w), channels_last, residual, post_relu, batch_stats in itertools.product(
+            DTYPE_PAIRS, map_sizes, (False, True), (False, True), (False, True), (False, True)):
+        n, c, cr = 4, 64, 16
+        y = torch.randn(n, c, h, w, dtype=dtype)
+        if channels_last:
+            y = y.to(memory_format=torch.channels_last)
+        res = torch.randn_like(y) if residual else None
+        gamma, beta = torch.rand(c, dtype=pdtype) + 0.5, torch.randn(c, dtype=pdtype)
+        running = None if batch_stats else (torch.randn(c, dtype=pdtype),
+                                            torch.rand(c, dtype=pdtype) + 0.5)
+        w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
+        b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
+        outputs = bn_se_forward(y, gamma, beta, *(running or (None, None)), w1, b1, w2, b2, res,
+                                batch_stats, 1e-5, "relu", "sigmoid", post_relu)
+        bn_se_backward(torch.randn_like(y), y, outputs[0] if post_relu else None, gamma, beta,
+                       w1, w2, *outputs[1:7], batch_stats, residual, "relu", "sigmoid")
 
 
 def _record_sweep_tiles():
