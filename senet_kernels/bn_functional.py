@@ -1,12 +1,14 @@
 """``bn_squeeze_excite``: BatchNorm absorbed into the SE op, as a function, validated and
 dispatched to a backend."""
 
+import os
 from dataclasses import dataclass
 
 from .backends import _below_autograd, backend_status, check_backend_name, resolve_backend
 from .bn_ops import bn_eager_function, define_bn_backend_ops, ext_bn_ops, update_running_stats_op
 from .bn_reference import bn_squeeze_excite_reference, uses_batch_stats
 from .functional import _eager, _needs_grad
+from .interpreter import interpreting
 from .validation import check_bn_squeeze_excite_args
 
 #: The backends with kernels for the fused BatchNorm + SE op (the CUDA extension has none).
@@ -16,8 +18,9 @@ BN_BACKENDS = ("triton", "cpu", "reference")
 #: Triton kernels for CUDA tensors. They are checked here through the Triton interpreter and
 #: compiled ahead of time for sm_80 / sm_90, but have not run on a GPU yet: until a GPU run of
 #: benchmarks/gpu_check.sh passes their tests, CUDA tensors keep the unfused path (BatchNorm,
-#: then the fused SE op) unless ``backend="triton"`` asks for them.
-TRITON_BN_BY_DEFAULT = False
+#: then the fused SE op) unless ``backend="triton"`` asks for them, or the environment sets
+#: SENET_KERNELS_TRITON_BN=1 (how the GPU check measures converted models with them).
+TRITON_BN_BY_DEFAULT = os.environ.get("SENET_KERNELS_TRITON_BN", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,21 @@ def bn_fused_kernels_for(y):
     if y.device.type == "cpu":
         return backend_status("cpu").available
     return y.is_cuda and TRITON_BN_BY_DEFAULT and backend_status("triton").available
+
+
+def bn_fused_backend(se_backend, y):
+    """The backend that runs the fused BatchNorm + SE op for a block whose SE op is set to
+    ``se_backend``, or None where the BatchNorm should run as a module, then the SE op: "auto"
+    where ``bn_fused_kernels_for(y)``; "cpu" for CPU tensors with the extension built;
+    "triton" under the Triton interpreter or, for CUDA tensors, with ``TRITON_BN_BY_DEFAULT``
+    (a forced "cuda" or "reference" SE never: those backends have no fused kernels)."""
+    if se_backend == "auto":
+        return "auto" if bn_fused_kernels_for(y) else None
+    if se_backend == "cpu":
+        return "cpu" if y.device.type == "cpu" and backend_status("cpu").available else None
+    if se_backend == "triton" and backend_status("triton").available:
+        return "triton" if interpreting() or (y.is_cuda and TRITON_BN_BY_DEFAULT) else None
+    return None
 
 
 def _resolve_bn_backend(backend, y):

@@ -10,14 +10,9 @@ reason``); everywhere else it runs the BatchNorm module, then the SE block, as b
 import torch
 from torch import nn
 
-from .bn_functional import bn_fused_kernels_for, bn_squeeze_excite
+from .bn_functional import bn_fused_backend, bn_squeeze_excite
 from .func_transforms import transforms_active
 from .recognize import altered_instance
-
-#: SE block backends under which the absorbed BatchNorm may run on the fused kernels:
-#: "auto", and "cpu" (the only fused BatchNorm + SE kernels so far). A forced "triton",
-#: "cuda" or "reference" SE keeps its own kernels, after the BatchNorm module.
-_BN_FUSED_SE_BACKENDS = ("auto", "cpu")
 
 
 def absorbable_bn_reason(bn):
@@ -52,21 +47,24 @@ def bn_se_tail(bn, se, y, shortcut):
             is simply called).
         se: a ``FusedSEBlock``; y: the branch before ``bn``; shortcut: the residual or None.
 
-    The fused op runs for CPU tensors with the C++ extension built, an SE backend "auto" or
-    "cpu", an absorbable ``bn`` and an SE block without its own norm layer, except under a
-    torch.func transform or during an ONNX export (the fused BatchNorm + SE op supports
-    neither yet; the SE op does). It computes what the module does, running statistics and
+    The fused op runs where it has kernels for the SE block's backend
+    (``bn_functional.bn_fused_backend``: CPU tensors with the C++ extension built and an SE
+    backend "auto" or "cpu"; the Triton kernels where they are enabled), for an absorbable
+    ``bn`` and an SE block without its own norm layer, except under a torch.func transform
+    or during an ONNX export (the fused BatchNorm + SE op supports neither yet; the SE op
+    does). It computes what the module does, running statistics and
     ``num_batches_tracked`` included (``bn.training`` decides batch statistics;
     ``momentum=None`` is the cumulative average). Errors are those of ``bn_squeeze_excite`` /
     the modules.
     """
-    if (se.backend in _BN_FUSED_SE_BACKENDS and bn_fused_kernels_for(y) and se_takes_bn(se)
-            and altered_instance(se) is None and absorbable_bn_reason(bn) is None
-            and not transforms_active() and not torch.onnx.is_in_onnx_export()):
+    backend = bn_fused_backend(se.backend, y)
+    if (backend is not None and se_takes_bn(se) and altered_instance(se) is None
+            and absorbable_bn_reason(bn) is None and not transforms_active()
+            and not torch.onnx.is_in_onnx_export()):
         fc1, fc2 = se.fc_layers()
         return bn_squeeze_excite(
             y, bn.weight, bn.bias, bn.running_mean, bn.running_var, fc1.weight, fc1.bias,
             fc2.weight, fc2.bias, shortcut, training=bn.training, momentum=bn.momentum,
             eps=bn.eps, num_batches_tracked=bn.num_batches_tracked, activation=se.activation,
-            gate=se.gate, post_relu=se.post_relu, backend=se.backend)
+            gate=se.gate, post_relu=se.post_relu, backend=backend)
     return se(bn(y), shortcut)

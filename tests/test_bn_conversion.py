@@ -77,7 +77,8 @@ def train_step(model, x):
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     out = model(x)
-    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device)
+     .view_as(out)).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     opt.step()
     return out.detach(), grads

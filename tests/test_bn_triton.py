@@ -228,3 +228,23 @@ def test_plans_are_cached(device):
 
 def test_compile_fullgraph_matches_eager(device):
     check_compile_fullgraph_matches_eager("triton", device)
+
+
+def test_converted_model_absorbs_the_bn_into_the_triton_op(device, monkeypatch):
+    """A model converted with backend="triton" runs its bn3 inside the Triton BatchNorm + SE
+    op (on a GPU with TRITON_BN_BY_DEFAULT, which the interpreter does not need) and trains
+    as the source: outputs, gradients, running statistics, then eval outputs (float64)."""
+    import copy
+
+    from senet_kernels import bn_functional, convert_se_modules
+    from test_bn_conversion import absorbed, assert_trains_as, make_model
+    from test_convert import make_x
+    monkeypatch.setattr(bn_functional, "TRITON_BN_BY_DEFAULT", True)
+    source = make_model("timm-bottleneck").to(device)
+    converted = copy.deepcopy(source)
+    convert_se_modules(converted, backend="triton")
+    assert len(absorbed(converted)) == 4
+    with recording_launches() as launches:
+        assert_trains_as(converted, source, make_x(2, 3, 32, 32).double().to(device))
+    names = {launch.kernel.__name__ for launch in launches}
+    assert {"bn_stats_fwd", "bn_scale_fwd", "bn_grad_sums_bwd", "bn_grad_pass_bwd"} <= names

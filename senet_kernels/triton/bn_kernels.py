@@ -234,8 +234,10 @@ def bn_grad_sums_bwd(
     base = n.to(tl.int64) * C * HW
     mu = tl.load(mean_ptr + c, mask=cm, other=0.0)
     hw_range = tl.arange(0, BLOCK_HW)
-    g_acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
-    q_acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
+    # per-tile row sums: two [BLOCK_C, BLOCK_HW] accumulators held across the loop took 186
+    # registers (sm_90, fp32) and spilled in NCHW tiles
+    g_sum = tl.zeros([BLOCK_C], dtype=ACC)
+    q_sum = tl.zeros([BLOCK_C], dtype=ACC)
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
         hw = hw0 + hw_range
         mask = cm[:, None] & (hw < hw_end)[None, :]
@@ -251,10 +253,12 @@ def bn_grad_sums_bwd(
                 tl.store(grad_res_ptr + offs, g, mask=mask)
         y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(ACC)
         gy = g.to(ACC)
-        g_acc += gy
-        q_acc += gy * tl.where(mask, y - mu[:, None], 0.0)
-    g_sum = tl.sum(g_acc, axis=1)
-    q_sum = tl.sum(q_acc, axis=1)
+        g_sum += tl.sum(gy, axis=1)
+        q_sum += tl.sum(gy * tl.where(mask, y - mu[:, None], 0.0), axis=1)
+    # one use of each loop result: Triton 3.8's OptimizeThreadLocality pass asserts that a
+    # reduction carried through a loop has one use
+    g_sum = tl.where(cm, g_sum, 0.0)
+    q_sum = tl.where(cm, q_sum, 0.0)
     a = _load_vector(gamma_ptr, c, cm, has_gamma, 1.0, ACC) * tl.load(rstd_ptr + c, mask=cm,
                                                                       other=0.0)
     gs = a * q_sum + _load_vector(beta_ptr, c, cm, has_beta, 0.0, ACC) * g_sum
