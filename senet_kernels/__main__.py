@@ -44,6 +44,9 @@ def check(args):
 #: job then ends within a minute of its command (imports, the part being timed, the report),
 #: its untimed parts named in the summary; on the CPU it takes about 1.5 minutes in all.
 DEFAULT_BUDGET = {"cuda": 50.0, "cpu": 170.0}
+#: The main job's passes (senet_kernels.bench.PASSES; spelled out so that parsing the command
+#: line imports nothing more of the package).
+BENCH_PASSES = ("fwd", "res_relu_fwd", "fwd_bwd", "bn_res_relu_fwd", "bn_fwd_bwd")
 
 
 def bench(args):
@@ -65,7 +68,7 @@ def bench(args):
     if budget is None:
         budget = DEFAULT_BUDGET[device.type]
     deadline = start + budget if budget > 0 else None
-    cases = bench_module.cases(args.sizes, args.dtype, args.layout)
+    cases = bench_module.cases(args.sizes, args.dtype, args.layout, args.passes)
     workers = args.warm_workers
     if workers is None:
         workers = default_workers(device, compile_groups(cases))
@@ -130,6 +133,9 @@ def main(argv=None):
                    help="default: bfloat16 on a GPU, float32 on the CPU")
     b.add_argument("--layout", nargs="+", default=["nchw", "channels_last"],
                    choices=("nchw", "channels_last"))
+    b.add_argument("--passes", nargs="+", default=None, choices=BENCH_PASSES,
+                   help="only these passes (default: all; the bn_* passes put SE-ResNet's "
+                        "BatchNorm in front of the SE block, at the SE-ResNet shapes)")
     b.add_argument("--min-run-time", type=float, default=None,
                    help="seconds per measurement (default 0.2 on the CPU, 0.05 with --sizes gpu)")
     b.add_argument("--json", help="write the results (device, versions, rows) here")
@@ -142,7 +148,7 @@ def main(argv=None):
                         "0: no limit)")
     b.add_argument("--warm-workers", type=int, default=None,
                    help="worker processes compiling (warming the compiler caches) while "
-                        "this one times; default: on a GPU one per compile group (10 in the "
+                        "this one times; default: on a GPU one per compile group (14 in the "
                         "GPU run) with two cores left free, on the CPU none")
     b.set_defaults(func=bench)
     from .train import add_parser as add_train_parser
