@@ -296,7 +296,7 @@ def format_row(row, rows):
             + ("" if row["peak_mib"] is None else f"  peak {row['peak_mib']:.0f} MiB"))
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image", type=int, default=224)
@@ -313,7 +313,11 @@ def main():
                              "interleaved, and report the median (for noisy machines; keeps "
                              "every network alive until the end)")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     result = run(args)
     print("\nSE overhead over ResNet-50 (same variant and mode):")
     for row in result["rows"]:

@@ -119,7 +119,8 @@ def bench(args):
     return 1 if failures else 0
 
 
-def main(argv=None):
+def build_parser():
+    """The command line's parser (bench, check, train)."""
     parser = argparse.ArgumentParser(prog="python -m senet_kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,8 +154,12 @@ def main(argv=None):
     b.set_defaults(func=bench)
     from .train import add_parser as add_train_parser
     add_train_parser(sub)
+    return parser
+
+
+def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     _ensure_triton_interpreter_without_gpu(argv)
     return args.func(args)
 
