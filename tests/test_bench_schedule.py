@@ -126,7 +126,7 @@ def test_bench_command_keeps_to_its_budget(tmp_path, capsys):
 
     from senet_kernels.__main__ import DEFAULT_BUDGET, main
 
-    assert DEFAULT_BUDGET == {"cuda": 50.0, "cpu": 170.0}
+    assert DEFAULT_BUDGET == {"cuda": 50.0, "cpu": 300.0}
     out = tmp_path / "bench.json"
     assert main(["bench", "--budget", "0.001", "--skip-check", "--no-progress",
                  "--json", str(out)]) == 0
