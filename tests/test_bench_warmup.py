@@ -179,3 +179,20 @@ def test_default_workers(monkeypatch):
     assert bench_warmup.default_workers(gpu, 20) == 14
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * gib, 141 * gib))
     assert bench_warmup.default_workers(gpu, 10) == 3
+
+
+def test_worker_compiles_a_batchnorm_case(compiler_settings):
+    """A worker's loop (run in this process) over a BatchNorm + SE case: both parts reported,
+    no error (the case's own implementations and inputs, not the SE case's)."""
+    import queue
+
+    import torch._inductor.config as inductor_config
+    from senet_kernels import bench_warmup
+
+    case = bench.Case(bench.Shape("se_resnet50", 2, 24, 3, 6), "bn_res_relu_fwd", "float32",
+                      "nchw")
+    messages = queue.Queue()
+    with inductor_config.patch(compile_threads=inductor_config.compile_threads):
+        bench_warmup._worker([(0, case)], messages)  # sets compile_threads, restored here
+    got = [messages.get_nowait() for _ in range(messages.qsize())]
+    assert got == [("kernels", 0), ("baseline", 0), ("exit", None)], got
