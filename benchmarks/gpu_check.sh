@@ -262,7 +262,7 @@ if kernels:
     parts.append("kernel bench (wall-time speedups, GPU-time floor fractions):\n" + summary(kernels))
 models = load("models.json")
 if models:
-    parts.append("\n".join(f"{r['network']:>32} {r['variant']:>10} {r['mode']:>10}: {r['ms']:8.2f} ms "
+    parts.append("\n".join(f"{r['network']:>40} {r['variant']:>10} {r['mode']:>10}: {r['ms']:8.2f} ms "
                            f"{r['images_per_s']:7.0f} img/s"
                            + (f" host {r['host_ms']:6.2f} ms" if r.get("host_ms") is not None else "")
                            + (f"  SE overhead {r['se_overhead']:+.1%}" if r.get("se_overhead") is not None else "")

@@ -237,7 +237,7 @@ def run(args):
                     else make_step(model, x, mode == "train_step"))
             seconds, peak, host = measure(step, device, args.min_run_time)
         except Exception as e:  # noqa: BLE001 - report and go on with the other rows
-            print(f"{name:>32} {variant:>10} {mode:>10}: FAILED {type(e).__name__}: "
+            print(f"{name:>40} {variant:>10} {mode:>10}: FAILED {type(e).__name__}: "
                   f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
             continue
         rows.append(dict(network=name, variant=variant, mode=mode, ms=seconds * 1e3,
@@ -289,7 +289,7 @@ def se_overhead(row, rows):
 
 def format_row(row, rows):
     overhead = se_overhead(row, rows)
-    return (f"{row['network']:>32} {row['variant']:>10} {row['mode']:>10}: {row['ms']:8.2f} ms "
+    return (f"{row['network']:>40} {row['variant']:>10} {row['mode']:>10}: {row['ms']:8.2f} ms "
             f"{row['images_per_s']:8.0f} img/s"
             + ("" if row.get("host_ms") is None else f"  host {row['host_ms']:6.2f} ms")
             + ("" if overhead is None else f"  SE overhead {overhead:+6.1%}")
@@ -322,7 +322,7 @@ def main():
     print("\nSE overhead over ResNet-50 (same variant and mode):")
     for row in result["rows"]:
         if row.get("se_overhead") is not None:
-            print(f"  {row['network']:>32} {row['variant']:>10} {row['mode']:>10}: "
+            print(f"  {row['network']:>40} {row['variant']:>10} {row['mode']:>10}: "
                   f"{row['se_overhead']:+.1%}")
     if args.json:
         write_json(result, args.json)

@@ -108,7 +108,7 @@ def test_bn_case_inputs():
     assert not no_grad and not any(t.requires_grad for t in forward)
 
 
-def _run_step(name, fn, case):
+def _run_step(fn, case):
     """One step of fn on fresh inputs: (output or gradients, running mean, var, counter)."""
     tensors, activation, with_residual, backward = bench.case_inputs(case, torch.device("cpu"))
     out = bench.make_step(fn, tensors, activation, with_residual, backward)()
@@ -137,7 +137,7 @@ def test_bn_implementations_time_the_same_work(pass_name, layout, monkeypatch):
     expected = expected if backward else [expected]
     assert len(expected) == (8 if backward else 1)
     for name, fn in impls.items():
-        out, (mean, var, count) = _run_step(name, fn, case)
+        out, (mean, var, count) = _run_step(fn, case)
         out = out if backward else [out]
         for got, want in zip(out, expected):
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4, msg=name)
