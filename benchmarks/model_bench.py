@@ -1,7 +1,7 @@
 """Model benchmark: what SE costs in a whole network, against the networks users run.
 
     python benchmarks/model_bench.py [--batch 8] [--image 224] [--dtype float32|bfloat16]
-                                     [--channels-last] [--compile] [--cuda-graphs]
+                                     [--channels-last] [--compile [MODE ...]] [--cuda-graphs]
                                      [--min-run-time S] [--rounds R] [--json PATH]
 
 Networks, each for inference (no_grad, eval) and a training step (forward, cross-entropy,
@@ -10,13 +10,25 @@ backward, SGD step), timed in one run:
     resnet50                 torchvision ResNet-50: the network without SE
     timm seresnet50          timm's SE-ResNet-50 as is (its eager SE modules)
     timm seresnet50 [b]      the same after convert_se_modules(model, backend=b), each fused backend
-                             (its blocks' SE + shortcut add + ReLU tails fused)
-    timm seresnet50 [b, SE only]  its SE modules fused, the tails left to eager PyTorch
+                             (its blocks' SE + shortcut add + ReLU tails fused, bn3 absorbed
+                             into the fused op where its kernels exist: fuse_bn=True, the
+                             default; on a GPU, until its kernels exist, the BatchNorm runs
+                             and then the fused SE op)
     se_resnet50 [b]          senet_kernels.models.se_resnet50 (SE + residual + ReLU fused), torchvision's layout
     timm efficientnet_b0     as is, and converted [b]: SE beside depthwise convolutions
+    timm seresnet50 [b, SE only]       its SE modules fused, the tails left to eager PyTorch
+    timm seresnet50 [b, fuse_bn=False] converted with the BatchNorm left to its module
+    resnet50 [conv+BN folded]  torchvision ResNet-50 with every BatchNorm folded into the
+                             convolution before it (torch.fx.experimental.optimization.fuse,
+                             eval mode): the inference floor of a network without SE;
+                             inference rows only (folding bakes in the running statistics)
 
-"SE overhead" is time / time(resnet50) - 1 for the SE-ResNet-50 rows. ``--compile`` adds each
-network under torch.compile (minutes of compilation per network on a GPU), ``--cuda-graphs``
+(the last three first fused backend only, last so that a run cut short by a time limit loses
+them first). "SE overhead" is time / time(resnet50) - 1 for the SE-ResNet-50 rows.
+``--compile`` adds torch.compile rows for resnet50, timm seresnet50 as is and converted
+(``[b]``, the first fused backend), after every other row (minutes of compilation per
+network and mode on a GPU, so only the comparison that matters; ``--compile inference`` for
+the inference rows alone). ``--cuda-graphs``
 adds inference replayed from a CUDA graph (torch.cuda.graph, no compilation; GPU only). Times
 are medians (torch.utils.benchmark, synchronized; with ``--rounds R`` the median of R
 rounds, all rows timed once per round); peak memory is the GPU's for the training
@@ -76,11 +88,39 @@ def networks(device):
         for b in backends[:1]:
             nets.append((f"timm seresnet50 [{b}, SE only]", lambda b=b: _converted(
                 timm.create_model("seresnet50"), b, fuse_residual=False)))
+            # What absorbing bn3 into the fused op buys (against [b], fuse_bn=True).
+            nets.append((f"timm seresnet50 [{b}, fuse_bn=False]", lambda b=b: _converted(
+                timm.create_model("seresnet50"), b, fuse_bn=False)))
+    nets.append((FOLDED, lambda: folded_resnet50(torchvision.models.resnet50())))
     return nets
 
 
-def _converted(model, backend, fuse_residual=True):
-    replaced = convert_se_modules(model, backend=backend, fuse_residual=fuse_residual)
+#: torchvision ResNet-50 with its BatchNorms folded into the convolutions (inference only).
+FOLDED = "resnet50 [conv+BN folded]"
+
+
+def folded_resnet50(model):
+    """``model`` (eval mode) with each BatchNorm folded into the convolution before it
+    (``torch.fx.experimental.optimization.fuse``: traces the model, rewrites conv + BN pairs
+    into one convolution with the running statistics baked into its weight and bias)."""
+    from torch.fx.experimental.optimization import fuse
+    return fuse(model.eval())
+
+
+def compile_networks(device):
+    """The networks ``--compile`` adds torch.compile rows for: ResNet-50, timm seresnet50 as
+    is and converted with the first fused backend (fuse_bn=True)."""
+    backends = fused_backends(device)
+    return {"resnet50", "timm seresnet50"} | {f"timm seresnet50 [{b}]" for b in backends[:1]}
+
+
+def inference_only(name):
+    return name == FOLDED
+
+
+def _converted(model, backend, fuse_residual=True, fuse_bn=True):
+    replaced = convert_se_modules(model, backend=backend, fuse_residual=fuse_residual,
+                                  fuse_bn=fuse_bn)
     assert replaced > 0, "convert_se_modules replaced nothing"
     return model
 
@@ -143,13 +183,31 @@ def host_seconds(step, calls=3, rounds=5):
 
 
 def variants(args, device):
-    """[(variant, mode)]: how each network runs."""
+    """[(variant, mode)]: how each network runs (without torch.compile: plan())."""
     out = [("eager", "inference"), ("eager", "train_step")]
     if args.cuda_graphs and device.type == "cuda":
         out.append(("cuda graph", "inference"))
-    if args.compile:
-        out += [("compile", "inference"), ("compile", "train_step")]
     return out
+
+
+def compile_modes(args):
+    """The modes of the torch.compile rows: none without --compile, both with it alone."""
+    if args.compile is None:
+        return []
+    return args.compile or ["inference", "train_step"]
+
+
+def plan(args, device, nets):
+    """[(name, build, variant, mode)] in the order they are timed: every network's eager (and
+    CUDA-graph) rows, then the torch.compile rows of compile_networks (slow to compile: a
+    time limit cuts them first). Inference-only networks have no training rows."""
+    rows = [(name, build, variant, mode) for name, build in nets
+            for variant, mode in variants(args, device)
+            if not (inference_only(name) and mode == "train_step")]
+    compiled = compile_networks(device)
+    rows += [(name, build, "compile", mode) for name, build in nets if name in compiled
+             for mode in compile_modes(args)]
+    return rows
 
 
 def run(args):
@@ -169,33 +227,32 @@ def run(args):
               "image": args.image, "dtype": args.dtype, "channels_last": args.channels_last,
               "rounds": args.rounds, "rows": rows}
     kept = []  # (row, step, seconds per round) when args.rounds > 1
-    for name, build in networks(device):
-        for variant, mode in variants(args, device):
-            torch.manual_seed(0)
+    for name, build, variant, mode in plan(args, device, networks(device)):
+        torch.manual_seed(0)
+        try:
             model = build().to(device=device, dtype=dtype, memory_format=fmt)
             if variant == "compile":
                 model = torch.compile(model)
-            try:
-                step = (graphed_inference(model, x) if variant == "cuda graph"
-                        else make_step(model, x, mode == "train_step"))
-                seconds, peak, host = measure(step, device, args.min_run_time)
-            except Exception as e:  # noqa: BLE001 - report and go on with the other rows
-                print(f"{name:>32} {variant:>10} {mode:>10}: FAILED {type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
-                continue
-            rows.append(dict(network=name, variant=variant, mode=mode, ms=seconds * 1e3,
-                             host_ms=None if host is None else host * 1e3,
-                             images_per_s=args.batch / seconds,
-                             peak_mib=peak if mode == "train_step" else None))
-            overhead = se_overhead(rows[-1], rows)
-            if overhead is not None:
-                rows[-1]["se_overhead"] = overhead
-            print(format_row(rows[-1], rows), flush=True)
-            if args.json:
-                write_json(result, args.json, quiet=True)
-            if args.rounds > 1:
-                kept.append((rows[-1], step, [seconds]))
-            del model, step
+            step = (graphed_inference(model, x) if variant == "cuda graph"
+                    else make_step(model, x, mode == "train_step"))
+            seconds, peak, host = measure(step, device, args.min_run_time)
+        except Exception as e:  # noqa: BLE001 - report and go on with the other rows
+            print(f"{name:>40} {variant:>10} {mode:>10}: FAILED {type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+            continue
+        rows.append(dict(network=name, variant=variant, mode=mode, ms=seconds * 1e3,
+                         host_ms=None if host is None else host * 1e3,
+                         images_per_s=args.batch / seconds,
+                         peak_mib=peak if mode == "train_step" else None))
+        overhead = se_overhead(rows[-1], rows)
+        if overhead is not None:
+            rows[-1]["se_overhead"] = overhead
+        print(format_row(rows[-1], rows), flush=True)
+        if args.json:
+            write_json(result, args.json, quiet=True)
+        if args.rounds > 1:
+            kept.append((rows[-1], step, [seconds]))
+        del model, step
     if kept:
         more_rounds(kept, args, rows)
         if args.json:
@@ -221,8 +278,9 @@ def more_rounds(kept, args, rows):
 
 
 def se_overhead(row, rows):
-    """time / time(ResNet-50, same variant and mode) - 1, for SE-ResNet-50 rows; else None."""
-    if "resnet50" not in row["network"] or row["network"] == "resnet50":
+    """time / time(ResNet-50, same variant and mode) - 1, for SE-ResNet-50 rows; else None
+    (ResNet-50 itself, folded or not, has no SE)."""
+    if not any(name in row["network"] for name in ("seresnet50", "se_resnet50")):
         return None
     base = next((r for r in rows if r["network"] == "resnet50" and r["variant"] == row["variant"]
                  and r["mode"] == row["mode"]), None)
@@ -231,20 +289,23 @@ def se_overhead(row, rows):
 
 def format_row(row, rows):
     overhead = se_overhead(row, rows)
-    return (f"{row['network']:>32} {row['variant']:>10} {row['mode']:>10}: {row['ms']:8.2f} ms "
+    return (f"{row['network']:>40} {row['variant']:>10} {row['mode']:>10}: {row['ms']:8.2f} ms "
             f"{row['images_per_s']:8.0f} img/s"
             + ("" if row.get("host_ms") is None else f"  host {row['host_ms']:6.2f} ms")
             + ("" if overhead is None else f"  SE overhead {overhead:+6.1%}")
             + ("" if row["peak_mib"] is None else f"  peak {row['peak_mib']:.0f} MiB"))
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile)")
+    parser.add_argument("--compile", nargs="*", default=None, choices=("inference", "train_step"),
+                        help="add torch.compile rows of resnet50, timm seresnet50 and its "
+                             "conversion, in these modes (none named: both), after every "
+                             "other row (slow to compile)")
     parser.add_argument("--cuda-graphs", action="store_true", help="add CUDA-graph inference rows")
     parser.add_argument("--min-run-time", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=1,
@@ -252,12 +313,16 @@ def main():
                              "interleaved, and report the median (for noisy machines; keeps "
                              "every network alive until the end)")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     result = run(args)
     print("\nSE overhead over ResNet-50 (same variant and mode):")
     for row in result["rows"]:
         if row.get("se_overhead") is not None:
-            print(f"  {row['network']:>32} {row['variant']:>10} {row['mode']:>10}: "
+            print(f"  {row['network']:>40} {row['variant']:>10} {row['mode']:>10}: "
                   f"{row['se_overhead']:+.1%}")
     if args.json:
         write_json(result, args.json)

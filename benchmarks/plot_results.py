@@ -27,7 +27,9 @@ MODEL_MODES = (("eager", "inference", "inference"),
 
 # The main job's passes, in the order it runs them, and how the figure names them.
 PASS_TITLES = {"fwd": "SE forward", "res_relu_fwd": "SE + residual + ReLU forward",
-               "fwd_bwd": "SE forward + backward"}
+               "fwd_bwd": "SE forward + backward",
+               "bn_res_relu_fwd": "BatchNorm + SE + residual + ReLU forward (training)",
+               "bn_fwd_bwd": "BatchNorm + SE + residual + ReLU forward + backward"}
 
 FAMILY_SHORT = {"se_resnet50": "SE-R50", "efficientnet_b0": "EffNet-B0"}
 
@@ -48,6 +50,10 @@ def network_label(name):
     backend = parts[0]
     if "SE only" in parts[1:]:
         return f"{base}, SE modules fused alone ({backend})"
+    if "fuse_bn=False" in parts[1:]:
+        return f"{base}, convert_se_modules, BatchNorm not absorbed ({backend})"
+    if "folded" in backend:  # resnet50 [conv+BN folded]: no backend of ours
+        return f"{base}, {backend}"
     if base.startswith("timm "):
         return f"{base}, convert_se_modules ({backend})"
     return f"our {base} ({backend})"
@@ -107,9 +113,10 @@ def plot_kernels(result, axes, layout=None):
     but eager, per shape. Returns the passes drawn."""
     rows, dtype, layout = kernel_rows(result, layout)
     passes = [p for p in PASS_TITLES if any(r["pass"] == p for r in rows)]
-    impls = [b for b in dict.fromkeys(r["backend"] for r in rows) if b != "eager"]
     for ax, pass_name in zip(axes, passes):
         sel = [r for r in rows if r["pass"] == pass_name]
+        # each pass its own implementations (the BatchNorm passes have other rows)
+        impls = [b for b in dict.fromkeys(r["backend"] for r in sel) if b != "eager"]
         shapes = list(dict.fromkeys(
             (r["family"], r["shape"][1], r["shape"][2]) for r in sel))
         width = 0.8 / len(impls)

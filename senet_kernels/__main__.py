@@ -42,8 +42,14 @@ def check(args):
 
 #: Seconds after the start past which the main job times nothing more (--budget): on a GPU the
 #: job then ends within a minute of its command (imports, the part being timed, the report),
-#: its untimed parts named in the summary; on the CPU it takes about 1.5 minutes in all.
-DEFAULT_BUDGET = {"cuda": 50.0, "cpu": 170.0}
+#: its untimed parts named in the summary. On the CPU the SE cases take about 1.5 minutes
+#: (2.7 on a first run) and the BatchNorm + SE cases after them about one more (timed apart:
+#: 65 s, 36 s of it compiling their torch.compile graphs, one thread on a loaded 2-core
+#: machine): 300 s lets a first run time them all.
+DEFAULT_BUDGET = {"cuda": 50.0, "cpu": 300.0}
+#: The main job's passes (senet_kernels.bench.PASSES; spelled out so that parsing the command
+#: line imports nothing more of the package).
+BENCH_PASSES = ("fwd", "res_relu_fwd", "fwd_bwd", "bn_res_relu_fwd", "bn_fwd_bwd")
 
 
 def bench(args):
@@ -65,7 +71,7 @@ def bench(args):
     if budget is None:
         budget = DEFAULT_BUDGET[device.type]
     deadline = start + budget if budget > 0 else None
-    cases = bench_module.cases(args.sizes, args.dtype, args.layout)
+    cases = bench_module.cases(args.sizes, args.dtype, args.layout, args.passes)
     workers = args.warm_workers
     if workers is None:
         workers = default_workers(device, compile_groups(cases))
@@ -116,7 +122,8 @@ def bench(args):
     return 1 if failures else 0
 
 
-def main(argv=None):
+def build_parser():
+    """The command line's parser (bench, check, train)."""
     parser = argparse.ArgumentParser(prog="python -m senet_kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +137,9 @@ def main(argv=None):
                    help="default: bfloat16 on a GPU, float32 on the CPU")
     b.add_argument("--layout", nargs="+", default=["nchw", "channels_last"],
                    choices=("nchw", "channels_last"))
+    b.add_argument("--passes", nargs="+", default=None, choices=BENCH_PASSES,
+                   help="only these passes (default: all; the bn_* passes put SE-ResNet's "
+                        "BatchNorm in front of the SE block, at the SE-ResNet shapes)")
     b.add_argument("--min-run-time", type=float, default=None,
                    help="seconds per measurement (default 0.2 on the CPU, 0.05 with --sizes gpu)")
     b.add_argument("--json", help="write the results (device, versions, rows) here")
@@ -138,17 +148,21 @@ def main(argv=None):
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--budget", type=float, default=None,
                    help="seconds after the start past which no more is timed; what is left "
-                        "is named in the summary (default: 50 on a GPU, 170 on the CPU; "
+                        "is named in the summary (default: 50 on a GPU, 300 on the CPU; "
                         "0: no limit)")
     b.add_argument("--warm-workers", type=int, default=None,
                    help="worker processes compiling (warming the compiler caches) while "
-                        "this one times; default: on a GPU one per compile group (10 in the "
+                        "this one times; default: on a GPU one per compile group (14 in the "
                         "GPU run) with two cores left free, on the CPU none")
     b.set_defaults(func=bench)
     from .train import add_parser as add_train_parser
     add_train_parser(sub)
+    return parser
+
+
+def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     _ensure_triton_interpreter_without_gpu(argv)
     return args.func(args)
 

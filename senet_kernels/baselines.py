@@ -11,6 +11,10 @@ vector: the form the torch.compile baseline compiles. Dynamo specializes a conv'
 count, so every shape of ``eager_se`` would compile anew; the linear form compiles once per
 layout with dynamic shapes (a GPU run of the main job checks that it is as fast as a static
 compile of ``eager_se``).
+
+``eager_bn_se`` / ``linear_bn_se`` put SE-ResNet's bn3 in front of them: what
+``nn.BatchNorm2d``'s forward runs in training, then the SE block as above (the baseline of
+the fused BatchNorm + SE op, ``bn_squeeze_excite``).
 """
 
 import torch.nn.functional as F
@@ -76,3 +80,32 @@ def linear_se(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate="sigm
 
 def _linear_weight(w):
     return w if w.dim() == 2 else w.reshape(w.shape[0], w.shape[1])
+
+
+def batch_norm_train(y, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked=None,
+                     *, momentum=0.1, eps=1e-5):
+    """What ``nn.BatchNorm2d`` (affine, tracking running statistics) runs in training mode:
+    ``num_batches_tracked += 1``, then ``F.batch_norm`` with the batch's statistics, which
+    updates ``running_mean`` / ``running_var`` in place. The module call is left out so that
+    one compiled function serves every shape (dynamo guards on a module argument)."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    return F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, True, momentum, eps)
+
+
+def eager_bn_se(y, w1, b1, w2, b2, residual, bn_weight, bn_bias, running_mean, running_var,
+                num_batches_tracked=None, *, activation="relu", gate="sigmoid", post_relu=False):
+    """``eager_se(batch_norm_train(y), ...)``: SE-ResNet's bn3 + SE + add + ReLU in eager
+    PyTorch, the BatchNorm in training mode (batch statistics, running statistics updated)."""
+    x = batch_norm_train(y, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked)
+    return eager_se(x, w1, b1, w2, b2, residual, activation=activation, gate=gate,
+                    post_relu=post_relu)
+
+
+def linear_bn_se(y, w1, b1, w2, b2, residual, bn_weight, bn_bias, running_mean, running_var,
+                 num_batches_tracked=None, *, activation="relu", gate="sigmoid", post_relu=False):
+    """``eager_bn_se`` with the SE block's linear form (``linear_se``): what torch.compile
+    compiles with dynamic shapes."""
+    x = batch_norm_train(y, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked)
+    return linear_se(x, w1, b1, w2, b2, residual, activation=activation, gate=gate,
+                     post_relu=post_relu)

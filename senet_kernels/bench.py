@@ -10,6 +10,21 @@ conditions:
     fwd_bwd       forward + backward (input, residual and weight gradients); SE-ResNet rows
                   include the residual + ReLU tail
 
+and, at the SE-ResNet-50 shapes, SE-ResNet's bn3 in front of the block (the BatchNorm
+absorbed into the SE op, ``bn_squeeze_excite``; timed after every SE case):
+
+    bn_res_relu_fwd  BatchNorm + SE + residual + ReLU forward, the BatchNorm as in a training
+                     step's forward: batch statistics, running statistics updated (no_grad, as
+                     the other forward passes)
+    bn_fwd_bwd       the same forward + backward (gradients of y, the BatchNorm and SE
+                     parameters and the residual)
+
+each timed as ``bn_fused`` (``bn_squeeze_excite(..., backend="auto")``, where fused kernels
+exist for the device: the C++ kernels on the CPU, none yet on a GPU, where "auto" would run
+the PyTorch reference, so it is not timed there), ``bn+<backend>`` (the BatchNorm, then the
+fused SE op: what a converted model runs where the BatchNorm is not absorbed), eager (the
+BatchNorm, then ``eager_se``: ``baselines.eager_bn_se``) and torch.compile of that block.
+
 Times: on the CPU, medians of torch.utils.benchmark. On a GPU, two per row: ``median_ms`` the
 wall time per call in a synchronized loop (what a caller waits, host overhead included) and
 ``gpu_ms`` the GPU time per call, from replaying calls captured in a CUDA graph (no host
@@ -23,7 +38,11 @@ done, while the workers compile the others. GB/s counts the compulsory
 traffic of a pass, in units of one activation tensor: fwd 2 (read x, write out),
 res_relu_fwd 3 (+ read residual), fwd_bwd 5 without the tail (forward 2; backward reads grad
 and x, writes grad_x) or 8 with it (forward 3; backward reads grad, x, out, writes grad_x and
-grad_residual). The floor fraction compares that with a copy of a tensor of the same size,
+grad_residual). With the BatchNorm the statistics span the whole batch, so at these sizes
+(beyond any cache) each direction must read y twice (docs/design.md, "What is saved, and the
+traffic", the absorbed column): bn_res_relu_fwd 4 (read y; read y and the residual, write
+out), bn_fwd_bwd 11 (forward 4; backward 7: read grad, out, y, write grad_residual; read it
+and y, write grad_y). The floor fraction compares that with a copy of a tensor of the same size,
 measured in the same run (bytes read + written / time): the bandwidth the memory system gives
 a working set of that size (DRAM on a GPU at these sizes; often cache on a CPU).
 """
@@ -37,9 +56,10 @@ from dataclasses import dataclass
 import torch
 import torch.utils.benchmark as benchmark
 
-from . import available_backends, squeeze_excite
-from .baselines import eager_se, linear_se
-from .bench_schedule import PARTS, Schedule, part_of
+from . import available_backends, bn_squeeze_excite, squeeze_excite
+from .baselines import batch_norm_train, eager_bn_se, eager_se, linear_bn_se, linear_se
+from .bn_functional import bn_fused_kernels_for
+from .bench_schedule import BASELINE, PARTS, Schedule, part_of
 from .testing import make_inputs
 
 
@@ -60,7 +80,10 @@ class Shape:
 RESNET_STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 EFFICIENTNET_SE = [(96, 56, 4), (240, 28, 10), (672, 14, 28), (1152, 7, 48)]
 BATCH = {"cpu": 8, "gpu": 256}
-PASSES = {"fwd": 2, "res_relu_fwd": 3, "fwd_bwd": None}  # traffic in tensors (fwd_bwd: 5 or 8)
+#: traffic in activation tensors (fwd_bwd: 5 or 8, see traffic_tensors)
+PASSES = {"fwd": 2, "res_relu_fwd": 3, "fwd_bwd": None, "bn_res_relu_fwd": 4, "bn_fwd_bwd": 11}
+#: The passes with SE-ResNet's BatchNorm in front of the SE block (SE-ResNet shapes only).
+BN_PASSES = ("bn_res_relu_fwd", "bn_fwd_bwd")
 
 
 def shapes(sizes):
@@ -92,7 +115,17 @@ def reduce_tile_sweep_cases(n):
 
 
 def passes_for(shape):
+    """The SE passes of a shape (the BatchNorm passes: bn_passes_for)."""
     return ("fwd", "res_relu_fwd", "fwd_bwd") if shape.family == "se_resnet50" else ("fwd", "fwd_bwd")
+
+
+def bn_passes_for(shape):
+    """The BatchNorm + SE passes of a shape: SE-ResNet's only (bn3 in front of the SE)."""
+    return BN_PASSES if shape.family == "se_resnet50" else ()
+
+
+def is_bn_pass(pass_name):
+    return pass_name in BN_PASSES
 
 
 def options_for(shape):
@@ -101,6 +134,7 @@ def options_for(shape):
 
 
 def traffic_tensors(pass_name, tail):
+    """Compulsory traffic of a pass in activation tensors (the module docstring)."""
     if pass_name == "fwd_bwd":
         return 8 if tail else 5
     return PASSES[pass_name]
@@ -181,26 +215,49 @@ def copy_bandwidth(numel, dtype, device, min_run_time):
 
 
 def make_step(fn, tensors, activation, with_residual, backward):
-    """A zero-argument callable running one pass of ``fn`` (squeeze_excite-like) on tensors."""
-    x, w1, b1, w2, b2, res = tensors
+    """A zero-argument callable running one pass of ``fn`` (squeeze_excite-like) on tensors
+    (``case_inputs``'): ``fn(x, w1, b1, w2, b2, residual, *bn)``, where a BatchNorm case's
+    tensors end with ``bn`` = (weight, bias, running_mean, running_var, num_batches_tracked).
+    Backward: the gradients of every input that requires one."""
+    x, w1, b1, w2, b2, res, *bn = tensors
     residual = res if with_residual else None
     kwargs = dict(activation=activation, post_relu=with_residual)
     if not backward:
         def step():
             with torch.no_grad():
-                return fn(x, w1, b1, w2, b2, residual, **kwargs)
+                return fn(x, w1, b1, w2, b2, residual, *bn, **kwargs)
         return step
     grad = torch.randn_like(x)
-    leaves = [x, w1, b1, w2, b2] + ([res] if with_residual else [])
+    leaves = ([x, w1, b1, w2, b2] + ([res] if with_residual else [])
+              + [t for t in bn if t.requires_grad])
 
     def step():
-        return torch.autograd.grad(fn(x, w1, b1, w2, b2, residual, **kwargs), leaves, grad)
+        return torch.autograd.grad(fn(x, w1, b1, w2, b2, residual, *bn, **kwargs), leaves, grad)
     return step
 
 
 def backend_fn(name):
     def fn(*args, **kwargs):
         return squeeze_excite(*args, backend=name, **kwargs)
+    return fn
+
+
+def bn_fused(y, w1, b1, w2, b2, residual, bn_weight, bn_bias, running_mean, running_var,
+             num_batches_tracked, **kwargs):
+    """The fused BatchNorm + SE op in training mode, as a converted model's block calls it."""
+    return bn_squeeze_excite(y, bn_weight, bn_bias, running_mean, running_var, w1, b1, w2, b2,
+                             residual, training=True, num_batches_tracked=num_batches_tracked,
+                             backend="auto", **kwargs)
+
+
+def bn_then_se_op(backend):
+    """The BatchNorm (``baselines.batch_norm_train``), then the fused SE op on ``backend``:
+    what ``bn_se_tail`` runs where the BatchNorm is not absorbed."""
+    def fn(y, w1, b1, w2, b2, residual, bn_weight, bn_bias, running_mean, running_var,
+           num_batches_tracked, **kwargs):
+        x = batch_norm_train(y, bn_weight, bn_bias, running_mean, running_var,
+                             num_batches_tracked)
+        return squeeze_excite(x, w1, b1, w2, b2, residual, backend=backend, **kwargs)
     return fn
 
 
@@ -225,9 +282,15 @@ def configure_compiler():
 def compiled_baseline():
     """torch.compile of the SE block: its linear form with dynamic shapes (one compile per
     pass, layout and activation, see baselines.linear_se). On the CPU it is also the faster
-    baseline: over the 40 CPU cases (2 cores, fp32) it took 0.76x the time of a static compile
-    of eager_se (median; 0.48x to 1.19x) and compiled in 34 s instead of 112 s."""
+    baseline: over the 40 SE cases on the CPU (2 cores, fp32) it took 0.76x the time of a
+    static compile of eager_se (median; 0.48x to 1.19x) and compiled in 34 s instead of 112 s."""
     return torch.compile(linear_se, dynamic=True)
+
+
+def compiled_bn_baseline():
+    """torch.compile of the BatchNorm + SE block (``baselines.linear_bn_se``), dynamic shapes
+    as ``compiled_baseline``."""
+    return torch.compile(linear_bn_se, dynamic=True)
 
 
 #: (family, C, H*W, pass, layout) rows where a run also times a static compile of eager_se,
@@ -267,30 +330,53 @@ class Case:
         return f"{self.shape.label} {self.pass_name} {self.layout}"
 
     @property
+    def kind(self):
+        """"bn" for the BatchNorm + SE passes, else "se": which implementations time it."""
+        return "bn" if is_bn_pass(self.pass_name) else "se"
+
+    @property
     def compile_group(self):
         """Cases of one group share the baseline's compiled graph (dynamic shapes): pass,
         layout, dtype and family (activation, tail)."""
         return (self.pass_name, self.layout, self.dtype, self.shape.family)
 
 
-def cases(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last")):
-    """Every (shape, pass, dtype, layout) of a run, in the order they are timed."""
-    return [Case(s, p, d, l) for s in shapes(sizes) for p in passes_for(s) for d in dtypes
-            for l in layouts]
+def cases(sizes="cpu", dtypes=("float32",), layouts=("nchw", "channels_last"), passes=None):
+    """Every (shape, pass, dtype, layout) of a run, in the order they are timed: the SE
+    cases, then the BatchNorm + SE cases (a time budget leaves those out first). ``passes``:
+    only these passes (None: all of PASSES)."""
+    def wanted(p):
+        return passes is None or p in passes
+    return ([Case(s, p, d, l) for s in shapes(sizes) for p in passes_for(s) if wanted(p)
+             for d in dtypes for l in layouts] +
+            [Case(s, p, d, l) for s in shapes(sizes) for p in bn_passes_for(s) if wanted(p)
+             for d in dtypes for l in layouts])
 
 
 def implementations(device):
-    """[(name, fn)] timed on every case: the kernel backends, eager, and torch.compile."""
-    return ([(b, backend_fn(b)) for b in timed_backends(device)] +
-            [("eager", eager_se), ("compile", compiled_baseline())])
+    """{case kind: [(name, fn)]} timed on every case of that kind (``Case.kind``).
+
+    "se": the kernel backends, eager and torch.compile. "bn": ``bn_fused`` where fused
+    BatchNorm + SE kernels exist for the device, ``bn+<b>`` (the BatchNorm, then the fused SE
+    op on the first kernel backend: what "auto" picks), eager and torch.compile."""
+    backends = timed_backends(device)
+    se = ([(b, backend_fn(b)) for b in backends] +
+          [("eager", eager_se), ("compile", compiled_baseline())])
+    bn = ([("bn_fused", bn_fused)] if bn_fused_kernels_for(torch.empty(0, device=device))
+          else [])
+    bn += [(f"bn+{b}", bn_then_se_op(b)) for b in backends[:1]]
+    bn += [("eager", eager_bn_se), ("compile", compiled_bn_baseline())]
+    return {"se": se, "bn": bn}
 
 
 def case_implementations(case, impls):
-    """``impls`` plus, on the rows of STATIC_COMPILE_CHECKS, a static compile of eager_se."""
+    """``impls[case.kind]`` plus, on the rows of STATIC_COMPILE_CHECKS, a static compile of
+    eager_se."""
     s = case.shape
+    chosen = impls[case.kind]
     if (s.family, s.c, s.hw, case.pass_name, case.layout) in STATIC_COMPILE_CHECKS:
-        return impls + [("compile_static", torch.compile(eager_se, dynamic=False))]
-    return impls
+        return chosen + [("compile_static", torch.compile(eager_se, dynamic=False))]
+    return chosen
 
 
 def case_inputs(case, device):
@@ -303,10 +389,25 @@ def case_inputs(case, device):
                          channels_last=case.layout == "channels_last", residual=True,
                          device=device, seed=shape.c, draw_on_device=True)
     tensors = [inputs[k] for k in ("x", "w1", "b1", "w2", "b2", "residual")]
-    backward = case.pass_name == "fwd_bwd"
+    backward = case.pass_name in ("fwd_bwd", "bn_fwd_bwd")
     if backward:
         tensors = [t.requires_grad_() for t in tensors]
+    if case.kind == "bn":
+        tensors += bn_inputs(shape.c, getattr(torch, case.dtype), device, seed=shape.c + 1,
+                             requires_grad=backward)
     return tensors, activation, with_residual, backward
+
+
+def bn_inputs(c, dtype, device, seed, requires_grad):
+    """[weight, bias, running_mean, running_var, num_batches_tracked] of a BatchNorm over c
+    channels: affine parameters near 1 and 0 (random), running statistics as a fresh
+    ``nn.BatchNorm2d`` has them, in ``dtype`` (a model cast to it), drawn on ``device``."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    weight = 1 + 0.1 * torch.randn(c, generator=gen, device=device)
+    bias = 0.1 * torch.randn(c, generator=gen, device=device)
+    affine = [t.to(dtype).requires_grad_(requires_grad) for t in (weight, bias)]
+    stats = [torch.zeros(c, device=device, dtype=dtype), torch.ones(c, device=device, dtype=dtype)]
+    return affine + stats + [torch.zeros((), device=device, dtype=torch.long)]
 
 
 def compile_cache_counters():
@@ -512,17 +613,23 @@ def untimed_lines(result):
 
 
 def summary(result):
-    """Where the time went, then per kernel backend and pass: min / median speedup vs eager
-    and vs torch.compile."""
+    """Where the time went, then per implementation of ours (kernel backends, and in the
+    BatchNorm passes bn_fused and bn+<backend>) and pass: min / median speedup vs eager and
+    vs torch.compile; then bn_fused against the BatchNorm followed by the fused SE op."""
     lines = phase_lines(result)
-    static = [r for r in result["rows"] if r["backend"] == "compile_static"]
+    rows = result["rows"]
+    static = [r for r in rows if r["backend"] == "compile_static"]
     for r in static:
         dynamic = next(d for d in result["rows"] if d["backend"] == "compile" and all(
             d[k] == r[k] for k in ("shape", "pass", "dtype", "layout")))
         ratio = (r["gpu_ms"] or r["median_ms"]) / (dynamic["gpu_ms"] or dynamic["median_ms"])
         lines.append(f"torch.compile baseline, {r['family']} {r['shape']} {r['pass']} {r['layout']}: "
                      f"static compile of eager_se takes {ratio:.2f}x the time of the dynamic one")
-    for backend in result["backends"]:
+    # ours: every implementation but the baselines (the kernel backends; with the BatchNorm
+    # cases, the fused BatchNorm + SE op and the BatchNorm then the fused SE op)
+    ours = dict.fromkeys(r["backend"] for r in rows
+                         if r["backend"] != "eager" and part_of(r["backend"]) != BASELINE)
+    for backend in ours:
         for pass_name in PASSES:
             sel = [r for r in result["rows"] if r["backend"] == backend and r["pass"] == pass_name]
             if not sel:
@@ -536,7 +643,25 @@ def summary(result):
             lines.append(f"{backend:>7} {pass_name:>13}: vs eager min {min(eager):.2f}x median "
                          f"{statistics.median(eager):.2f}x | {vs_compile} | floor fraction "
                          f"median {statistics.median(floor):.0%}")
+    lines.extend(bn_fused_lines(rows))
     return "\n".join(lines)
+
+
+def bn_fused_lines(rows):
+    """Per BatchNorm pass: how much faster bn_fused is than the BatchNorm followed by the
+    fused SE op (bn+<backend>, wall times) on the same case; nothing without both."""
+    lines = []
+    for pass_name in BN_PASSES:
+        fused = [r for r in rows if r["backend"] == "bn_fused" and r["pass"] == pass_name]
+        for other in dict.fromkeys(r["backend"] for r in rows if r["backend"].startswith("bn+")):
+            ratios = [o["median_ms"] / f["median_ms"] for f in fused for o in rows
+                      if o["backend"] == other and all(
+                          o[k] == f[k] for k in ("shape", "pass", "dtype", "layout"))]
+            if ratios:
+                lines.append(f"bn_fused {pass_name}: vs {other} (the BatchNorm, then the fused "
+                             f"SE op) min {min(ratios):.2f}x median "
+                             f"{statistics.median(ratios):.2f}x over {len(ratios)} cases")
+    return lines
 
 
 def plot(result, path):

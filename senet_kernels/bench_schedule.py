@@ -4,7 +4,7 @@ Each case is timed in two parts:
 
     kernels   our kernel backends and eager PyTorch: cheap to get ready (our Triton kernels
               compile in a second or two, the rest needs no compiling)
-    baseline  torch.compile (and, on a few rows, its static variant): each of the run's ten
+    baseline  torch.compile (and, on a few rows, its static variant): each of the run's
               compile groups costs Inductor tens of seconds the first time
 
 On a GPU, worker processes (bench_warmup.py) compile both parts of every case and report

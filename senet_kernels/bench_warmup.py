@@ -31,8 +31,9 @@ import torch
 from . import bench
 from .bench_schedule import BASELINE, PARTS, part_of
 
-#: Implementations whose first call compiles something worth doing in a worker.
-COMPILED = {"triton", "compile", "compile_static"}
+#: Implementations whose first call compiles something worth doing in a worker (bn_fused:
+#: the fused BatchNorm + SE op's Triton kernels, where they exist).
+COMPILED = {"triton", "compile", "compile_static", "bn_fused"}
 # A worker's peak device memory at the largest GPU case (batch 256, 256x56x56, forward +
 # backward with the residual: inputs, gradients and the compiled baseline's buffers).
 _GPU_BYTES_PER_WORKER = 6 << 30
@@ -59,7 +60,7 @@ def share_out(cases, workers):
     loads = [[0, []] for _ in range(workers)]
 
     def cost(group):
-        return sum(2 if c.pass_name == "fwd_bwd" else 1 for c in group)
+        return sum(2 if c.pass_name in ("fwd_bwd", "bn_fwd_bwd") else 1 for c in group)
     for group in sorted(groups.values(), key=cost, reverse=True):
         lightest = min(loads, key=lambda load: load[0])
         lightest[0] += cost(group)
@@ -83,7 +84,8 @@ def _worker(indexed_cases, messages):
         inductor_config.compile_threads = 1
         bench.configure_compiler()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        impls = [(name, fn) for name, fn in bench.implementations(device) if name in COMPILED]
+        impls = {kind: [(name, fn) for name, fn in fns if name in COMPILED]
+                 for kind, fns in bench.implementations(device).items()}
         for part in PARTS:
             for index, case in indexed_cases:
                 tensors, activation, with_residual, backward = bench.case_inputs(case, device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from senet_kernels import bench
-from senet_kernels.baselines import linear_se
+from senet_kernels.baselines import linear_bn_se, linear_se
 from senet_kernels.bench_warmup import WarmUp, compile_groups, share_out
 
 CPU = torch.device("cpu")
@@ -33,15 +33,16 @@ def compiler_settings():
 
 def test_share_out_keeps_groups_whole_and_balanced():
     cases = bench.cases("gpu", ["bfloat16"], ["nchw", "channels_last"])
-    assert compile_groups(cases) == 10  # 3 passes x 2 layouts SE-ResNet, 2 x 2 EfficientNet
+    # 3 SE passes x 2 layouts SE-ResNet, 2 x 2 EfficientNet, 2 BatchNorm passes x 2 layouts
+    assert compile_groups(cases) == 14
     shares = share_out(cases, 4)
     assert len(shares) == 4
     assert sorted(c.label for share in shares for c in share) == sorted(c.label for c in cases)
     groups = [{c.compile_group for c in share} for share in shares]
     assert all(not a & b for a, b in itertools.combinations(groups, 2))
-    costs = [sum(2 if c.pass_name == "fwd_bwd" else 1 for c in share) for share in shares]
+    costs = [sum(2 if c.pass_name.endswith("fwd_bwd") else 1 for c in share) for share in shares]
     assert max(costs) <= 2 * min(costs)
-    assert len(share_out(cases, 64)) == 10  # never more workers than groups
+    assert len(share_out(cases, 64)) == 14  # never more workers than groups
 
 
 @pytest.mark.parametrize("sizes", ["gpu", "cpu"])
@@ -54,8 +55,10 @@ def test_one_graph_per_compile_group(compiler_settings, sizes):
     def count(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
-    compiled = torch.compile(linear_se, dynamic=True, backend=count)
+    compiled = {"se": torch.compile(linear_se, dynamic=True, backend=count),
+                "bn": torch.compile(linear_bn_se, dynamic=True, backend=count)}
     cases = bench.cases(sizes, ["bfloat16"], ["channels_last", "nchw"])
+    assert {case.kind for case in cases} == {"se", "bn"}
     for case in cases:
         s = case.shape
         activation, tail = bench.options_for(s)
@@ -66,10 +69,13 @@ def test_one_graph_per_compile_group(compiler_settings, sizes):
         params = [torch.empty(s.cr, s.c, **meta), torch.empty(s.cr, **meta),
                   torch.empty(s.c, s.cr, **meta), torch.empty(s.c, **meta)]
         residual = torch.empty_like(x) if with_residual else None
-        if case.pass_name == "fwd_bwd":
-            for t in [x, *params] + ([residual] if with_residual else []):
+        bn = ([torch.empty(s.c, **meta) for _ in range(4)]
+              + [torch.zeros((), device="meta", dtype=torch.long)] if case.kind == "bn" else [])
+        if case.pass_name.endswith("fwd_bwd"):
+            for t in [x, *params] + ([residual] if with_residual else []) + bn[:2]:
                 t.requires_grad_()
-        compiled(x, *params, residual, activation=activation, post_relu=with_residual)
+        compiled[case.kind](x, *params, residual, *bn, activation=activation,
+                            post_relu=with_residual)
     assert len(graphs) == compile_groups(cases)
 
 
@@ -173,3 +179,20 @@ def test_default_workers(monkeypatch):
     assert bench_warmup.default_workers(gpu, 20) == 14
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * gib, 141 * gib))
     assert bench_warmup.default_workers(gpu, 10) == 3
+
+
+def test_worker_compiles_a_batchnorm_case(compiler_settings):
+    """A worker's loop (run in this process) over a BatchNorm + SE case: both parts reported,
+    no error (the case's own implementations and inputs, not the SE case's)."""
+    import queue
+
+    import torch._inductor.config as inductor_config
+    from senet_kernels import bench_warmup
+
+    case = bench.Case(bench.Shape("se_resnet50", 2, 24, 3, 6), "bn_res_relu_fwd", "float32",
+                      "nchw")
+    messages = queue.Queue()
+    with inductor_config.patch(compile_threads=inductor_config.compile_threads):
+        bench_warmup._worker([(0, case)], messages)  # sets compile_threads, restored here
+    got = [messages.get_nowait() for _ in range(messages.qsize())]
+    assert got == [("kernels", 0), ("baseline", 0), ("exit", None)], got

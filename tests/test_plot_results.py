@@ -119,6 +119,27 @@ def test_kernel_figure_has_a_panel_per_pass_with_each_shapes_speedup(tmp_path):
         plt.close("all")
 
 
+def test_batchnorm_passes_get_panels_of_their_own_implementations():
+    """With the main job's BatchNorm + SE rows: a panel per pass, each with the bars of the
+    implementations timed in that pass only (no empty bars of the other passes')."""
+    result = kernels_result()
+    for c, hw in ((64, 16), (256, 4)):
+        result["rows"].append(kernel_row("eager", c, hw, "bn_fwd_bwd", 1.0))
+        result["rows"].append(kernel_row("bn_fused", c, hw, "bn_fwd_bwd", 3.0 * c / 64))
+        result["rows"].append(kernel_row("bn+cpu", c, hw, "bn_fwd_bwd", 1.5))
+    fig = plot_results.draw(kernels=result)
+    try:
+        assert len(fig.axes) == 3
+        fwd, _, bn = fig.axes
+        assert [p.get_height() for p in fwd.patches] == pytest.approx([1.7, 6.8])
+        assert [p.get_height() for p in bn.patches] == pytest.approx([3.0, 12.0, 1.5, 1.5])
+        assert [t.get_text() for t in bn.get_legend().get_texts()] == ["bn_fused", "bn+cpu"]
+        assert "BatchNorm" in bn.get_title()
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close("all")
+
+
 def test_network_labels():
     assert plot_results.network_label("timm seresnet50 [triton, SE only]") == (
         "timm seresnet50, SE modules fused alone (triton)")
@@ -126,6 +147,10 @@ def test_network_labels():
         "timm seresnet50, convert_se_modules (cuda)")
     assert plot_results.network_label("se_resnet50 [triton]") == "our se_resnet50 (triton)"
     assert plot_results.network_label("resnet50") == "resnet50"
+    assert plot_results.network_label("timm seresnet50 [cpu, fuse_bn=False]") == (
+        "timm seresnet50, convert_se_modules, BatchNorm not absorbed (cpu)")
+    assert plot_results.network_label("resnet50 [conv+BN folded]") == (
+        "resnet50, conv+BN folded")
 
 
 def test_results_without_rows_to_draw_are_refused():
