@@ -248,3 +248,19 @@ def test_converted_model_absorbs_the_bn_into_the_triton_op(device, monkeypatch):
         assert_trains_as(converted, source, make_x(2, 3, 32, 32).double().to(device))
     names = {launch.kernel.__name__ for launch in launches}
     assert {"bn_stats_fwd", "bn_scale_fwd", "bn_grad_sums_bwd", "bn_grad_pass_bwd"} <= names
+
+
+@pytest.mark.parametrize("value,enabled", [("1", True), ("0", False), (None, False)])
+def test_environment_turns_the_triton_kernels_on_by_default(value, enabled):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "SENET_KERNELS_TRITON_BN"}
+    if value is not None:
+        env["SENET_KERNELS_TRITON_BN"] = value
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", "import senet_kernels.bn_functional as f; "
+                          "print(f.TRITON_BN_BY_DEFAULT)"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == str(enabled)

@@ -64,3 +64,7 @@ def test_the_main_job_and_model_bench_options_parse():
     models = model_bench.parse_args(_command_after(text, "model bench",
                                                    "python benchmarks/model_bench.py"))
     assert models.compile == ["inference"] and models.cuda_graphs and models.batch == 128
+    # both time the BatchNorm + SE op's Triton kernels, off by default until a GPU run
+    for name in ("main job: bench --sizes gpu", "model bench"):
+        line = text[text.index(f'step "{name}"'):].splitlines()[0]
+        assert "SENET_KERNELS_TRITON_BN=1" in line, line
