@@ -22,7 +22,14 @@ using BackwardOutputs =
 // test checks they agree). Every switch on them names each enumerator and fails on anything
 // else (se_math.h); -Werror=switch (setup.py) turns a forgotten case into a build error. To add
 // one, follow the checklist in spec.py.
-enum Activation : int { kRelu = 0, kSilu = 1, kGelu = 2, kGeluTanh = 3, kHardSwish = 4 };
+enum Activation : int {
+  kRelu = 0,
+  kSilu = 1,
+  kGelu = 2,
+  kGeluTanh = 3,
+  kHardSwish = 4,
+  kLeakyRelu = 5
+};
 enum Gate : int { kSigmoid = 0, kHardSigmoid = 1 };
 // The code of a name; ValueError (c10::ValueError) for an unknown name.
 Activation parse_activation(c10::string_view name);

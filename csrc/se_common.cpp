@@ -16,7 +16,7 @@ namespace {
 // Names and codes in one table each: parse_* and the pybind listings read them.
 constexpr std::pair<const char*, Activation> kActivationNames[] = {
     {"relu", kRelu}, {"silu", kSilu}, {"gelu", kGelu}, {"gelu_tanh", kGeluTanh},
-    {"hardswish", kHardSwish}};
+    {"hardswish", kHardSwish}, {"leaky_relu", kLeakyRelu}};
 constexpr std::pair<const char*, Gate> kGateNames[] = {{"sigmoid", kSigmoid},
                                                         {"hardsigmoid", kHardSigmoid}};
 

@@ -18,6 +18,8 @@
 //                  is a select: 0 where h <= -3 (an Inf gradient too), g * (h / 3 + 1/2) where
 //                  -3 < h < 3, g elsewhere, where h is NaN too (PyTorch's scalar and CUDA
 //                  kernels; see reference.hardswish).
+//   leaky_relu     h > 0 ? h : h * 0.01 (nn.LeakyReLU's default slope, spec.LEAKY_RELU_SLOPE;
+//                  NaN stays NaN); backward h > 0 ? g : g * 0.01, as leaky_relu_backward.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -58,6 +60,9 @@ constexpr double kSqrt1_2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;
 constexpr double kGeluTanhKappa = 0.044715;
+// leaky_relu's negative slope (senet_kernels/spec.py LEAKY_RELU_SLOPE), rounded to T as
+// PyTorch rounds its negval.
+constexpr double kLeakyReluSlope = 0.01;
 
 // sqrt(2/pi) (h + 0.044715 h^3), the argument of tanh in nn.GELU(approximate="tanh").
 template <typename T>
@@ -94,6 +99,8 @@ C10_HOST_DEVICE inline T activate(T h, Activation act) {
       return T(0.5) * h * one_plus_tanh(gelu_tanh_inner(h));
     case kHardSwish:
       return hardswish(h);
+    case kLeakyRelu:
+      return h > T(0) ? h : h * T(kLeakyReluSlope);
   }
   return unknown_code<T>(act);
 }
@@ -122,6 +129,8 @@ C10_HOST_DEVICE inline T activate_backward(T ga, T h, Activation act) {
     }
     case kHardSwish:  // a select: no product with ga where the derivative is 0
       return h <= T(-3) ? T(0) : (h < T(3) ? ga * (h / T(3) + T(0.5)) : ga);
+    case kLeakyRelu:
+      return h > T(0) ? ga : ga * T(kLeakyReluSlope);
   }
   return unknown_code<T>(act);
 }

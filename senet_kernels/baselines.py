@@ -19,7 +19,7 @@ the fused BatchNorm + SE op, ``bn_squeeze_excite``).
 
 import torch.nn.functional as F
 
-from .spec import ACTIVATIONS, GATES
+from .spec import ACTIVATIONS, GATES, LEAKY_RELU_SLOPE
 
 
 def _activate(h, activation):
@@ -33,6 +33,8 @@ def _activate(h, activation):
         return F.gelu(h, approximate="tanh")
     if activation == "hardswish":
         return F.hardswish(h, inplace=True)
+    if activation == "leaky_relu":
+        return F.leaky_relu(h, LEAKY_RELU_SLOPE, inplace=True)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 

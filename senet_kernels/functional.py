@@ -38,7 +38,8 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
         w2: [C, Cr] (or [C, Cr, 1, 1]); b2: [C] or None. Parameters share one dtype: x's or float32.
         residual: like x, added after the rescale (SE-ResNet), or None.
         activation: "relu", "silu", "gelu" (nn.GELU()), "gelu_tanh"
-            (nn.GELU(approximate="tanh")) or "hardswish". gate: "sigmoid" or "hardsigmoid".
+            (nn.GELU(approximate="tanh")), "hardswish" or "leaky_relu" (nn.LeakyReLU(), slope
+            0.01). gate: "sigmoid" or "hardsigmoid".
         post_relu: apply ReLU last (SE-ResNet's tail).
         backend: "auto", "triton", "cuda", "cpu" or "reference" (see ``available_backends()``).
             "auto" takes Triton for CUDA tensors (then the CUDA extension), the C++ kernels

@@ -48,8 +48,8 @@ class FusedSEBlock(nn.Module):
         reduction: Cr = max(1, channels // reduction) unless ``rd_channels`` is given.
         rd_channels: Cr, the width of the bottleneck, overriding ``reduction``.
         bias: whether fc1 and fc2 have biases (both or neither).
-        activation: "relu", "silu", "gelu" (erf form), "gelu_tanh" or "hardswish", applied
-            after fc1.
+        activation: "relu", "silu", "gelu" (erf form), "gelu_tanh", "hardswish" or
+            "leaky_relu" (slope 0.01), applied after fc1.
         gate: "sigmoid" or "hardsigmoid", applied after fc2.
         post_relu: apply a ReLU after the rescale (and the residual add), as in SE-ResNet.
         backend: "auto", "triton", "cuda", "cpu" or "reference". Whether a backend can run

@@ -2,7 +2,7 @@
 
 The fused kernels have no ONNX form, so an exported graph computes the SE block from
 standard ONNX ops (ReduceMean or GlobalAveragePool, Gemm or MatMul; the activation Relu,
-Sigmoid * x, GELU from Erf or Tanh, or hardswish as x * HardSigmoid; the gate Sigmoid or
+Sigmoid * x, GELU from Erf or Tanh, hardswish as x * HardSigmoid, or LeakyRelu; the gate Sigmoid or
 HardSigmoid (Min, Max and Div in place of HardSigmoid for float64 inputs); Mul, Add, Relu,
 Cast around half-precision inputs and mixed-precision parameters) that any engine runs.
 Both of ``torch.onnx.export``'s exporters are taught this at package import (``register()``),
@@ -36,7 +36,7 @@ import torch
 
 from .backends import backend_ops
 from .reference import forward_with_vectors
-from .spec import ACTIVATIONS
+from .spec import ACTIVATIONS, LEAKY_RELU_SLOPE
 
 #: Kernel backends whose forward op gets the decomposition ("cpu" and "cuda" share "ext").
 KERNEL_BACKENDS = ("triton", "cpu")
@@ -163,6 +163,8 @@ def _activation_symbolic(g, h, activation, double):
         return g.op("Mul", g.op("Mul", h, const(0.5)), g.op("Add", const(1.0), g.op("Tanh", inner)))
     if activation == "hardswish":  # h * hardsigmoid(h)
         return g.op("Mul", h, _hardsigmoid_symbolic(g, h, double))
+    if activation == "leaky_relu":
+        return g.op("LeakyRelu", h, alpha_f=LEAKY_RELU_SLOPE)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .spec import LEAKY_RELU_SLOPE
+
 
 def as_linear_weight(w):
     """A 1x1-conv weight [out, in, 1, 1] as a linear weight [out, in]; anything else unchanged."""
@@ -289,6 +291,8 @@ def _map_layer(layer, torch_types, timm_names):
     cls = type(layer)
     if cls is nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}.get(layer.approximate)
+    if cls is nn.LeakyReLU:  # the fused op has nn.LeakyReLU's default slope only
+        return "leaky_relu" if layer.negative_slope == LEAKY_RELU_SLOPE else None
     if cls in torch_types:
         return torch_types[cls]
     if cls.__module__.startswith("timm.") and cls.__name__ in timm_names:
@@ -301,7 +305,8 @@ def _activation_name(layer, module, name):
     if activation is None:
         raise ValueError(f"{type(module).__name__}.{name} is {type(layer).__name__}: unsupported "
                          "activation (FusedSEBlock supports nn.ReLU, nn.SiLU, nn.GELU, "
-                         "nn.Hardswish and timm's Swish, GELU, GELUTanh, HardSwish)")
+                         f"nn.Hardswish, nn.LeakyReLU with negative_slope={LEAKY_RELU_SLOPE} "
+                         "and timm's Swish, GELU, GELUTanh, HardSwish)")
     return activation
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .dtypes import compute_dtype
-from .spec import ACTIVATIONS, GATES, check_activation, check_gate
+from .spec import ACTIVATIONS, GATES, LEAKY_RELU_SLOPE, check_activation, check_gate
 
 
 def activate(h, activation):
@@ -26,6 +26,8 @@ def activate(h, activation):
         return F.gelu(h, approximate="tanh")
     if activation == "hardswish":
         return hardswish(h)
+    if activation == "leaky_relu":
+        return F.leaky_relu(h, LEAKY_RELU_SLOPE)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 

@@ -29,8 +29,11 @@ every name.
 """
 
 #: "gelu" is nn.GELU() (the erf form), "gelu_tanh" nn.GELU(approximate="tanh"), "hardswish"
-#: nn.Hardswish().
-ACTIVATIONS = ("relu", "silu", "gelu", "gelu_tanh", "hardswish")
+#: nn.Hardswish(), "leaky_relu" nn.LeakyReLU() (its default negative slope,
+#: ``LEAKY_RELU_SLOPE``; other slopes are not supported).
+ACTIVATIONS = ("relu", "silu", "gelu", "gelu_tanh", "hardswish", "leaky_relu")
+#: The negative slope of "leaky_relu": nn.LeakyReLU's default, what timm's SE modules use.
+LEAKY_RELU_SLOPE = 0.01
 GATES = ("sigmoid", "hardsigmoid")
 
 #: Integer code of each activation / gate, as passed to the kernels.

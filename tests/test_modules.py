@@ -142,6 +142,10 @@ SE_MODULES = {
                                 "hardswish", "sigmoid"),
     "timm-eff-timm-hardswish-me": (lambda: timm_efficientnet_se(
         act_layer=timm_act("HardSwishMe")), "hardswish", "sigmoid"),
+    # sedarknet21's SE: timm SEModule with nn.LeakyReLU (its default slope, 0.01)
+    "timm-se-leaky-relu": (lambda: timm_se(act_layer=nn.LeakyReLU), "leaky_relu", "sigmoid"),
+    "tv-leaky-relu-hardsigmoid": (lambda: torchvision_se(nn.LeakyReLU, nn.Hardsigmoid),
+                                  "leaky_relu", "hardsigmoid"),
     "senet-pytorch": (lambda: SELayer(), "relu", "sigmoid"),
     "senet-pytorch-bias-hardsigmoid": (lambda: SELayer(bias=True, gate=nn.Hardsigmoid),
                                        "relu", "hardsigmoid"),
@@ -367,8 +371,6 @@ UNSUPPORTED = {
     "timm-se-tanh-gate": (lambda: timm_se(gate_layer="tanh"), ValueError, "SEModule.gate is Tanh"),
     "timm-eff-relu6": (lambda: timm_efficientnet_se(act_layer=nn.ReLU6), ValueError,
                        "SqueezeExcite.act1 is ReLU6"),
-    "tv-leaky-relu": (lambda: torchvision_se(nn.LeakyReLU), ValueError,
-                      "SqueezeExcitation.activation is LeakyReLU"),
     "tv-softsign": (lambda: torchvision_se(nn.Softsign), ValueError,
                     "SqueezeExcitation.activation is Softsign"),
     "tv-tanh-gate": (lambda: torchvision_se(gate=nn.Tanh), ValueError,
@@ -395,6 +397,10 @@ UNSUPPORTED = {
         nn.Linear(C, CR, bias=True), nn.ReLU(), nn.Linear(CR, C, bias=False), nn.Sigmoid())),
         ValueError, "only one of fc.0 and fc.2 has a bias"),
     "senet-extra-state": (SELayerWithScale, ValueError, "state the SE op does not use: scale"),
+    # the fused op has nn.LeakyReLU's default slope only
+    "tv-leaky-relu-other-slope": (lambda: torchvision_se(lambda: nn.LeakyReLU(0.1)), ValueError,
+                                  "activation is LeakyReLU: unsupported activation.*"
+                                  "nn.LeakyReLU with negative_slope=0.01"),
 }
 
 

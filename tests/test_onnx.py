@@ -34,7 +34,7 @@ OTHER_BACKENDS = [b for b in BACKENDS if b != "cpu"]
 #: What an exported SE block may consist of: standard ONNX ops only.
 SE_ONNX_OPS = {"ReduceMean", "GlobalAveragePool", "Flatten", "Gemm", "MatMul", "Transpose",
                "Relu", "Sigmoid", "HardSigmoid", "Mul", "Add", "Unsqueeze", "Reshape", "Cast",
-               "Constant", "Min", "Max", "Div", "Clip", "Gelu", "Erf", "Tanh", "HardSwish"}
+               "Constant", "Min", "Max", "Div", "Clip", "Gelu", "Erf", "Tanh", "HardSwish", "LeakyRelu"}
 #: (activation, gate, bias, residual, post_relu): the first four have each value of each
 #: option; all six have each pair of values of two options.
 VARIANTS = [
@@ -256,7 +256,7 @@ def test_torchscript_exporter_float64(variant, param_dtype, opset):
     check_block_export(proto, block, torch.float64, residual=residual)
 
 
-#: The activations besides ReLU and SiLU (VARIANTS): GELU (both forms) and hardswish.
+#: The activations besides ReLU and SiLU (VARIANTS): GELU (both forms), hardswish, leaky_relu.
 OTHER_ACTIVATIONS = [a for a in ACTIVATIONS if a not in ("relu", "silu")]
 
 

@@ -327,6 +327,9 @@ void activate_out(at::Tensor& out, const at::Tensor& h, Activation act) {
     case kHardSwish:
       at::hardswish_out(out, h);
       return;
+    case kLeakyRelu:
+      at::leaky_relu_out(out, h, kLeakyReluSlope);
+      return;
   }
   unknown_code<int>(act);
 }

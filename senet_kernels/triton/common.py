@@ -20,7 +20,7 @@ import math
 import triton
 import triton.language as tl
 
-from ..spec import ACTIVATION_CODE, GATE_CODE
+from ..spec import ACTIVATION_CODE, GATE_CODE, LEAKY_RELU_SLOPE
 
 #: Runtime flags of the kernels (0/1 or small codes): ``@triton.jit(do_not_specialize=FLAGS)``
 #: keeps one compiled kernel for every value, instead of one more wherever a flag equals 1
@@ -33,6 +33,7 @@ SILU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["silu"])
 GELU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["gelu"])
 GELU_TANH: tl.constexpr = tl.constexpr(ACTIVATION_CODE["gelu_tanh"])
 HARDSWISH: tl.constexpr = tl.constexpr(ACTIVATION_CODE["hardswish"])
+LEAKY_RELU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["leaky_relu"])
 SIGMOID: tl.constexpr = tl.constexpr(GATE_CODE["sigmoid"])
 HARDSIGMOID: tl.constexpr = tl.constexpr(GATE_CODE["hardsigmoid"])
 
@@ -61,6 +62,8 @@ SQRT1_2: tl.constexpr = tl.constexpr(math.sqrt(0.5))
 INV_SQRT_2PI: tl.constexpr = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(math.sqrt(2.0 / math.pi))
 GELU_TANH_KAPPA: tl.constexpr = tl.constexpr(0.044715)
+#: leaky_relu's negative slope (a Python float, as the constants above).
+LEAKY_SLOPE: tl.constexpr = tl.constexpr(LEAKY_RELU_SLOPE)
 
 
 @triton.jit
@@ -86,6 +89,12 @@ def _hardswish(h):
 
 
 @triton.jit
+def _leaky_relu(h):
+    """F.leaky_relu: h > 0 ? h : h * slope, so NaN stays NaN (h * slope)."""
+    return tl.where(h > 0.0, h, h * LEAKY_SLOPE)
+
+
+@triton.jit
 def activate(h, act):
     """act(h) for every activation code (see spec.ACTIVATIONS)."""
     gelu = h * 0.5 * (1.0 + tl.erf(h * SQRT1_2))
@@ -95,7 +104,8 @@ def activate(h, act):
                              tl.where(act == GELU, gelu,
                                       tl.where(act == GELU_TANH, gelu_tanh,
                                                tl.where(act == HARDSWISH, _hardswish(h),
-                                                        _unknown(h))))))
+                                                        tl.where(act == LEAKY_RELU, _leaky_relu(h),
+                                                                 _unknown(h)))))))
 
 
 @triton.jit
@@ -109,7 +119,8 @@ def activate_backward(ga, h, act):
     written (1 + tanh)(1 - tanh) (see _one_plus_tanh); at h = +-Inf both are NaN (Inf * 0), as
     in PyTorch. Hardswish: a select, 0 where h <= -3 (an Inf ga included), ga * (h / 3 + 1/2)
     where -3 < h < 3, ga elsewhere, a NaN h included (PyTorch's scalar and CUDA kernels; the
-    reference keeps that rule, see reference.hardswish).
+    reference keeps that rule, see reference.hardswish). LeakyReLU: leaky_relu_backward,
+    h > 0 ? ga : ga * slope (a NaN h takes ga * slope).
     """
     sig = _sigmoid(h)
     silu = ga * sig * (1.0 + h * (1.0 - sig))
@@ -123,12 +134,14 @@ def activate_backward(ga, h, act):
     inner_derivative = (1.0 + (h * h) * (3.0 * GELU_TANH_KAPPA)) * SQRT_2_OVER_PI
     gelu_tanh = ga * (0.5 * _one_plus_tanh(inner) + left * tanh_derivative * inner_derivative)
     hardswish = tl.where(h <= -3.0, 0.0, tl.where(h < 3.0, ga * (h / 3.0 + 0.5), ga))
+    leaky_relu = tl.where(h > 0.0, ga, ga * LEAKY_SLOPE)
     return tl.where(act == RELU, relu,
                     tl.where(act == SILU, silu,
                              tl.where(act == GELU, gelu,
                                       tl.where(act == GELU_TANH, gelu_tanh,
                                                tl.where(act == HARDSWISH, hardswish,
-                                                        _unknown(ga))))))
+                                                        tl.where(act == LEAKY_RELU, leaky_relu,
+                                                                 _unknown(ga)))))))
 
 
 @triton.jit
