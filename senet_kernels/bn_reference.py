@@ -162,11 +162,15 @@ def chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
 
     ``count_*`` are Python numbers, the means and M2s tensors of one shape. Returns the union's
     (count, mean, M2). No E[y^2] - E[y]^2: the groups' deviations are never cancelled against
-    their squared means, so data with a large mean keeps its variance.
+    their squared means, so data with a large mean keeps its variance. Where a mean is
+    infinite, delta is too and mean_a + delta * f is Inf - Inf = NaN: there the weighted
+    average ``mean_a (1 - f) + mean_b f`` keeps the infinite mean (NaN for +Inf with -Inf), as
+    the sum / count of ``F.batch_norm`` does.
     """
     count = count_a + count_b
     delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / count)
+    f = count_b / count
+    mean = torch.where(torch.isfinite(delta), mean_a + delta * f, mean_a * (1 - f) + mean_b * f)
     m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
     return count, mean, m2
 

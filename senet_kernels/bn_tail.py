@@ -39,6 +39,31 @@ def se_takes_bn(se):
     return se._norm_path is None
 
 
+def fused_op_reason(bn, se, y):
+    """Why ``bn_se_tail`` runs ``bn`` as a module before the SE op for the input ``y``, or
+    None where the fused op computes it. ``y``: the branch, or any tensor on its device (a
+    report asks with an empty one). The checks of ``bn_se_tail``, cheapest first."""
+    if se.backend in ("cuda", "reference"):
+        return f"SE backend {se.backend!r} keeps its own kernels"
+    if bn_fused_backend(se.backend, y) is None:
+        return (f"no fused BatchNorm + SE kernels for {y.device.type} tensors with SE backend "
+                f"{se.backend!r}" + (" (the C++ extension is not built)"
+                                     if se.backend != "triton" and y.device.type == "cpu" else ""))
+    if not se_takes_bn(se):
+        return "the SE block has a norm layer of its own"
+    altered = altered_instance(se)
+    if altered is not None:
+        return f"the SE block: {altered}"
+    reason = absorbable_bn_reason(bn)
+    if reason is not None:
+        return reason
+    if transforms_active():
+        return "a torch.func transform is active"
+    if torch.onnx.is_in_onnx_export():
+        return "an ONNX export is running"
+    return None
+
+
 def bn_se_tail(bn, se, y, shortcut):
     """``se(bn(y), shortcut)``, with ``bn`` computed inside the fused op where that runs.
 
@@ -47,24 +72,21 @@ def bn_se_tail(bn, se, y, shortcut):
             is simply called).
         se: a ``FusedSEBlock``; y: the branch before ``bn``; shortcut: the residual or None.
 
-    The fused op runs where it has kernels for the SE block's backend
-    (``bn_functional.bn_fused_backend``: CPU tensors with the C++ extension built and an SE
-    backend "auto" or "cpu"; the Triton kernels where they are enabled), for an absorbable
-    ``bn`` and an SE block without its own norm layer, except under a torch.func transform
-    or during an ONNX export (the fused BatchNorm + SE op supports neither yet; the SE op
-    does). It computes what the module does, running statistics and
-    ``num_batches_tracked`` included (``bn.training`` decides batch statistics;
-    ``momentum=None`` is the cumulative average). Errors are those of ``bn_squeeze_excite`` /
-    the modules.
+    The fused op runs (``fused_op_reason`` is None) where it has kernels for the SE block's
+    backend (``bn_functional.bn_fused_backend``: CPU tensors with the C++ extension built and
+    an SE backend "auto" or "cpu"; the Triton kernels where they are enabled), for an
+    absorbable ``bn`` and an SE block without its own norm layer, except under a torch.func
+    transform or during an ONNX export (the fused BatchNorm + SE op supports neither yet;
+    the SE op does). It computes what the module
+    does, running statistics and ``num_batches_tracked`` included (``bn.training`` decides
+    batch statistics; ``momentum=None`` is the cumulative average). Errors are those of
+    ``bn_squeeze_excite`` / the modules.
     """
-    backend = bn_fused_backend(se.backend, y)
-    if (backend is not None and se_takes_bn(se) and altered_instance(se) is None
-            and absorbable_bn_reason(bn) is None and not transforms_active()
-            and not torch.onnx.is_in_onnx_export()):
+    if fused_op_reason(bn, se, y) is None:
         fc1, fc2 = se.fc_layers()
         return bn_squeeze_excite(
             y, bn.weight, bn.bias, bn.running_mean, bn.running_var, fc1.weight, fc1.bias,
             fc2.weight, fc2.bias, shortcut, training=bn.training, momentum=bn.momentum,
             eps=bn.eps, num_batches_tracked=bn.num_batches_tracked, activation=se.activation,
-            gate=se.gate, post_relu=se.post_relu, backend=backend)
+            gate=se.gate, post_relu=se.post_relu, backend=bn_fused_backend(se.backend, y))
     return se(bn(y), shortcut)

@@ -187,6 +187,16 @@ class FusedResidualBlock(nn.Module):
             return se(out, shortcut)
         return bn_se_tail(getattr(self, self.absorbed_bn), se, out, shortcut)
 
+    def bn_se_pair(self):
+        """(the BatchNorm module ending the branch, right in front of the SE, absorbed or not:
+        a SyncBatchNorm, say, stays in the branch; the fused SE block), or None when the
+        branch does not end with a BatchNorm."""
+        name = self.absorbed_bn or (self._body[-1] if self._body else None)
+        bn = None if name is None else getattr(self, name)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            return None
+        return bn, getattr(self, self._se_name)
+
     def extra_repr(self):
         bn = "" if self.absorbed_bn is None else f"{self.absorbed_bn} + "
         return f"source={self.source_name}, tail: {bn}SE + shortcut add + ReLU fused"

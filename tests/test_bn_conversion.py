@@ -50,11 +50,10 @@ MODELS = {
 }
 
 
-def make_model(name):
-    torch.manual_seed(0)
-    model = randomize_(MODELS[name][0]()).double()
-    # randomize_ sets momentum 0; the running statistics must move here, and one BatchNorm
-    # takes nn.BatchNorm2d's cumulative average (momentum None).
+def make_trainable_(model):
+    """A ``randomize_``d model made to train: randomize_ sets momentum 0; the running
+    statistics must move here, and the first block's last BatchNorm takes nn.BatchNorm2d's
+    cumulative average (momentum None). Returns the model."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
         bn.momentum = 0.1
@@ -65,6 +64,11 @@ def make_model(name):
                 getattr(block, name).momentum = None
                 return model
     return model
+
+
+def make_model(name):
+    torch.manual_seed(0)
+    return make_trainable_(randomize_(MODELS[name][0]()).double())
 
 
 def absorbed(model):

@@ -310,3 +310,20 @@ def test_statistics_are_deterministic_and_order_stable():
         variances.append(m2 / y[:, 0].numel())
     for v in variances:
         assert relative_error(v, var) < 5e-4
+
+
+@pytest.mark.parametrize("hw_tile", [1024, 7])  # one tile per sample, several merged
+def test_an_infinite_value_makes_the_mean_infinite_as_a_sum_does(hw_tile):
+    """+Inf in one channel, -Inf in another, both in a third: the merged means are +Inf, -Inf
+    and NaN, as y.mean (F.batch_norm's sum / count) gives; Chan's mean_a + delta * f alone
+    gives Inf - Inf = NaN for the first two. The M2 is NaN wherever a value is infinite."""
+    y = torch.randn(3, 4, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y[1, 0, 17] = float("inf")
+    y[0, 1, 3] = float("-inf")
+    y[2, 2, 29], y[0, 2, 0] = float("inf"), float("-inf")
+    mean, m2 = merge_over_samples(*sample_statistics(y, hw_tile=hw_tile), y.shape[2])
+    expected = y.mean(dim=(0, 2))
+    assert torch.equal(mean[:3].isnan(), expected[:3].isnan()) and mean[0] == float("inf")
+    assert mean[1] == float("-inf") and torch.isnan(mean[2])
+    assert torch.isnan(m2[:3]).all()
+    assert torch.allclose(mean[3], expected[3]) and torch.isfinite(m2[3])

@@ -267,13 +267,22 @@ def check_compile_fullgraph_matches_eager(backend, device):
     assert c_stats[2].item() == 5
 
 
+def nonfinite_pattern(t):
+    return torch.isnan(t), torch.isposinf(t), torch.isneginf(t)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (40, 30)], ids=["4x4", "40x30"])  # 1200: two tiles
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
 @pytest.mark.parametrize("training", (True, False), ids=("train", "eval"))
-def test_nan_propagates_as_batchnorm2d_and_se(training):
-    """A NaN in y: nn.BatchNorm2d followed by the SE reference puts NaN where the fused op
-    does (in training the channel's statistics, and so every sample's excitation; in eval
-    the sample's squeeze)."""
-    args = make_bn_inputs(3, 6, 4, 4, 2, dtype=torch.float32)
-    args["y"][1, 2, 0, 3] = float("nan")
+def test_nonfinite_y_propagates_as_batchnorm2d_and_se(training, value, channels_last, hw):
+    """A NaN or +-Inf in y: nn.BatchNorm2d followed by the SE reference puts NaN / Inf where
+    the fused op does (in training the channel's statistics, and so every sample's
+    excitation; in eval the sample's squeeze), in the output and in the running statistics:
+    an infinite value makes the batch mean infinite (F.batch_norm's sum / count), which
+    Chan's merge of the per-sample means used to turn into NaN (Inf - Inf)."""
+    args = make_bn_inputs(3, 6, *hw, 2, dtype=torch.float32, channels_last=channels_last)
+    args["y"][1, 2, 0, 3] = value
     bn = nn.BatchNorm2d(6).train(training)
     with torch.no_grad():
         bn.weight.copy_(args["bn_weight"])
@@ -285,9 +294,16 @@ def test_nan_propagates_as_batchnorm2d_and_se(training):
                                             args["b2"], args["residual"], post_relu=True)
         out = call(bn_squeeze_excite, args, stats, training=training, post_relu=True,
                    backend="cpu")
-    assert torch.isnan(expected).any()
-    assert torch.equal(torch.isnan(out), torch.isnan(expected))
-    assert torch.equal(torch.isnan(stats[0]), torch.isnan(bn.running_mean))
+    if value != value or training:  # (in eval an infinite value may end at a ReLU's 0)
+        assert not torch.isfinite(expected).all()
+    for actual, reference in ((out, expected), (stats[0], bn.running_mean),
+                              (stats[1], bn.running_var)):
+        assert all(torch.equal(a, e) for a, e in zip(nonfinite_pattern(actual),
+                                                     nonfinite_pattern(reference)))
+    if training and value != value:  # NaN
+        assert torch.isnan(stats[0][2])
+    elif training:
+        assert stats[0][2] == value  # the running mean takes the infinite batch mean
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -325,3 +325,59 @@ def test_eager_backend_keeps_timm_se_modules():
     fused = build_model("test_efficientnet", 10, backend="reference")
     assert not any(isinstance(m, FusedSEBlock) for m in eager.modules())
     assert any(isinstance(m, FusedSEBlock) for m in fused.modules())
+
+
+SE_RESNET_RUN = ["--synthetic", "--model", "seresnet18", "--image-size", "32", "--num-classes",
+                 "5", "--synthetic-size", "8", "--workers", "0", "--no-progress",
+                 "--batch-size", "4", "--device", "cpu"]
+
+
+@needs_timm
+def test_log_says_which_batchnorms_the_fused_op_computes(tmp_path, capsys):
+    """The line after "training ...": the fused SE blocks, their tails, and the BatchNorms in
+    front of them that the fused op computes (on the CPU: all 8 of seresnet18's bn2)."""
+    with torch.random.fork_rng(devices=[]):
+        assert main(["train", *SE_RESNET_RUN, "--max-steps", "1", "--output",
+                     str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (fused,) = [line for line in lines if line.startswith("fused: ")]
+    assert fused == ("fused: 8 SE blocks (backend auto), 8 with their shortcut add + ReLU; "
+                     "BatchNorm in front of the SE (8 BatchNorm2d): 8 absorbed into the fused op")
+
+
+@needs_timm
+@pytest.mark.parametrize("model", ["seresnet18", "se_resnet18"])
+def test_sync_bn_stays_a_module_in_front_of_the_fused_tail(model, tmp_path):
+    """--sync-bn (several processes): the BatchNorms become SyncBatchNorm before the SE
+    conversion, which then leaves the one in front of each SE a module in the branch and
+    fuses the rest (SE, shortcut add, ReLU); the log line says so. (Converted after the SE
+    conversion, as it used to be, timm's blocks kept claiming to absorb it.) Checked on the
+    model that prepare builds: SyncBatchNorm trains only on GPUs in a process group, and
+    --sync-bn on CPU processes is refused (above); in eval mode it is a BatchNorm, so the
+    outputs are those of the one-process model, whose BatchNorms are absorbed."""
+    from senet_kernels import FusedResidualBlock
+    from senet_kernels.train import _prepare
+    from senet_kernels.train.models import fusion_summary
+
+    args = check_args(parse_args([*SE_RESNET_RUN, "--model", model, "--sync-bn", "--output",
+                                  str(tmp_path)]), DistEnv())
+    models = {}
+    for world_size in (1, 2):
+        # _prepare: prepare's model building, past its check that refuses CPU processes
+        models[world_size] = _prepare(args, DistEnv(world_size=world_size), None).model
+    synced = models[2]
+    bns = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(type(bn) is torch.nn.SyncBatchNorm for bn in bns)
+    blocks = [m for m in synced.modules() if isinstance(m, FusedResidualBlock)]
+    assert len(blocks) == (8 if model == "seresnet18" else 0)
+    assert all(b.absorbed_bn is None and "tail: SE + shortcut add + ReLU fused" in repr(b)
+               for b in blocks)
+    assert fusion_summary(synced, "cpu") == (
+        "8 SE blocks (backend auto), 8 with their shortcut add + ReLU; BatchNorm in front of "
+        "the SE (8 SyncBatchNorm): 0 absorbed into the fused op; run as modules before it: 8 "
+        "(SyncBatchNorm is not nn.BatchNorm2d)")
+    assert "8 absorbed into the fused op" in fusion_summary(models[1], "cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out, expected = synced.eval()(x), models[1].eval()(x)
+    torch.testing.assert_close(out, expected)

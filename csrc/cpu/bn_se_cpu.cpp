@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -65,6 +66,15 @@ int64_t channel_block(const Shape& s) {
   return std::min(s.C, std::max<int64_t>(64, (s.C + blocks - 1) / blocks));
 }
 
+// The merged mean mean + delta * f_b (delta = mean_b - mean, f_b = count_b / total). Where one
+// mean is infinite, delta is too and that is Inf - Inf = NaN: the weighted average instead
+// keeps the infinite mean (and NaN for +Inf with -Inf), as F.batch_norm's sum / count does
+// (bn_reference.chan_merge).
+template <typename A>
+inline A merged_mean(A mean, A mean_b, A delta, A f_b) {
+  return std::isfinite(delta) ? mean + delta * f_b : mean * (A(1) - f_b) + mean_b * f_b;
+}
+
 // Chan et al.'s merge of (count, mean, M2) with another group's (bn_reference.chan_merge).
 template <typename A>
 void chan_merge(int64_t& count, A& mean, A& m2, int64_t count_b, A mean_b, A m2_b) {
@@ -74,7 +84,7 @@ void chan_merge(int64_t& count, A& mean, A& m2, int64_t count_b, A mean_b, A m2_
   }
   const int64_t total = count + count_b;
   const A delta = mean_b - mean;
-  mean += delta * static_cast<A>(static_cast<double>(count_b) / total);
+  mean = merged_mean(mean, mean_b, delta, static_cast<A>(static_cast<double>(count_b) / total));
   m2 += m2_b + delta * delta * static_cast<A>(static_cast<double>(count) * count_b / total);
   count = total;
 }
@@ -176,7 +186,7 @@ void block_statistics(const T* slab, int64_t C, int64_t P, int64_t c0, int64_t c
     const A f_m2 = static_cast<A>(static_cast<double>(count) * len / total);
     for (int64_t j = 0; j < width; ++j) {
       const A delta = tsum[j] - mean[j];
-      mean[j] += delta * f_mean;
+      mean[j] = merged_mean(mean[j], tsum[j], delta, f_mean);
       m2[j] += tm2[j] + delta * delta * f_m2;
     }
     count = total;

@@ -89,6 +89,11 @@ class SEBasicBlock(nn.Module):
             return self.se(self.relu(self.bn2(out)), shortcut)
         return bn_se_tail(self.bn2, self.se, out, shortcut)
 
+    def bn_se_pair(self):
+        """(bn2, se), handed to the fused op together; None with ``relu_before_se`` (a ReLU
+        stands between them)."""
+        return None if self.relu_before_se else (self.bn2, self.se)
+
 
 class SEBottleneck(nn.Module):
     """1x1 reduce, 3x3 (grouped for ResNeXt / SENet-154), 1x1 expand x4, then the fused tail.
@@ -126,3 +131,7 @@ class SEBottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return bn_se_tail(self.bn3, self.se, self.conv3(out), shortcut)
+
+    def bn_se_pair(self):
+        """(bn3, se), handed to the fused op together."""
+        return self.bn3, self.se

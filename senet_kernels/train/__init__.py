@@ -30,7 +30,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoint, config, data, distributed, output
 from .loop import Trainer
-from .models import build_model
+from .models import build_model, fusion_summary
 from .schedule import build_optimizer, build_scheduler
 
 __all__ = ["add_parser", "parse_args", "prepare", "run", "train"]
@@ -116,7 +116,10 @@ def _prepare(args, env, lock):
         state = checkpoint.load(resume)
         checkpoint.check_compatible(state, args)
     _seed_everything(args.seed)
-    model = build_model(args.model, num_classes, args.backend, args.pretrained)
+    # SyncBatchNorm before the SE conversion, which leaves it a module (build_model); it
+    # needs no process group until it trains.
+    model = build_model(args.model, num_classes, args.backend, args.pretrained,
+                        sync_bn=args.sync_bn and env.distributed)
     if state is not None:
         checkpoint.check_weights_fit(state, model)
     return Prepared(train_set, val_set, model, steps, state, lock)
@@ -147,8 +150,6 @@ def _train_prepared(args, env, prepared):
     device = distributed.setup(env, args.device)
     try:
         model, steps = prepared.model, prepared.steps_per_epoch
-        if args.sync_bn and env.distributed:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
         model = model.to(device, memory_format=fmt)
         optimizer = build_optimizer(model, args)
@@ -173,6 +174,7 @@ def _train_prepared(args, env, prepared):
             print(f"training {args.model} on {env.world_size} x {device.type} ({how}), global "
                   f"batch {args.global_batch}, lr {args.lr:.4g}, {steps} steps/epoch, from step "
                   f"{start_step}; output {args.output}", flush=True)
+            print(f"fused: {fusion_summary(model, device)}", flush=True)
         trainer = Trainer(model=model, ddp_model=ddp_model, optimizer=optimizer,
                           scheduler=scheduler, criterion=criterion,
                           train_set=prepared.train_set, val_set=prepared.val_set, args=args,

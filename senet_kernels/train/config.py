@@ -47,7 +47,9 @@ def add_arguments(parser):
                         "in the local cache; default: off, random initialization)")
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across processes (batch statistics over the global "
-                        "batch; GPUs only: torch's SyncBatchNorm does not run on CPU tensors)")
+                        "batch; GPUs only: torch's SyncBatchNorm does not run on CPU tensors). "
+                        "The BatchNorm in front of each SE block then runs as a module, the "
+                        "rest of the block's tail fused")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data", metavar="DIR",
