@@ -276,6 +276,10 @@ def nonfinite_pattern(t):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
 @pytest.mark.parametrize("training", (True, False), ids=("train", "eval"))
 def test_nonfinite_y_propagates_as_batchnorm2d_and_se(training, value, channels_last, hw):
+    check_nonfinite_y(training, value, channels_last, hw, "cpu", torch.device("cpu"))
+
+
+def check_nonfinite_y(training, value, channels_last, hw, backend, device):
     """A NaN or +-Inf in y: nn.BatchNorm2d followed by the SE reference puts NaN / Inf where
     the fused op does (in training the channel's statistics, and so every sample's
     excitation; in eval the sample's squeeze), in the output and in the running statistics:
@@ -283,7 +287,8 @@ def test_nonfinite_y_propagates_as_batchnorm2d_and_se(training, value, channels_
     Chan's merge of the per-sample means used to turn into NaN (Inf - Inf)."""
     args = make_bn_inputs(3, 6, *hw, 2, dtype=torch.float32, channels_last=channels_last)
     args["y"][1, 2, 0, 3] = value
-    bn = nn.BatchNorm2d(6).train(training)
+    args = {k: None if v is None else v.to(device) for k, v in args.items()}
+    bn = nn.BatchNorm2d(6).train(training).to(device)
     with torch.no_grad():
         bn.weight.copy_(args["bn_weight"])
         bn.bias.copy_(args["bn_bias"])
@@ -293,7 +298,7 @@ def test_nonfinite_y_propagates_as_batchnorm2d_and_se(training, value, channels_
         expected = squeeze_excite_reference(bn(args["y"]), args["w1"], args["b1"], args["w2"],
                                             args["b2"], args["residual"], post_relu=True)
         out = call(bn_squeeze_excite, args, stats, training=training, post_relu=True,
-                   backend="cpu")
+                   backend=backend)
     if value != value or training:  # (in eval an infinite value may end at a ReLU's 0)
         assert not torch.isfinite(expected).all()
     for actual, reference in ((out, expected), (stats[0], bn.running_mean),

@@ -21,7 +21,7 @@ from senet_kernels.triton import bn_op, configs, se_op
 from senet_kernels.triton.launcher import recording_launches
 from test_bn_reference import GRAD_NAMES, call, make_bn_inputs
 from test_bn_se_op import (ODD_SHAPES, TAILS, check_compile_fullgraph_matches_eager, check_fused,
-                           op_args, stats_for)
+                           check_nonfinite_y, op_args, stats_for)
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -264,3 +264,11 @@ def test_environment_turns_the_triton_kernels_on_by_default(value, enabled):
                           "print(f.TRITON_BN_BY_DEFAULT)"], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == str(enabled)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (40, 30)], ids=["4x4", "40x30"])  # 40x30: H*W splits
+@pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("training", (True, False), ids=("train", "eval"))
+def test_nonfinite_y_propagates_as_batchnorm2d_and_se(device, training, value, channels_last, hw):
+    check_nonfinite_y(training, value, channels_last, hw, "triton", device)

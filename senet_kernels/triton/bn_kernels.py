@@ -37,11 +37,15 @@ BN_FLAGS = ["has_gamma", "has_beta"]
 @triton.jit
 def _chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
     """Chan et al.'s merge of two (count, mean, M2) summaries; counts are scalars (every
-    channel of a tile has as many values), count_a may be 0."""
+    channel of a tile has as many values), count_a may be 0. Where a mean is infinite, delta
+    is too and mean_a + delta * frac would be Inf - Inf: there the weighted average keeps
+    the infinite mean (NaN for +Inf with -Inf), as F.batch_norm's sum / count does
+    (bn_reference.chan_merge)."""
     count = count_a + count_b
     delta = mean_b - mean_a
     frac = count_b / count
-    mean = mean_a + delta * frac
+    finite = (delta - delta) == 0  # false for +-Inf and NaN
+    mean = tl.where(finite, mean_a + delta * frac, mean_a * (1.0 - frac) + mean_b * frac)
     m2 = m2_a + m2_b + delta * delta * (count_a * frac)
     return count, mean, m2
 
