@@ -9,7 +9,8 @@ parameters now and then), the layout (NCHW, channels_last, or strided views that
 neither), which arguments require grad (none: the inference path), and up to two NaN / +Inf /
 -Inf values injected into y, the BatchNorm vectors, the running statistics, the SE parameters,
 the residual or grad_out. Each example runs ``bn_squeeze_excite`` forward and backward on one
-backend (the C++ kernels, with every fresh allocation poisoned with NaN; the reference backend)
+backend (the C++ kernels and the Triton kernels, with every fresh allocation poisoned with
+NaN; the reference backend)
 and compares the output, every gradient, the updated running statistics and
 num_batches_tracked with the contract, ``bn_squeeze_excite_reference`` (F.batch_norm, as
 nn.BatchNorm2d calls it, then the SE reference) in float64: NaN / Inf in the same positions,
@@ -49,7 +50,7 @@ MOMENTA = (0.1, 0.0, 1.0, None)
 DIFFERENTIABLE = ("y", "bn_weight", "bn_bias", "w1", "b1", "w2", "b2", "residual")
 #: Where a NaN / Inf may be injected besides grad_out.
 TARGETS = DIFFERENTIABLE + ("running_mean", "running_var")
-EXAMPLES = {"cpu": 300, "reference": 100}
+EXAMPLES = {"cpu": 300, "reference": 100, "triton": 60}
 
 
 @dataclass
@@ -130,9 +131,13 @@ def run(case, args, grad_out, backend):
                   for k, v in args.items()}
         grad_out = None if grad_out is None else grad_out.double()
     else:
-        leaves = {k: None if v is None else v.detach().clone().requires_grad_(k in wrt)
+        # the Triton kernels on the GPU where there is one (else interpreted on the CPU)
+        device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+        leaves = {k: None if v is None else v.detach().to(device).clone().requires_grad_(k in wrt)
                   for k, v in args.items()}
-    tracked = torch.tensor(3, dtype=torch.int64) if case.track else None
+        grad_out = None if grad_out is None else grad_out.to(device)
+    tracked = (torch.tensor(3, dtype=torch.int64, device=leaves["y"].device) if case.track
+               else None)
     options = dict(training=case.training, momentum=case.momentum, eps=case.eps,
                    num_batches_tracked=tracked, activation=case.activation, gate=case.gate,
                    post_relu=case.post_relu)
@@ -146,7 +151,11 @@ def run(case, args, grad_out, backend):
     grads = {}
     if wrt:
         grads = dict(zip(wrt, torch.autograd.grad(out, [leaves[k] for k in wrt], grad_out)))
-    return out, grads, leaves["running_mean"], leaves["running_var"], tracked
+
+    def cpu(t):
+        return None if t is None else t.cpu()
+    return (cpu(out), {k: cpu(g) for k, g in grads.items()}, cpu(leaves["running_mean"]),
+            cpu(leaves["running_var"]), cpu(tracked))
 
 
 def single_value_per_channel(case):
@@ -237,6 +246,14 @@ def test_cpu_kernels_match_the_contract(case):
     """The C++ kernels vs nn.BatchNorm2d's F.batch_norm + the SE reference, NaN / Inf
     included."""
     check_case("cpu", case)
+
+
+@settings(max_examples=EXAMPLES["triton"], **SETTINGS)
+@given(case=cases())
+def test_triton_kernels_match_the_contract(case):
+    """The Triton kernels (on the GPU, else through the interpreter) vs the contract, NaN /
+    Inf included."""
+    check_case("triton", case)
 
 
 @settings(max_examples=EXAMPLES["reference"], **SETTINGS)
