@@ -143,7 +143,7 @@ fi
 
 # The GPU-relevant test files. Not the hypothesis property test: on a GPU each of its
 # examples compiles kernels of its own, and the Triton step ran past 150 s with it.
-tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py tests/test_dot_precision.py tests/test_squeeze_fc1.py tests/test_tuning.py tests/test_func_transforms.py tests/test_bn_triton.py"
+tests="tests/test_correctness.py tests/test_gradcheck_opcheck.py tests/test_call_paths.py tests/test_triton_dispatch.py tests/test_compile.py tests/test_validation.py tests/test_nan_semantics.py tests/test_double_backward.py tests/test_threads.py tests/test_variant_codes.py tests/test_residual_tail.py tests/test_dot_precision.py tests/test_squeeze_fc1.py tests/test_tuning.py tests/test_func_transforms.py tests/test_bn_triton.py tests/test_bn_properties.py"
 # -v with the PASSED lines dropped: a failure is logged as it happens, so a step cut by its
 # limit still names its failures (pytest's own summary comes only at the end). A worker that
 # crashes is restarted at most twice.
