@@ -378,3 +378,25 @@ def test_onnx_export(dynamo):
     with torch.no_grad():
         expected = block(x3, r3)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_residual_block_with_effective_se_keeps_its_batch_norm(training):
+    """A timm Bottleneck with an Effective SE: its tail (SE, add, ReLU) is fused, but its bn3
+    is not absorbed (the BatchNorm + SE op is two-FC only): output and gradients as before."""
+    resnet = pytest.importorskip("timm.models.resnet")
+    torch.manual_seed(23)
+    block = resnet.Bottleneck(16, 4, attn_layer=timm_se.EffectiveSEModule).train(training)
+    x = torch.randn(2, 16, 6, 6)
+    expected_model = type(block)(16, 4, attn_layer=timm_se.EffectiveSEModule).train(training)
+    expected_model.load_state_dict(block.state_dict())
+    model = nn.Sequential(block)
+    assert convert_se_modules(model, backend="auto", fuse_bn=True) == 1
+    fused = model[0]
+    assert fused.se.single_fc and getattr(fused, "absorbed_bn", None) is None
+    xa, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    actual, expected = fused(xa), expected_model(xe)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    actual.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xe.grad, rtol=1e-4, atol=1e-5)
