@@ -400,3 +400,49 @@ def test_residual_block_with_effective_se_keeps_its_batch_norm(training):
     actual.square().sum().backward()
     expected.square().sum().backward()
     torch.testing.assert_close(xa.grad, xe.grad, rtol=1e-4, atol=1e-5)
+
+
+SINGLE_FC_LAUNCHES = {  # forced path -> (forward kernels, backward kernels)
+    "per_sample": (["se_squeeze_excite_fwd", "se_scale_fwd"],
+                   ["se_squeeze_excite_bwd", "se_scale_bwd", "se_weight_grads"]),
+    "batched": (["se_squeeze_excite_fwd", "se_excite_gemm_c_to_r", "se_scale_fwd"],
+                ["se_squeeze_excite_bwd", "se_excite_gemm_c_to_r", "se_scale_bwd",
+                 "se_weight_grads"]),
+    # squeeze_fc1 has no single-FC kernels: the batched path runs instead
+    "squeeze_fc1": (["se_squeeze_excite_fwd", "se_excite_gemm_c_to_r", "se_scale_fwd"],
+                    ["se_squeeze_excite_bwd", "se_excite_gemm_c_to_r", "se_scale_bwd",
+                     "se_weight_grads"]),
+}
+
+
+@pytest.mark.parametrize("path", list(SINGLE_FC_LAUNCHES))
+def test_triton_launches(device, path):
+    """No FC2 launch (r_to_c) on any path; the weight gradients launch gW1's tiles only."""
+    from senet_kernels.triton import configs, se_op
+    from senet_kernels.triton.launcher import recording_launches
+    forward_kernels, backward_kernels = SINGLE_FC_LAUNCHES[path]
+    c = 40  # gW1 alone: 2 x 2 tiles of 32
+    args = single_fc_inputs(3, c, 5, 5, residual=True, device=device, seed=24)
+    with configs.force_excitation_path(path):
+        with recording_launches(run_too=False) as launches:
+            out, pooled, hidden, scale = se_op.se_forward(*args.values(), "relu", "sigmoid",
+                                                          True)
+        assert [launch.kernel.__name__ for launch in launches] == forward_kernels
+        with recording_launches(run_too=False) as launches:
+            se_op.se_backward(torch.randn_like(out), args["x"], out, args["w1"], None, pooled,
+                              hidden, scale, True, "relu", "sigmoid")
+        assert [launch.kernel.__name__ for launch in launches] == backward_kernels
+        weight_grads = launches[-1]
+        tiles = configs.cdiv(c, configs.WGRAD_BLOCK_M) * configs.cdiv(c, configs.WGRAD_BLOCK_K)
+        assert weight_grads.grid[0] == tiles and weight_grads.args["has_fc2"] == 0
+
+
+def test_traffic_model_counts_one_weight():
+    """The single-FC form reads C x C weight bytes, half of a two-FC SE with Cr = C: at an
+    H*W between the two thresholds, the two-FC SE is weight-heavy and the single FC is not."""
+    from senet_kernels.triton import configs
+    n, c, size = 8, 64, 2
+    one_layer = c * c * size  # weight bytes; activation bytes per sample: c * hw * size
+    hw = int(1.5 * one_layer / (configs.WEIGHT_TRAFFIC_LIMIT * c * size))
+    assert configs.excitation_path(n, c, c, hw, size, size, single_fc=True) == "per_sample"
+    assert configs.excitation_path(n, c, c, hw, size, size) == "batched"
