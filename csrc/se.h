@@ -41,16 +41,17 @@ Gate parse_gate(c10::string_view name);
 // the dispatch key's device (kCPU or kCUDA); every tensor must be on x's device.
 //   forward:  x [N, C, H, W] float16/bfloat16/float32/float64, C, H, W >= 1; w1 [Cr, C] and
 //             w2 [C, Cr] with Cr >= 1; b1 [Cr], b2 [C] or absent; parameters share one dtype,
-//             x's or float32; residual like x (shape and dtype).
+//             x's or float32; residual like x (shape and dtype). w2 absent: the single-FC form
+//             (Effective SE), w1 [C, C] and b2 absent.
 //   backward: the same for x, w1, w2; grad_out and out (when given) like x; pooled [N, C],
 //             hidden [N, Cr], scale [N, C] in the compute dtype.
 void check_forward_args(const at::Tensor& x, const at::Tensor& w1,
-                        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                        const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& w2,
                         const std::optional<at::Tensor>& b2,
                         const std::optional<at::Tensor>& residual, at::DeviceType device_type);
 void check_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
                          const std::optional<at::Tensor>& out, const at::Tensor& w1,
-                         const at::Tensor& w2, const at::Tensor& pooled,
+                         const std::optional<at::Tensor>& w2, const at::Tensor& pooled,
                          const at::Tensor& hidden, const at::Tensor& scale,
                          at::DeviceType device_type);
 
@@ -62,10 +63,11 @@ at::Tensor to_layout(const at::Tensor& t, bool channels_last);
 // float64 for float64 input, float32 otherwise.
 at::ScalarType compute_dtype(at::ScalarType dtype);
 
-// Empty outputs with exactly the metadata of the fake kernels in ops.py.
+// Empty outputs with exactly the metadata of the fake kernels in ops.py (grad_w2 and grad_b2
+// are empty [0] tensors of w1's dtype when w2 is absent).
 ForwardOutputs allocate_forward_outputs(const at::Tensor& x, const at::Tensor& w1);
 BackwardOutputs allocate_backward_outputs(const at::Tensor& x, const at::Tensor& w1,
-                                          const at::Tensor& w2, bool post_relu,
+                                          const std::optional<at::Tensor>& w2, bool post_relu,
                                           bool has_residual);
 
 // The traffic model of senet_kernels/triton/configs.py (use_batched_excitation): whether the
@@ -83,30 +85,34 @@ void set_weight_traffic_limit(double limit);
 // gz [N, C], act_hidden [N, Cr], gh [N, Cr], pooled [N, C], all in the compute dtype.
 void write_weight_grads(const at::Tensor& gz, const at::Tensor& act_hidden, const at::Tensor& gh,
                         const at::Tensor& pooled, BackwardOutputs& grads);
+// The single-FC form's: grad_w1 = gz^T pooled, grad_b1 = sum_n gz (grad_w2 / grad_b2 stay
+// empty).
+void write_single_fc_weight_grads(const at::Tensor& gz, const at::Tensor& pooled,
+                                  BackwardOutputs& grads);
 
 // The kernels (signatures of the op schemas).
 ForwardOutputs se_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
-                              const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                              const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& w2,
                               const std::optional<at::Tensor>& b2,
                               const std::optional<at::Tensor>& residual,
                               c10::string_view activation, c10::string_view gate,
                               bool post_relu);
 BackwardOutputs se_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                 const std::optional<at::Tensor>& out, const at::Tensor& w1,
-                                const at::Tensor& w2, const at::Tensor& pooled,
+                                const std::optional<at::Tensor>& w2, const at::Tensor& pooled,
                                 const at::Tensor& hidden, const at::Tensor& scale,
                                 bool has_residual, c10::string_view activation,
                                 c10::string_view gate);
 
 ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
-                               const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                               const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& w2,
                                const std::optional<at::Tensor>& b2,
                                const std::optional<at::Tensor>& residual,
                                c10::string_view activation, c10::string_view gate,
                                bool post_relu);
 BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                  const std::optional<at::Tensor>& out, const at::Tensor& w1,
-                                 const at::Tensor& w2, const at::Tensor& pooled,
+                                 const std::optional<at::Tensor>& w2, const at::Tensor& pooled,
                                  const at::Tensor& hidden, const at::Tensor& scale,
                                  bool has_residual, c10::string_view activation,
                                  c10::string_view gate);

@@ -81,19 +81,28 @@ void check_x(const at::Tensor& x, at::DeviceType device_type) {
                     "x must have C, H, W >= 1, got shape ", x.sizes());
 }
 
-// w1 [Cr, C], w2 [C, Cr] (Cr >= 1), one dtype, x's or float32, on x's device.
-void check_weights(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2) {
+// w1 [Cr, C], w2 [C, Cr] (Cr >= 1), one dtype, x's or float32, on x's device; w2 absent
+// (single FC): w1 [C, C].
+void check_weights(const at::Tensor& x, const at::Tensor& w1,
+                   const std::optional<at::Tensor>& w2_opt) {
   const int64_t channels = x.size(1);
   check_device(w1, "w1", x);
+  TORCH_CHECK_TYPE(w1.scalar_type() == x.scalar_type() || w1.scalar_type() == at::kFloat, kOp,
+                   "w1 has dtype ", w1.scalar_type(), " but x has ", x.scalar_type(),
+                   ": parameters must be x's dtype or float32");
+  if (!w2_opt.has_value()) {
+    TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(0) == channels && w1.size(1) == channels, kOp,
+                      "w1 must be [", channels, ", ", channels,
+                      "] when w2 is absent (single FC), got shape ", w1.sizes());
+    return;
+  }
+  const at::Tensor& w2 = *w2_opt;
   check_device(w2, "w2", x);
   TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == channels && w1.size(0) >= 1, kOp,
                     "w1 must be [Cr, ", channels, "] with Cr >= 1, got shape ", w1.sizes());
   const int64_t reduced = w1.size(0);
   TORCH_CHECK_VALUE(w2.dim() == 2 && w2.size(0) == channels && w2.size(1) == reduced, kOp,
                     "w2 must be [", channels, ", ", reduced, "], got shape ", w2.sizes());
-  TORCH_CHECK_TYPE(w1.scalar_type() == x.scalar_type() || w1.scalar_type() == at::kFloat, kOp,
-                   "w1 has dtype ", w1.scalar_type(), " but x has ", x.scalar_type(),
-                   ": parameters must be x's dtype or float32");
   TORCH_CHECK_TYPE(w2.scalar_type() == w1.scalar_type(), kOp, "w2 has dtype ",
                    w2.scalar_type(), " but w1 has ", w1.scalar_type());
 }
@@ -131,11 +140,13 @@ void check_saved(const at::Tensor& t, const char* name, int64_t rows, int64_t co
 }  // namespace
 
 void check_forward_args(const at::Tensor& x, const at::Tensor& w1,
-                        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                        const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& w2,
                         const std::optional<at::Tensor>& b2,
                         const std::optional<at::Tensor>& residual, at::DeviceType device_type) {
   check_x(x, device_type);
   check_weights(x, w1, w2);
+  TORCH_CHECK_VALUE(w2.has_value() || !b2.has_value(), kOp,
+                    "b2 must be absent when w2 is (single FC)");
   check_bias(b1, "b1", w1.size(0), x, w1);
   check_bias(b2, "b2", x.size(1), x, w1);
   if (residual.has_value()) check_like_x(*residual, "residual", x);
@@ -143,7 +154,7 @@ void check_forward_args(const at::Tensor& x, const at::Tensor& w1,
 
 void check_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
                          const std::optional<at::Tensor>& out, const at::Tensor& w1,
-                         const at::Tensor& w2, const at::Tensor& pooled,
+                         const std::optional<at::Tensor>& w2, const at::Tensor& pooled,
                          const at::Tensor& hidden, const at::Tensor& scale,
                          at::DeviceType device_type) {
   check_x(x, device_type);
@@ -182,15 +193,16 @@ ForwardOutputs allocate_forward_outputs(const at::Tensor& x, const at::Tensor& w
 }
 
 BackwardOutputs allocate_backward_outputs(const at::Tensor& x, const at::Tensor& w1,
-                                          const at::Tensor& w2, bool post_relu,
+                                          const std::optional<at::Tensor>& w2, bool post_relu,
                                           bool has_residual) {
   auto grad_res = post_relu && has_residual ? at::empty_like(x, format_of(x))
                                             : at::empty({0}, x.options());
   return {at::empty_like(x, format_of(x)),
           at::empty_like(w1, at::MemoryFormat::Contiguous),
           at::empty({w1.size(0)}, w1.options()),
-          at::empty_like(w2, at::MemoryFormat::Contiguous),
-          at::empty({w2.size(0)}, w2.options()),
+          w2.has_value() ? at::empty_like(*w2, at::MemoryFormat::Contiguous)
+                         : at::empty({0}, w1.options()),
+          w2.has_value() ? at::empty({w2->size(0)}, w2->options()) : at::empty({0}, w1.options()),
           grad_res};
 }
 
@@ -217,6 +229,12 @@ void write_weight_grads(const at::Tensor& gz, const at::Tensor& act_hidden, cons
   std::get<2>(grads).copy_(gh.sum(0));
   std::get<3>(grads).copy_(gz.t().mm(act_hidden));
   std::get<4>(grads).copy_(gz.sum(0));
+}
+
+void write_single_fc_weight_grads(const at::Tensor& gz, const at::Tensor& pooled,
+                                  BackwardOutputs& grads) {
+  std::get<1>(grads).copy_(gz.t().mm(pooled));
+  std::get<2>(grads).copy_(gz.sum(0));
 }
 
 }  // namespace senet_kernels

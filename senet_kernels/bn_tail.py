@@ -35,8 +35,9 @@ def absorbable_bn_reason(bn):
 
 def se_takes_bn(se):
     """Whether the fused SE block ``se`` can take a BatchNorm in front of it: not one that
-    keeps a norm layer of its own (rexnet's SE, computed with its own layers in training)."""
-    return se._norm_path is None
+    keeps a norm layer of its own (rexnet's SE, computed with its own layers in training),
+    nor a single-FC one (the fused BatchNorm + SE op computes the two-FC SE only)."""
+    return se._norm_path is None and not se.single_fc
 
 
 def fused_op_reason(bn, se, y):

@@ -36,6 +36,9 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
             strides are copied once into the nearer dense layout).
         w1: [Cr, C] (or a 1x1 conv weight [Cr, C, 1, 1]); b1: [Cr] or None.
         w2: [C, Cr] (or [C, Cr, 1, 1]); b2: [C] or None. Parameters share one dtype: x's or float32.
+            w2 None is the single-FC form (Effective SE, timm's EffectiveSEModule / EseModule):
+            ``relu?(x * gate(w1 mean_hw(x) + b1) + residual?)`` with w1 [C, C] and b2 None;
+            ``activation`` is then not applied (the name is still checked).
         residual: like x, added after the rescale (SE-ResNet), or None.
         activation: "relu", "silu", "gelu" (nn.GELU()), "gelu_tanh"
             (nn.GELU(approximate="tanh")), "hardswish" or "leaky_relu" (nn.LeakyReLU(), slope
@@ -55,7 +58,7 @@ def squeeze_excite(x, w1, b1, w2, b2, residual=None, *, activation="relu", gate=
             nor float32, a residual of another dtype than x, a non-str activation / gate or
             a non-bool post_relu. The message names the argument.
         ValueError: a wrong shape (x not 4-D or with C, H or W of 0; weights or biases not
-            matching C and Cr; a residual not shaped like x), tensors on different devices,
+            matching C and Cr; w1 not [C, C] or b2 given when w2 is None; a residual not shaped like x), tensors on different devices,
             an unknown activation, gate or backend name, or a backend that is unavailable
             here (the message gives ``available_backends()``'s reason).
 

@@ -5,8 +5,11 @@ submodules ``fc1`` / ``fc2``: parameters ``fc1.weight [Cr, C]``, ``fc1.bias [Cr]
 ``fc2.weight [C, Cr]`` and ``fc2.bias [C]``, the names most SE implementations use. State
 dicts of 1x1-conv SE modules (weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``) load as they are.
 
-``FusedSEBlock.from_module`` converts the SE modules of torchvision, timm, pretrainedmodels
-and senet.pytorch, recognized by their exact class (``recognize.py``), never by importing
+``FusedSEBlock(channels, single_fc=True)`` is the Effective SE form: one layer ``fc1``
+(C -> C) and the gate, no activation and no ``fc2``.
+
+``FusedSEBlock.from_module`` converts the SE modules of torchvision, timm (Effective SE
+included), pretrainedmodels and senet.pytorch, recognized by their exact class (``recognize.py``), never by importing
 those libraries: they are optional and this package does not depend on them. The converted
 block takes over the source's own layers under the source's names (timm's ``conv_reduce``,
 senet.pytorch's ``fc.0``, ...), so its parameters are the source's objects (frozen ones stay
@@ -41,13 +44,17 @@ def _positive_int(name, value):
 class FusedSEBlock(nn.Module):
     """Squeeze-and-Excitation block computed by the fused ``squeeze_excite`` op.
 
-    ``y = relu?(x * gate(fc2(act(fc1(mean_hw(x))))) + residual?)``
+    ``y = relu?(x * gate(fc2(act(fc1(mean_hw(x))))) + residual?)``, or with ``single_fc``
+    (Effective SE) ``y = relu?(x * gate(fc1(mean_hw(x))) + residual?)``.
 
     Args:
         channels: C, the channels of the input.
         reduction: Cr = max(1, channels // reduction) unless ``rd_channels`` is given.
         rd_channels: Cr, the width of the bottleneck, overriding ``reduction``.
         bias: whether fc1 and fc2 have biases (both or neither).
+        single_fc: the Effective SE form: one layer ``fc1`` C -> C, no ``fc2`` (then
+            ``reduction`` and ``rd_channels`` are not used, and ``rd_channels`` must be None;
+            ``activation`` is not applied and is recorded as None).
         activation: "relu", "silu", "gelu" (erf form), "gelu_tanh", "hardswish" or
             "leaky_relu" (slope 0.01), applied after fc1.
         gate: "sigmoid" or "hardsigmoid", applied after fc2.
@@ -57,7 +64,8 @@ class FusedSEBlock(nn.Module):
         device, dtype: where and in which dtype the parameters are created.
 
     Parameters: ``fc1.weight [Cr, C]``, ``fc1.bias [Cr]``, ``fc2.weight [C, Cr]``,
-    ``fc2.bias [C]``, initialized as ``nn.Linear`` does. ``load_state_dict`` also accepts
+    ``fc2.bias [C]``, initialized as ``nn.Linear`` does (single FC: ``fc1.weight [C, C]`` and
+    ``fc1.bias [C]`` only). ``load_state_dict`` also accepts
     1x1-conv shaped weights ``[Cr, C, 1, 1]`` / ``[C, Cr, 1, 1]``. A block made by
     ``from_module`` has the source's layers and parameter names instead (``fc_layers()``
     returns the two layers either way).
@@ -68,37 +76,58 @@ class FusedSEBlock(nn.Module):
     Raises:
         TypeError: ``channels`` / ``reduction`` / ``rd_channels`` not an int (a bool
             included), ``activation`` / ``gate`` not a str, ``post_relu`` not a bool.
-        ValueError: a size < 1, an unknown activation, gate or backend name.
+        ValueError: a size < 1, an unknown activation, gate or backend name, ``rd_channels``
+            given with ``single_fc``.
     """
 
     def __init__(self, channels, reduction=16, *, rd_channels=None, bias=True, activation="relu",
-                 gate="sigmoid", post_relu=False, backend="auto", device=None, dtype=None):
+                 gate="sigmoid", post_relu=False, backend="auto", single_fc=False, device=None,
+                 dtype=None):
         super().__init__()
         channels = _positive_int("channels", channels)
         reduction = _positive_int("reduction", reduction)
-        if rd_channels is None:
+        if not isinstance(single_fc, bool):
+            raise TypeError(f"single_fc must be a bool, got {type(single_fc).__name__}")
+        if single_fc:
+            if rd_channels is not None:
+                raise ValueError("rd_channels must be None with single_fc=True (its one layer "
+                                 "maps C -> C)")
+            check_activation(activation)  # a bad name is still an error, though unused
+            rd_channels, activation = channels, None
+        elif rd_channels is None:
             rd_channels = max(1, channels // reduction)
         else:
             rd_channels = _positive_int("rd_channels", rd_channels)
         self._set_options(channels, rd_channels, activation, gate, post_relu, backend)
         factory = {"device": device, "dtype": dtype}
         self.fc1 = nn.Linear(channels, rd_channels, bias=bias, **factory)
-        self.fc2 = nn.Linear(rd_channels, channels, bias=bias, **factory)
-        self._fc_paths = (("fc1",), ("fc2",))
+        if single_fc:
+            self._fc_paths = (("fc1",),)
+        else:
+            self.fc2 = nn.Linear(rd_channels, channels, bias=bias, **factory)
+            self._fc_paths = (("fc1",), ("fc2",))
         self._norm_path = None
 
     def _set_options(self, channels, rd_channels, activation, gate, post_relu, backend):
+        """activation None: the single-FC form (no activation; the op is passed "relu", which
+        it does not apply)."""
         self.channels = channels
         self.rd_channels = rd_channels
-        self.activation = check_activation(activation)
+        self.activation = None if activation is None else check_activation(activation)
+        self._op_activation = activation or "relu"
         self.gate = check_gate(gate)
         self.post_relu = check_post_relu(post_relu)
         self.backend = check_backend_name(backend)
 
+    @property
+    def single_fc(self):
+        """Whether this is the single-FC form (Effective SE: one layer C -> C, no fc2)."""
+        return len(self._fc_paths) == 1
+
     def fc_layers(self):
-        """The two fully connected layers (fc1: C -> Cr, fc2: Cr -> C): ``nn.Linear`` for a
-        constructed block; for a converted one the source's own layers (e.g. 1x1
-        ``nn.Conv2d``, whose weights are ``[out, in, 1, 1]``)."""
+        """The fully connected layers, (fc1: C -> Cr, fc2: Cr -> C), or (fc1,) for the
+        single-FC form: ``nn.Linear`` for a constructed block; for a converted one the
+        source's own layers (e.g. 1x1 ``nn.Conv2d``, whose weights are ``[out, in, 1, 1]``)."""
         return tuple(self._layer(path) for path in self._fc_paths)
 
     def _layer(self, path):
@@ -108,15 +137,21 @@ class FusedSEBlock(nn.Module):
         return module
 
     def forward(self, x, residual=None):
-        fc1, fc2 = self._layer(self._fc_paths[0]), self._layer(self._fc_paths[1])
+        paths = self._fc_paths
+        fc1 = self._layer(paths[0])
         w1, b1 = fc1.weight, fc1.bias
+        if len(paths) == 1:  # single FC (Effective SE)
+            return squeeze_excite(x, w1, b1, None, None, residual,
+                                  activation=self._op_activation, gate=self.gate,
+                                  post_relu=self.post_relu, backend=self.backend)
+        fc2 = self._layer(paths[1])
         if self._norm_path is not None:
             norm = self._layer(self._norm_path)
             if norm.training or norm.running_mean is None:
                 return self._forward_with_batch_statistics(x, residual, fc1, norm, fc2)
             w1, b1 = fold_batch_norm(w1, b1, norm)
         return squeeze_excite(x, w1, b1, fc2.weight, fc2.bias, residual,
-                              activation=self.activation, gate=self.gate,
+                              activation=self._op_activation, gate=self.gate,
                               post_relu=self.post_relu, backend=self.backend)
 
     def _forward_with_batch_statistics(self, x, residual, fc1, norm, fc2):
@@ -131,6 +166,9 @@ class FusedSEBlock(nn.Module):
         return torch.relu(y) if self.post_relu else y
 
     def extra_repr(self):
+        if self.single_fc:
+            return (f"channels={self.channels}, single_fc=True, gate={self.gate!r}, "
+                    f"post_relu={self.post_relu}, backend={self.backend!r}")
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
                 f"activation={self.activation!r}, gate={self.gate!r}, "
                 f"post_relu={self.post_relu}, backend={self.backend!r}")
@@ -183,6 +221,10 @@ class FusedSEBlock(nn.Module):
           ``conv_expand``, ``gate``;
         * senet.pytorch ``SELayer`` (module ``senet.se_module``): ``avg_pool`` and
           ``fc = Sequential(Linear, act, Linear, gate)``;
+        * timm ``layers.EffectiveSEModule`` (ese_vovnet, rdnet, cspnext): ``fc`` (1x1 conv
+          C -> C) and ``gate``, and ``add_maxpool`` False; timm ``models.hgnet.EseModule``:
+          ``conv`` (1x1 conv C -> C) and ``sigmoid``. These become single-FC blocks
+          (``single_fc`` True, ``activation`` None);
         * any class given to ``senet_kernels.register_se_class`` (e.g. a vendored copy of
           SELayer), read by the attribute layout of the above it has.
 
@@ -211,7 +253,8 @@ class FusedSEBlock(nn.Module):
         # same objects (requires_grad, device, dtype, optimizer state all carry over) and
         # the state_dict keeps the source's keys and shapes. senet.pytorch's fc is the
         # Sequential (Linear, act, Linear, gate), kept whole for its keys fc.0 / fc.2.
-        fc_paths = (tuple(spec.fc1_path.split(".")), tuple(spec.fc2_path.split(".")))
+        fc_paths = tuple(tuple(path.split(".")) for path in (spec.fc1_path, spec.fc2_path)
+                         if path is not None)  # one path for a single-FC module
         for name in dict.fromkeys(path[0] for path in fc_paths):
             block.add_module(name, module._modules[name])
         block._fc_paths = fc_paths

@@ -75,7 +75,8 @@ def _linear(g, inp, weight, bias):
 
 
 def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    """The TorchScript exporter's translation of ``se_forward_<backend>``: its four outputs.
+    """The TorchScript exporter's translation of ``se_forward_<backend>``: its four outputs
+    (w2 None, the single-FC form: one Gemm / MatMul, then the gate).
 
     float64 inputs get ops ONNX Runtime implements for double (its CPU GlobalAveragePool and
     HardSigmoid are float-only): ReduceMean and the clamped ``(z + 3) / 6``; float32
@@ -101,8 +102,11 @@ def _se_forward_symbolic(g, x, w1, b1, w2, b2, residual, activation, gate, post_
     else:
         pooled = g.op("Flatten", g.op("GlobalAveragePool", xa), axis_i=1)
     hidden = _linear(g, pooled, to_acc(w1), to_acc(b1))
-    act = _activation_symbolic(g, hidden, activation, double)
-    logits = _linear(g, act, to_acc(w2), to_acc(b2))
+    if _is_none(w2):  # single FC (Effective SE): the gate takes hidden, no activation
+        logits = hidden
+    else:
+        act = _activation_symbolic(g, hidden, activation, double)
+        logits = _linear(g, act, to_acc(w2), to_acc(b2))
     if gate == "sigmoid":
         scale = g.op("Sigmoid", logits)
     else:

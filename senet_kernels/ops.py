@@ -8,19 +8,23 @@ its kernels, from Python (``impls=``) or from C++ (``TORCH_LIBRARY_IMPL`` on the
 
 Forward op::
 
-    se_forward_<b>(x, w1, b1?, w2, b2?, residual?, activation, gate, post_relu)
+    se_forward_<b>(x, w1, b1?, w2?, b2?, residual?, activation, gate, post_relu)
         -> (out, pooled, hidden, scale)
 
 ``out`` is the block's output (x's dtype, dense in x's layout, see ``layout.py``); ``pooled``
 [N, C] = mean over H, W; ``hidden`` [N, Cr] = fc1 output before the activation; ``scale``
-[N, C] = the gate. The three vectors are in the compute dtype (float32, float64 for float64
+[N, C] = the gate. ``w2`` None is the single-FC form (Effective SE): w1 is [C, C], b2 is
+None, ``hidden`` [N, C] is the gate's input (W1 pooled + b1) and the activation is not
+applied (its name is still checked). The three vectors are in the compute dtype (float32, float64 for float64
 inputs) and are what the backward needs besides x (and ``out`` for the ReLU tail): x * s is
 never saved.
 
 Backward op::
 
-    se_backward_<b>(grad_out, x, out?, w1, w2, pooled, hidden, scale, has_residual, activation, gate)
+    se_backward_<b>(grad_out, x, out?, w1, w2?, pooled, hidden, scale, has_residual, activation, gate)
         -> (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual)
+
+``w2`` None (single FC): ``grad_w2`` and ``grad_b2`` are empty tensors [0] of w1's dtype.
 
 ``out`` is given exactly when the forward had ``post_relu``. ``grad_residual`` is the masked
 gradient when ``post_relu`` and ``has_residual``; otherwise it equals ``grad_out`` (or is not
@@ -39,11 +43,11 @@ from .layout import is_channels_last
 NAMESPACE = "senet_kernels"
 
 FORWARD_SCHEMA = (
-    "(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor? residual, "
+    "(Tensor x, Tensor w1, Tensor? b1, Tensor? w2, Tensor? b2, Tensor? residual, "
     "str activation, str gate, bool post_relu) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
-    "(Tensor grad_out, Tensor x, Tensor? out, Tensor w1, Tensor w2, Tensor pooled, "
+    "(Tensor grad_out, Tensor x, Tensor? out, Tensor w1, Tensor? w2, Tensor pooled, "
     "Tensor hidden, Tensor scale, bool has_residual, str activation, str gate) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
@@ -75,13 +79,17 @@ def allocate_forward_outputs(x, w1, channels_last=None):
 
 
 def allocate_backward_outputs(x, w1, w2, post_relu, has_residual, channels_last=None):
-    """Empty (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual)."""
+    """Empty (grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_residual); grad_w2 and
+    grad_b2 are empty [0] tensors when w2 is None (single FC)."""
     fmt = _format_of(x, channels_last)
     grad_x = torch.empty_like(x, memory_format=fmt)
     grad_w1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
-    grad_w2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
     grad_b1 = w1.new_empty((w1.shape[0],))
-    grad_b2 = w2.new_empty((w2.shape[0],))
+    if w2 is None:
+        grad_w2, grad_b2 = w1.new_empty((0,)), w1.new_empty((0,))
+    else:
+        grad_w2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
+        grad_b2 = w2.new_empty((w2.shape[0],))
     if post_relu and has_residual:
         grad_residual = torch.empty_like(x, memory_format=fmt)
     else:
@@ -134,6 +142,8 @@ def _input_grads(ctx, grad_out, backward_fn):
     elif not ctx.has_residual:
         grad_res = None
     has_b1, has_b2 = ctx.has_bias
+    if w2 is None:  # single FC: the op returned empty placeholders
+        grad_w2 = None
     return (grad_x, grad_w1, grad_b1 if has_b1 else None, grad_w2,
             grad_b2 if has_b2 else None, grad_res, None, None, None)
 

@@ -1,7 +1,8 @@
 """Which modules are SE modules that the fused op computes, and what their layers are.
 
 A module is converted only when its **exact class** is one whose ``forward`` is known to be
-the standard SE (``x * gate(fc2(act(fc1(mean_hw(x)))))``): the classes of torchvision, timm,
+the standard SE (``x * gate(fc2(act(fc1(mean_hw(x)))))``) or the single-FC Effective SE
+(``x * gate(fc(mean_hw(x)))``, timm's EffectiveSEModule and hgnet's EseModule): the classes of torchvision, timm,
 Cadene's pretrainedmodels and senet.pytorch listed in ``KNOWN_SE_CLASSES`` (matched by module
 and class name, so neither library is imported), and classes a user vouches for with
 ``register_se_class``. Attribute names alone prove nothing: a subclass may override
@@ -32,7 +33,8 @@ def as_linear_weight(w):
 
 @dataclass(frozen=True)
 class SEParts:
-    """The layers of a recognized SE module, with their attribute names for error messages."""
+    """The layers of a recognized SE module, with their attribute names for error messages.
+    A single-FC module (Effective SE) has no act and no fc2 (None, names None)."""
     fc1: object
     fc1_name: str
     act: object
@@ -93,6 +95,33 @@ def _timm_efficientnet_se(module):
     return _parts(module, "conv_reduce", "act1", "conv_expand", "gate")
 
 
+def _single_fc_parts(module, fc, gate):
+    """The parts of a single-FC SE module (Effective SE: gate(fc(mean_hw(x)))): fc a 1x1
+    nn.Conv2d, and the gate a known one, checked here already so that only such modules read
+    as this layout (its attribute names alone, e.g. ``conv`` and ``sigmoid``, are common)."""
+    layer = getattr(module, fc)
+    if type(layer) is not nn.Conv2d:
+        raise TypeError(f"{type(module).__name__}.{fc} must be nn.Conv2d, got "
+                        f"{type(layer).__name__}")
+    _gate_name(getattr(module, gate), module, gate)
+    return SEParts(layer, fc, None, None, None, None, getattr(module, gate), gate, nn.Conv2d)
+
+
+def _timm_effective_se(module):
+    """timm.layers.EffectiveSEModule: fc (1x1 conv C -> C with bias) and gate (hard sigmoid
+    by default); add_maxpool mixes a max-pool into the squeeze, which the op does not."""
+    if getattr(module, "add_maxpool", False):
+        raise ValueError(f"{type(module).__name__} with add_maxpool=True is unsupported: its "
+                         "squeeze mixes the mean with a max-pool, FusedSEBlock squeezes with the "
+                         "mean only")
+    return _single_fc_parts(module, "fc", "gate")
+
+
+def _timm_hgnet_ese(module):
+    """timm.models.hgnet.EseModule: conv (1x1 conv C -> C with bias) and sigmoid."""
+    return _single_fc_parts(module, "conv", "sigmoid")
+
+
 def _senet_pytorch_se(module):
     owner = type(module).__name__
     _check_global_avg_pool(module, "avg_pool")
@@ -110,6 +139,10 @@ LAYOUTS = (
     (("fc1", "relu", "fc2", "sigmoid"), _legacy_se),
     (("conv_reduce", "act1", "conv_expand", "gate"), _timm_efficientnet_se),
     (("avg_pool", "fc"), _senet_pytorch_se),
+    # single FC, after the two-FC layouts (their parsers check the layer types, see
+    # _single_fc_parts)
+    (("fc", "gate"), _timm_effective_se),
+    (("conv", "sigmoid"), _timm_hgnet_ese),
 )
 
 #: (module, class name) -> parser: the SE classes whose forward is known to be the standard SE.
@@ -122,10 +155,14 @@ KNOWN_SE_CLASSES = {
     ("timm.models._efficientnet_blocks", "SqueezeExcite"): _timm_efficientnet_se,
     ("timm.models.efficientnet_blocks", "SqueezeExcite"): _timm_efficientnet_se,  # timm < 0.9
     ("senet.se_module", "SELayer"): _senet_pytorch_se,  # senet.pytorch
+    ("timm.layers.squeeze_excite", "EffectiveSEModule"): _timm_effective_se,
+    ("timm.models.layers.squeeze_excite", "EffectiveSEModule"): _timm_effective_se,  # < 0.9
+    ("timm.models.hgnet", "EseModule"): _timm_hgnet_ese,
 }
 
 KNOWN_NAMES = ("torchvision.ops.SqueezeExcitation, timm SEModule (layers or models.senet), "
-               "timm SqueezeExcite (EfficientNet/MobileNetV3), pretrainedmodels SEModule, "
+               "timm SqueezeExcite (EfficientNet/MobileNetV3), timm EffectiveSEModule and "
+               "hgnet EseModule (single FC), pretrainedmodels SEModule, "
                "senet.pytorch SELayer, and classes given to register_se_class")
 
 _registered = set()  # classes vouched for; their layout is read from each instance
@@ -207,12 +244,6 @@ def is_known_se_class(module):
 #: (the fused op does not compute them). They are named in convert_se_modules' warning, as
 #: their layouts match none of LAYOUTS and would otherwise be passed over without a word.
 UNCONVERTED_SE_CLASSES = {
-    ("timm.layers.squeeze_excite", "EffectiveSEModule"): (
-        "Effective SE (one fully connected layer C -> C, no hidden layer) is not computed by "
-        "the fused op"),
-    ("timm.models.hgnet", "EseModule"): (
-        "Effective SE (one fully connected layer C -> C, no hidden layer) is not computed by "
-        "the fused op"),
     ("timm.layers.squeeze_excite", "SqueezeExciteCl"): (
         "an SE over channels-last [N, H, W, C] tensors: the fused op takes [N, C, H, W]"),
 }
@@ -339,18 +370,20 @@ class SESpec:
     fully connected layers sit in it (attribute paths such as "fc1" or "fc.0")."""
     w1: object  # [Cr, C]
     b1: object  # [Cr] or None
-    w2: object  # [C, Cr]
+    w2: object  # [C, Cr], or None for a single-FC module (w1 [C, C])
     b2: object  # [C] or None
-    activation: str
+    activation: str  # None for a single-FC module
     gate: str
     fc1_path: str
-    fc2_path: str
+    fc2_path: str  # None for a single-FC module
     norm_path: str = None  # an nn.BatchNorm2d on fc1's output (see FusedSEBlock.forward)
 
 
 def read_se_module(module):
     """The ``SESpec`` of an SE module of a known class (see ``se_parts`` for the errors)."""
     parts = se_parts(module)
+    if parts.fc2 is None:
+        return _read_single_fc(module, parts)
     w1, b1 = _fc_params(parts.fc1, parts.fc_type, module, parts.fc1_name)
     w2, b2 = _fc_params(parts.fc2, parts.fc_type, module, parts.fc2_name)
     owner = type(module).__name__
@@ -374,6 +407,18 @@ def read_se_module(module):
     _check_layers_unaltered(module)
     return SESpec(w1, b1, w2, b2, activation, gate, parts.fc1_name, parts.fc2_name,
                   parts.norm_name)
+
+
+def _read_single_fc(module, parts):
+    """The ``SESpec`` of a single-FC SE module (Effective SE): w2, b2 and activation None."""
+    w1, b1 = _fc_params(parts.fc1, parts.fc_type, module, parts.fc1_name)
+    if w1.shape[0] != w1.shape[1]:
+        raise ValueError(f"{type(module).__name__}: {parts.fc1_name} maps {w1.shape[1]} -> "
+                         f"{w1.shape[0]} channels; a single-FC SE maps C -> C")
+    gate = _gate_name(parts.gate, module, parts.gate_name)
+    _check_no_other_state(module, [w1, b1, parts.fc1.weight])
+    _check_layers_unaltered(module)
+    return SESpec(w1, b1, None, None, None, gate, parts.fc1_name, None)
 
 
 def _check_layers_unaltered(module):

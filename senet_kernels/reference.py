@@ -107,15 +107,21 @@ def apply_gate(z, gate):
 
 
 def _excite_vectors(pooled, w1, b1, w2, b2, activation, gate):
-    """(hidden [N, Cr] before the activation, scale [N, C]) of the excitation, in pooled's dtype."""
+    """(hidden [N, Cr] before the activation, scale [N, C]) of the excitation, in pooled's dtype.
+
+    ``w2`` None: the single-FC form (Effective SE), hidden = W1 pooled + b1 [N, C] is the
+    gate's input and the activation is not applied."""
     dtype = pooled.dtype
     hidden = F.linear(pooled, w1.to(dtype), None if b1 is None else b1.to(dtype))
+    if w2 is None:
+        return hidden, apply_gate(hidden, gate)
     z = F.linear(activate(hidden, activation), w2.to(dtype), None if b2 is None else b2.to(dtype))
     return hidden, apply_gate(z, gate)
 
 
 def excite(pooled, w1, b1, w2, b2, activation, gate):
-    """The excitation on pooled features [N, C]: FC, activation, FC, gate. Returns s [N, C]."""
+    """The excitation on pooled features [N, C]: FC, activation, FC, gate (w2 None: FC, gate).
+    Returns s [N, C]."""
     return _excite_vectors(pooled, w1, b1, w2, b2, activation, gate)[1]
 
 
@@ -137,10 +143,11 @@ def forward_with_vectors(x, w1, b1, w2, b2, residual, activation, gate, post_rel
 
 def squeeze_excite_reference(x, w1, b1, w2, b2, residual=None, *, activation="relu",
                              gate="sigmoid", post_relu=False):
-    """Eager SE block: ``relu?(x * gate(fc2(act(fc1(mean_hw(x))))) + residual?)``.
+    """Eager SE block: ``relu?(x * gate(fc2(act(fc1(mean_hw(x))))) + residual?)``, or with
+    w2 None (single FC, Effective SE) ``relu?(x * gate(fc1(mean_hw(x))) + residual?)``.
 
-    Shapes: x [N, C, H, W]; w1 [Cr, C]; w2 [C, Cr]; b1 [Cr] or None; b2 [C] or None;
-    residual like x or None. Returns a tensor of x's dtype, shape and memory format.
+    Shapes: x [N, C, H, W]; w1 [Cr, C] ([C, C] when w2 is None); w2 [C, Cr] or None; b1 [Cr]
+    or None; b2 [C] or None (None when w2 is); residual like x or None. Returns a tensor of x's dtype, shape and memory format.
     """
     check_activation(activation)
     check_gate(gate)

@@ -55,20 +55,21 @@ def _signature(t):
 
 
 def check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    """Validate the arguments of ``squeeze_excite``; return ``(w1, w2)`` as 2-D matrices.
+    """Validate the arguments of ``squeeze_excite``; return ``(w1, w2)`` as 2-D matrices
+    (w2 None stays None: the single-FC form).
 
     The full checks run once per signature (types, shapes, dtypes, devices and the option
     strings); a signature seen before costs a tuple lookup.
     """
     try:
         key = (type(x), x.shape, x.dtype, x.device, type(w1), w1.shape, w1.dtype, w1.device,
-               type(w2), w2.shape, w2.dtype, w2.device, _signature(b1), _signature(b2),
+               _signature(w2), _signature(b1), _signature(b2),
                _signature(residual), activation, gate, type(post_relu))
         known = key in _valid_signatures
     except (AttributeError, TypeError):  # not tensors, or unhashable options: full checks
         key, known = None, False
     if known:
-        return _as_matrix_view(w1), _as_matrix_view(w2)
+        return _as_matrix_view(w1), None if w2 is None else _as_matrix_view(w2)
     w1, w2 = _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate,
                                         post_relu)
     if key is not None:
@@ -87,7 +88,8 @@ def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate, po
     """The checks themselves (see check_squeeze_excite_args).
 
     Rules: x is [N, C, H, W] with C, H, W >= 1; w1 is [Cr, C] and w2 [C, Cr] (1x1-conv shaped
-    weights [.., .., 1, 1] are accepted as views); biases are [Cr] / [C] or None; all parameters
+    weights [.., .., 1, 1] are accepted as views); biases are [Cr] / [C] or None; w2 None is
+    the single-FC form (Effective SE): then w1 must be [C, C] and b2 None; all parameters
     share one dtype, which is x's dtype or float32 (fp32 master weights with half activations);
     residual matches x in shape, dtype and device; everything lives on x's device. ``x_name``:
     what the messages call x (the fused BatchNorm + SE op calls it y).
@@ -102,12 +104,19 @@ def _check_squeeze_excite_args(x, w1, b1, w2, b2, residual, activation, gate, po
     if c == 0 or h == 0 or w == 0:
         raise ValueError(f"{x_name} must have C, H, W >= 1, got shape {tuple(x.shape)}")
     _check_tensor("w1", w1)
-    _check_tensor("w2", w2)
-    w1 = _as_matrix("w1", w1, None, c)
-    cr = w1.shape[0]
-    if cr == 0:
-        raise ValueError("w1 must have at least one row (Cr >= 1)")
-    w2 = _as_matrix("w2", w2, c, cr)
+    if w2 is None:  # single FC: gate(W1 pooled + b1), W1 maps C -> C
+        if b2 is not None:
+            raise ValueError("b2 must be None when w2 is None (the single-FC form has one "
+                             "bias, b1)")
+        w1 = _as_matrix("w1 (with w2 None, the single FC layer)", w1, c, c)
+        cr = c
+    else:
+        _check_tensor("w2", w2)
+        w1 = _as_matrix("w1", w1, None, c)
+        cr = w1.shape[0]
+        if cr == 0:
+            raise ValueError("w1 must have at least one row (Cr >= 1)")
+        w2 = _as_matrix("w2", w2, c, cr)
     _check_vector("b1", b1, cr)
     _check_vector("b2", b2, c)
     params = {"w1": w1, "w2": w2, "b1": b1, "b2": b2}
@@ -152,11 +161,15 @@ def check_bn_squeeze_excite_args(y, bn_weight, bn_bias, running_mean, running_va
                                  activation, gate, post_relu):
     """Validate the arguments of ``bn_squeeze_excite``; return ``(w1, w2)`` as 2-D matrices.
 
-    The SE arguments as ``squeeze_excite``'s (y in x's place); the BatchNorm vectors [C] of
+    The SE arguments as ``squeeze_excite``'s (y in x's place), except that w2 is required
+    (ValueError for None: no single-FC form here); the BatchNorm vectors [C] of
     y's dtype or float32 on y's device; N >= 1; training a bool, momentum a number or None,
     eps a number, num_batches_tracked an int64 scalar tensor or None; then
     ``bn_reference.check_bn_args`` (F.batch_norm's rules). Runs in full on every call.
     """
+    if w2 is None:
+        raise ValueError("bn_squeeze_excite needs w2: the fused BatchNorm + SE op computes the "
+                         "two-FC SE only (squeeze_excite takes w2=None, the single-FC form)")
     w1, w2 = _check_squeeze_excite_args(y, w1, b1, w2, b2, residual, activation, gate,
                                         post_relu, x_name="y")
     if y.shape[0] == 0:

@@ -79,3 +79,8 @@ def poisoned_allocations():
         yield
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+#: gate, bias, residual, post_relu: every variant of the single-FC form (Effective SE, w2
+#: None), which has no activation.
+SINGLE_FC_VARIANTS = list(itertools.product(GATES, (True, False), (True, False), (True, False)))

@@ -449,16 +449,18 @@ def test_partly_frozen_se_keeps_each_flag_and_the_optimizer_keeps_working():
 
 
 def test_se_classes_that_are_not_converted_are_named():
-    """timm's Effective SE (EffectiveSEModule, hgnet's EseModule) and its channels-last SE
-    have layouts of their own: they are named in the warning, not passed over."""
+    """timm's channels-last SE has a layout of its own, and an Effective SE with a max-pool
+    in its squeeze is not computed by the op: both are named in the warning, not passed over
+    (the plain Effective SE modules are converted, single FC)."""
     from timm.layers.squeeze_excite import EffectiveSEModule, SqueezeExciteCl
     from timm.models.hgnet import EseModule
     model = nn.Sequential(OrderedDict(ese=EffectiveSEModule(16), hg=EseModule(16),
+                                      maxpool=EffectiveSEModule(16, add_maxpool=True),
                                       cl=SqueezeExciteCl(16), se=tv_se()))
     with pytest.warns(UserWarning) as record:
-        assert convert_se_modules(model, backend="reference") == 1
+        assert convert_se_modules(model, backend="reference") == 3
     message = str(record[0].message)
-    assert "3 SE-like module(s)" in message
-    assert "ese: EffectiveSEModule (module timm.layers.squeeze_excite): Effective SE" in message
-    assert "hg: EseModule (module timm.models.hgnet): Effective SE" in message
+    assert "2 SE-like module(s)" in message
+    assert "maxpool: EffectiveSEModule with add_maxpool=True is unsupported" in message
     assert "cl: SqueezeExciteCl" in message and "channels-last" in message
+    assert model.ese.single_fc and model.hg.single_fc

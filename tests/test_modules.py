@@ -362,8 +362,12 @@ class DoubledConv(nn.Conv2d):
 UNSUPPORTED = {
     "not-a-module": (lambda: 42, TypeError, "needs an nn.Module, got int"),
     "conv2d": (lambda: nn.Conv2d(C, C, 1), TypeError, "does not recognize Conv2d"),
-    "timm-effective-se": (lambda: pytest.importorskip("timm.layers").EffectiveSEModule(C),
-                          TypeError, "does not recognize EffectiveSEModule"),
+    "timm-effective-se-add-maxpool": (
+        lambda: pytest.importorskip("timm.layers").EffectiveSEModule(C, add_maxpool=True),
+        ValueError, "EffectiveSEModule with add_maxpool=True"),
+    "timm-effective-se-tanh-gate": (
+        lambda: pytest.importorskip("timm.layers").EffectiveSEModule(C, gate_layer="tanh"),
+        ValueError, "EffectiveSEModule.gate is Tanh"),
     "timm-se-add-maxpool": (lambda: timm_se(add_maxpool=True), ValueError,
                             "SEModule with add_maxpool=True"),
     "timm-se-instancenorm": (lambda: timm_se(norm_layer=nn.InstanceNorm2d), ValueError,

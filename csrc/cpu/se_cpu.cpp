@@ -1,7 +1,8 @@
 // CPU kernels of the SE op, designed for the cache rather than translated from the GPU.
 //
 // Work is done one sample at a time: pool the sample's [C, H*W] slab, run the excitation for
-// it (two small GEMVs), then rescale the slab while it is still in L2/L3. Samples are spread
+// it (two small GEMVs; one for the single-FC form, w2 absent), then rescale the slab while it
+// is still in L2/L3. Samples are spread
 // over the threads; with fewer samples than threads, each sample's passes are split over
 // channels (NCHW) or pixels (NHWC) instead. The backward does the same: one pass for the
 // per-channel gradient sums, the excitation backward, one pass writing grad_x. Weight
@@ -258,9 +259,17 @@ void sample_pass(const Geometry& geo, const Op& op) {
 
 // ---- Excitation of one sample -------------------------------------------------------------
 
+// w2 null: the single-FC form (Cr == C), scale = gate(hidden), no activation.
 template <typename A>
 void excite(const A* pooled, const A* w1, const A* b1, const A* w2, const A* b2, int64_t C,
             int64_t Cr, Activation act, Gate gate, A* hidden, A* act_hidden, A* scale) {
+  if (w2 == nullptr) {
+    for (int64_t c = 0; c < C; ++c) {
+      hidden[c] = dot(w1 + c * C, pooled, C) + (b1 ? b1[c] : A(0));
+      scale[c] = apply_gate(hidden[c], gate);
+    }
+    return;
+  }
   for (int64_t r = 0; r < Cr; ++r) {
     hidden[r] = dot(w1 + r * C, pooled, C) + (b1 ? b1[r] : A(0));
     act_hidden[r] = activate(hidden[r], act);
@@ -273,11 +282,19 @@ void excite(const A* pooled, const A* w1, const A* b1, const A* w2, const A* b2,
 // gz = gs * gate'(s); gh = (gz W2) * act'(hidden); gp = (gh W1) / HW (the products by the
 // derivatives as se_math.h's gate_backward / activate_backward, with PyTorch's NaN / Inf
 // behavior). ga, gp accumulate by rows (axpy) so that W1 [Cr, C] and W2 [C, Cr] are read
-// contiguously.
+// contiguously. w2 null (single FC, Cr == C): gp = (gz W1) / HW, gh and act_hidden unused.
 template <typename A>
 void excite_backward(const A* gs, const A* s, const A* hidden, const A* w1, const A* w2, int64_t C,
                      int64_t Cr, int64_t HW, Activation act, Gate gate, A* gz, A* act_hidden, A* gh,
                      A* gp) {
+  if (w2 == nullptr) {
+    std::fill(gp, gp + C, A(0));
+    for (int64_t c = 0; c < C; ++c) {
+      gz[c] = gate_backward(gs[c], s[c], gate);
+      axpy(gz[c] / A(HW), w1 + c * C, gp, C);
+    }
+    return;
+  }
   std::fill(gh, gh + Cr, A(0));
   for (int64_t c = 0; c < C; ++c) {
     gz[c] = gate_backward(gs[c], s[c], gate);
@@ -294,8 +311,10 @@ void excite_backward(const A* gs, const A* s, const A* hidden, const A* w1, cons
 // When the weights outweigh a sample's slab (late stages: C = 2048, Cr = 128, 7x7), reading
 // W1 and W2 once per sample costs more than the slab itself: then the excitation runs for the
 // whole batch at once, its two products as GEMMs that read the weights once.
-bool excite_in_batch(int64_t Cr, int64_t HW, int64_t x_element_size, int64_t acc_size) {
-  return 2 * Cr * acc_size >= HW * x_element_size;
+// weights_per_channel: 2 Cr (W1 and W2), or C for the single-FC form's [C, C].
+bool excite_in_batch(int64_t weights_per_channel, int64_t HW, int64_t x_element_size,
+                     int64_t acc_size) {
+  return weights_per_channel * acc_size >= HW * x_element_size;
 }
 
 // act(h) elementwise with se_math.h's formula; h and out dense, of one dtype.
@@ -346,30 +365,43 @@ void apply_gate_(at::Tensor& z, Gate gate) {
   unknown_code<int>(gate);
 }
 
-// hidden = pooled W1^T + b1, act_hidden = act(hidden), scale = gate(act_hidden W2^T + b2).
+// hidden = pooled W1^T + b1, act_hidden = act(hidden), scale = gate(act_hidden W2^T + b2);
+// w2 absent (single FC): scale = gate(hidden), act_hidden unused.
 void excite_batch(const at::Tensor& pooled, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-                  const at::Tensor& w2, const std::optional<at::Tensor>& b2, Activation act,
-                  Gate gate, at::Tensor& hidden, at::Tensor& act_hidden, at::Tensor& scale) {
+                  const std::optional<at::Tensor>& w2, const std::optional<at::Tensor>& b2,
+                  Activation act, Gate gate, at::Tensor& hidden, at::Tensor& act_hidden,
+                  at::Tensor& scale) {
   at::mm_out(hidden, pooled, w1.t());
   if (b1.has_value()) hidden.add_(*b1);
+  if (!w2.has_value()) {
+    scale.copy_(hidden);
+    apply_gate_(scale, gate);
+    return;
+  }
   activate_out(act_hidden, hidden, act);
-  at::mm_out(scale, act_hidden, w2.t());
+  at::mm_out(scale, act_hidden, w2->t());
   if (b2.has_value()) scale.add_(*b2);
   apply_gate_(scale, gate);
 }
 
 // The batch form of excite_backward: gz = gs * gate'(s); gh = (gz W2) * act'(hidden);
-// gp = (gh W1) / HW; also act_hidden for the weight gradients.
+// gp = (gh W1) / HW; also act_hidden for the weight gradients. w2 absent (single FC):
+// gp = (gz W1) / HW, gh and act_hidden unused.
 template <typename A>
 void excite_backward_batch(const at::Tensor& gs, const at::Tensor& scale, const at::Tensor& hidden,
-                           const at::Tensor& w1, const at::Tensor& w2, int64_t HW,
+                           const at::Tensor& w1, const std::optional<at::Tensor>& w2, int64_t HW,
                            Activation act, Gate gate, at::Tensor& gz, at::Tensor& act_hidden, at::Tensor& gh,
                            at::Tensor& gp) {
   const A* gsp = gs.data_ptr<A>();
   const A* sp = scale.data_ptr<A>();
   A* gzp = gz.data_ptr<A>();
   for (int64_t i = 0; i < gs.numel(); ++i) gzp[i] = gate_backward(gsp[i], sp[i], gate);
-  at::mm_out(gh, gz, w2);
+  if (!w2.has_value()) {
+    at::mm_out(gp, gz, w1);
+    gp.div_(static_cast<double>(HW));
+    return;
+  }
+  at::mm_out(gh, gz, *w2);
   const A* hp = hidden.data_ptr<A>();
   A* ghp = gh.data_ptr<A>();
   A* ap = act_hidden.data_ptr<A>();
@@ -384,7 +416,7 @@ void excite_backward_batch(const at::Tensor& gs, const at::Tensor& scale, const 
 }  // namespace
 
 ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-                              const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                              const std::optional<at::Tensor>& w2, const std::optional<at::Tensor>& b2,
                               const std::optional<at::Tensor>& residual_in,
                               c10::string_view activation, c10::string_view gate_name,
                               bool post_relu) {
@@ -405,8 +437,9 @@ ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, cons
   if (residual_in.has_value()) residual = to_layout(*residual_in, cl);
   // The excitation runs in the compute dtype: convert the (small) parameters once.
   const auto acc_type = pooled.scalar_type();
-  const at::Tensor w1a = w1.to(acc_type).contiguous(), w2a = w2.to(acc_type).contiguous();
-  std::optional<at::Tensor> b1a, b2a;
+  const at::Tensor w1a = w1.to(acc_type).contiguous();
+  std::optional<at::Tensor> w2a, b1a, b2a;
+  if (w2.has_value()) w2a = w2->to(acc_type).contiguous();
   if (b1.has_value()) b1a = b1->to(acc_type).contiguous();
   if (b2.has_value()) b2a = b2->to(acc_type).contiguous();
   const Geometry geo{x.size(1), x.size(2) * x.size(3), cl};
@@ -424,7 +457,8 @@ ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, cons
     A* sp = scale.data_ptr<A>();
     const A* b1p = data_or_null<A>(b1a);
     const A* b2p = data_or_null<A>(b2a);
-    const bool batched = excite_in_batch(Cr, geo.HW, x.element_size(), sizeof(A));
+    const A* w2p = data_or_null<A>(w2a);
+    const bool batched = excite_in_batch(w2p ? 2 * Cr : geo.C, geo.HW, x.element_size(), sizeof(A));
     auto squeeze = [&](int64_t n) {
       A* pn = pp + n * geo.C;
       sample_channel_sums<A>(SumTerm<scalar_t, A, false, false, false>{xp + n * geo.numel(), nullptr,
@@ -448,7 +482,7 @@ ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, cons
     } else {  // pool, excite and rescale each sample while its slab is in cache
       for_each_sample(N, [&](int64_t n) {
         squeeze(n);
-        excite<A>(pp + n * geo.C, w1a.data_ptr<A>(), b1p, w2a.data_ptr<A>(), b2p, geo.C, Cr, act,
+        excite<A>(pp + n * geo.C, w1a.data_ptr<A>(), b1p, w2p, b2p, geo.C, Cr, act,
                   gate, hp + n * Cr, ap + n * Cr, sp + n * geo.C);
         rescale(n);
       });
@@ -459,7 +493,7 @@ ForwardOutputs se_forward_cpu(const at::Tensor& x_in, const at::Tensor& w1, cons
 
 BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                 const std::optional<at::Tensor>& out_in, const at::Tensor& w1,
-                                const at::Tensor& w2, const at::Tensor& pooled,
+                                const std::optional<at::Tensor>& w2, const at::Tensor& pooled,
                                 const at::Tensor& hidden, const at::Tensor& scale,
                                 bool has_residual, c10::string_view activation,
                                 c10::string_view gate_name) {
@@ -478,7 +512,9 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
     const at::Tensor x = to_layout(x_in, cl), g = to_layout(grad_in, cl);
     std::optional<at::Tensor> out;
     if (post_relu) out = to_layout(*out_in, cl);
-    const at::Tensor w1a = w1.to(acc_type).contiguous(), w2a = w2.to(acc_type).contiguous();
+    const at::Tensor w1a = w1.to(acc_type).contiguous();
+    std::optional<at::Tensor> w2a;
+    if (w2.has_value()) w2a = w2->to(acc_type).contiguous();
     const at::Tensor s = scale.contiguous(), h = hidden.contiguous();
     const Geometry geo{C, x.size(2) * x.size(3), cl};
     at::Tensor& grad_x = std::get<0>(grads);
@@ -493,8 +529,9 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
       const scalar_t* optr = data_or_null_t<scalar_t>(out);
       scalar_t* gxp = grad_x.data_ptr<scalar_t>();
       scalar_t* grp = write_grad_res ? grad_res.data_ptr<scalar_t>() : nullptr;
-      const bool batched = excite_in_batch(Cr, geo.HW, x.element_size(), sizeof(A));
-        auto grad_sums = [&](int64_t n) {
+      const A* w2p = data_or_null<A>(w2a);
+      const bool batched = excite_in_batch(w2p ? 2 * Cr : C, geo.HW, x.element_size(), sizeof(A));
+      auto grad_sums = [&](int64_t n) {
         const int64_t off = n * geo.numel();
         with_flag(post_relu, [&](auto mask) {
           with_flag(write_grad_res, [&](auto write_gy) {
@@ -520,7 +557,7 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
         for_each_sample(N, [&](int64_t n) {
           grad_sums(n);
           excite_backward<A>(gs.data_ptr<A>() + n * C, s.data_ptr<A>() + n * C, h.data_ptr<A>() + n * Cr,
-                             w1a.data_ptr<A>(), w2a.data_ptr<A>(), C, Cr, geo.HW, act, gate,
+                             w1a.data_ptr<A>(), w2p, C, Cr, geo.HW, act, gate,
                              gz.data_ptr<A>() + n * C, act_hidden.data_ptr<A>() + n * Cr,
                              gh.data_ptr<A>() + n * Cr, gp.data_ptr<A>() + n * C);
           input_grad(n);
@@ -528,7 +565,11 @@ BackwardOutputs se_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
       }
     });
   }
-  write_weight_grads(gz, act_hidden, gh, pooled, grads);
+  if (w2.has_value()) {
+    write_weight_grads(gz, act_hidden, gh, pooled, grads);
+  } else {
+    write_single_fc_weight_grads(gz, pooled, grads);
+  }
   return grads;
 }
 

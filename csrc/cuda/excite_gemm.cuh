@@ -227,6 +227,22 @@ struct ScaleStore {
   __device__ __forceinline__ void row_sum(int64_t, acc_t) const {}
 };
 
+// Single FC (w2 absent), forward: hidden = v + b1 (the gate's input), scale = gate(hidden).
+template <typename acc_t, typename w_t>
+struct HiddenGateStore {
+  acc_t* hidden;
+  acc_t* scale;
+  const w_t* b1;  // nullable
+  int64_t channels;
+  Gate gate;
+  __device__ __forceinline__ void operator()(int64_t n, int64_t c, acc_t v) const {
+    if (b1 != nullptr) v += static_cast<acc_t>(b1[c]);
+    hidden[n * channels + c] = v;
+    scale[n * channels + c] = apply_gate(v, gate);
+  }
+  __device__ __forceinline__ void row_sum(int64_t, acc_t) const {}
+};
+
 // Backward r_to_c: gp = v / HW, the gradient reaching each pixel through the mean.
 template <typename acc_t>
 struct GradPooledStore {

@@ -12,6 +12,10 @@
 //   forward   channel sums; per-sample excitation, or GEMMs c_to_r + r_to_c; scale pass
 //   backward  channel sums of gy * x; per-sample excitation backward, or GEMMs c_to_r +
 //             r_to_c; grad_x pass; weight-gradient GEMMs
+// The single-FC form (w2 absent, Effective SE: scale = gate(W1 pooled + b1), W1 [C, C]) always
+// takes one GEMM: forward pooled -> (hidden, scale), backward gz -> gp, then gW1 = gz^T pooled
+// (the per-sample kernels have no single-FC variant; its C x C weight is what the batched
+// path is for anyway at any but the smallest C).
 // Every reduction is deterministic (fixed order, no float atomics).
 //
 // Tensors are indexed as dense NCHW (flat = (n*C + c)*HW + hw) or dense NHWC
@@ -108,7 +112,7 @@ void weight_grads(const at::Tensor& gz, const at::Tensor& hidden, const at::Tens
 }  // namespace
 
 ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
-                               const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                               const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& w2,
                                const std::optional<at::Tensor>& b2,
                                const std::optional<at::Tensor>& residual,
                                c10::string_view activation, c10::string_view gate,
@@ -125,7 +129,9 @@ ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   const at::Tensor xd = to_layout(x, cl);
   std::optional<at::Tensor> res;
   if (residual.has_value()) res = to_layout(*residual, cl);
-  const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
+  const bool single_fc = !w2.has_value();
+  const at::Tensor w1c = w1.contiguous();
+  const at::Tensor w2c = single_fc ? w1c : w2->contiguous();  // single FC: never read
   std::optional<at::Tensor> b1c, b2c;
   if (b1.has_value()) b1c = b1->contiguous();
   if (b2.has_value()) b2c = b2->contiguous();
@@ -140,8 +146,8 @@ ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   if (n == 0) return outputs;  // nothing to launch; all outputs are empty
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t sms = num_sms(device.index());
-  const bool batched = use_batched_excitation(n, channels, reduced, hw, x.element_size(),
-                                              w1.element_size());
+  const bool batched = single_fc || use_batched_excitation(n, channels, reduced, hw,
+                                                           x.element_size(), w1.element_size());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -169,6 +175,16 @@ ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
             act_hidden.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), channels, reduced, hw_acc,
             act, gate_code);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+      if (single_fc) {  // hidden = pooled W1^T + b1, scale = gate(hidden)
+        launch_gemm<acc_t>(
+            PooledLoader<acc_t>{partials.data_ptr<acc_t>(), splits, channels, hw_acc,
+                                pooled.data_ptr<acc_t>()},
+            WeightLoader<acc_t, w_t, true>{w1c.data_ptr<w_t>(), 1, channels},  // W1^T
+            HiddenGateStore<acc_t, w_t>{hidden.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
+                                        b1_ptr, channels, gate_code},
+            n, channels, channels, no_k_split(channels), stream);
         return;
       }
       // hidden = pooled W1^T + b1 over the batch, split over C; then scale
@@ -208,7 +224,7 @@ ForwardOutputs se_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
 
 BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                  const std::optional<at::Tensor>& out, const at::Tensor& w1,
-                                 const at::Tensor& w2, const at::Tensor& pooled,
+                                 const std::optional<at::Tensor>& w2, const at::Tensor& pooled,
                                  const at::Tensor& hidden, const at::Tensor& scale,
                                  bool has_residual, c10::string_view activation,
                                  c10::string_view gate) {
@@ -230,7 +246,9 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
   const at::Tensor gd = to_layout(grad_out, cl);
   std::optional<at::Tensor> od;
   if (out.has_value()) od = to_layout(*out, cl);
-  const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
+  const bool single_fc = !w2.has_value();
+  const at::Tensor w1c = w1.contiguous();
+  const at::Tensor w2c = single_fc ? w1c : w2->contiguous();  // single FC: never read
 
   BackwardOutputs grads = allocate_backward_outputs(x, w1, w2, post_relu, has_residual);
   at::Tensor& grad_x = std::get<0>(grads);
@@ -252,8 +270,8 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t sms = num_sms(device.index());
-  const bool batched = use_batched_excitation(n, channels, reduced, hw, x.element_size(),
-                                              w1.element_size());
+  const bool batched = single_fc || use_batched_excitation(n, channels, reduced, hw,
+                                                           x.element_size(), w1.element_size());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -280,7 +298,14 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
     dispatch_param_type<scalar_t>(w1.scalar_type(), [&](auto w_tag) {
       using w_t = typename decltype(w_tag)::type;
       // (2) excitation backward: gz, gh, gp
-      if (!batched) {
+      if (single_fc) {  // gz = gs * gate'(s), gp = gz W1 / HW
+        launch_gemm<acc_t>(
+            GradGateLoader<acc_t>{partials.data_ptr<acc_t>(), splits, channels,
+                                  scale_c.data_ptr<acc_t>(), gate_code, gz.data_ptr<acc_t>()},
+            WeightLoader<acc_t, w_t, false>{w1c.data_ptr<w_t>(), channels, 1},  // W1
+            GradPooledStore<acc_t>{gp.data_ptr<acc_t>(), channels, hw_acc}, n, channels,
+            channels, no_k_split(channels), stream);
+      } else if (!batched) {
         const at::Tensor act_hidden = at::empty({n, reduced}, vec_options);
         excite_backward_kernel<acc_t, w_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
             partials.data_ptr<acc_t>(), splits, scale_c.data_ptr<acc_t>(),
@@ -327,7 +352,16 @@ BackwardOutputs se_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
     // (4) weight and bias gradients: GEMMs over the batch, float32 (never TF32)
     dispatch_param_type<scalar_t>(w1.scalar_type(), [&](auto w_tag) {
       using w_t = typename decltype(w_tag)::type;
-      weight_grads<acc_t, w_t>(gz, hidden_c, gh, pooled_c, act, grads, stream);
+      if (single_fc) {  // grad_w1 = gz^T pooled, grad_b1 = sum_n gz
+        launch_gemm<acc_t>(TransposedLoader<acc_t>{gz.data_ptr<acc_t>(), channels},
+                           RowsLoader<acc_t>{pooled_c.data_ptr<acc_t>(), channels, false, act},
+                           WeightGradStore<acc_t, w_t>{std::get<1>(grads).data_ptr<w_t>(),
+                                                       std::get<2>(grads).data_ptr<w_t>(),
+                                                       channels},
+                           channels, channels, n, no_k_split(n), stream);
+      } else {
+        weight_grads<acc_t, w_t>(gz, hidden_c, gh, pooled_c, act, grads, stream);
+      }
     });
   });
   return grads;

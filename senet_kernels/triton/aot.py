@@ -115,17 +115,23 @@ def _record_cases():
 
 
 def _record_paths(paths, map_sizes=MAP_SIZES):
-    """Every dtype pair, map size, layout and tail of each excitation path in ``paths``."""
+    """Every dtype pair, map size, layout and tail of each excitation path in ``paths``, with
+    two FC layers and with one (single FC: w2 None, whose kernels take the same constexprs
+    but another runtime flag, and where the sizes may specialize differently)."""
     from . import configs
-    for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu in itertools.product(
-            paths, DTYPE_PAIRS, map_sizes, (False, True), (False, True), (False, True)):
-        n, c, cr = 4, 64, 16
+    for path, (dtype, pdtype), (h, w), channels_last, residual, post_relu, single_fc in (
+            itertools.product(paths, DTYPE_PAIRS, map_sizes, (False, True), (False, True),
+                              (False, True), (False, True))):
+        n, c = 4, 64
+        cr = c if single_fc else 16
         x = torch.randn(n, c, h, w, dtype=dtype)
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
         res = torch.randn_like(x) if residual else None
         w1, w2 = torch.randn(cr, c, dtype=pdtype), torch.randn(c, cr, dtype=pdtype)
         b1, b2 = torch.randn(cr, dtype=pdtype), torch.randn(c, dtype=pdtype)
+        if single_fc:
+            w2 = b2 = None
         with configs.force_excitation_path(path):
             _forward_backward(x, w1, b1, w2, b2, res, post_relu, torch.randn_like(x))
 

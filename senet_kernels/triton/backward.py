@@ -6,7 +6,8 @@ backward of docs/design.md, "The math"):
 Kernel A', ``se_squeeze_excite_bwd``: grid (channel blocks * HW splits, N). Reduces
 gs = sum_hw gy * x into ``partials``; with EXCITE, the last program of a sample then runs the
 excitation backward for it: gz = gs * gate'(s), gh = (gz W2) * act'(hidden), gp = (gh W1) / HW,
-writing the [N, C] / [N, Cr] vectors gz, gh and gp. Without EXCITE it only leaves the partial
+writing the [N, C] / [N, Cr] vectors gz, gh and gp. Without FC2 (``has_fc2`` 0, single FC)
+there is no gh: gp = (gz W1) / HW. Without EXCITE it only leaves the partial
 sums, for the batched excitation backward (batched.py).
 
 Kernel B', ``se_scale_bwd``: one streaming pass, gx = gy * s + gp (and grad_residual = gy
@@ -16,7 +17,8 @@ out: 6 passes over the activation's size instead of 7 (A': read g, x, out, write
 gy, write gx).
 
 Kernel C', ``se_weight_grads``: the tiny GEMMs over the batch, gW2 = gz^T act(hidden),
-gW1 = gh^T pooled, and the bias sums, one program per output tile of either matrix.
+gW1 = gh^T pooled, and the bias sums, one program per output tile of either matrix. Single
+FC: gW1 = gz^T pooled only (the host passes gz as gh and launches gW1's tiles alone).
 """
 
 import triton
@@ -30,7 +32,7 @@ from .common import (FLAGS, activate, activate_backward, arrive_last, dot_acc, g
 def se_squeeze_excite_bwd(
     grad_ptr, x_ptr, out_ptr, grad_res_ptr, w1_ptr, w2_ptr, hidden_ptr, scale_ptr,
     partial_ptr, counter_ptr, gz_ptr, gh_ptr, gp_ptr,
-    C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, act, gate,
+    C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, has_fc2, act, gate,
     EXCITE: tl.constexpr, POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     REDUCE_STAGES: tl.constexpr, FC_BLOCK_C: tl.constexpr, FC_BLOCK_R: tl.constexpr,
@@ -51,20 +53,23 @@ def se_squeeze_excite_bwd(
                 sc = tl.load(scale_ptr + n * C + c, mask=cm, other=0.0)
                 tl.store(gz_ptr + n * C + c, gate_backward(gs, sc, gate), mask=cm)
             tl.debug_barrier()
-            # gh = (gz @ W2) * act'(hidden), W2 is [C, CR]
-            for r0 in range(0, CR, FC_BLOCK_R):
-                r = r0 + fc_r
-                rm = r < CR
-                ga = matvec_block(w2_ptr, gz_ptr + n * C, r, rm, CR, C, True, act, False,
-                                  FC_BLOCK_R, FC_BLOCK_C, ACC)
-                h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
-                tl.store(gh_ptr + n * CR + r, activate_backward(ga, h, act), mask=rm)
-            tl.debug_barrier()
+            # gh = (gz @ W2) * act'(hidden), W2 is [C, CR]; single FC: gz itself goes to W1
+            fc1_grad_ptr = gz_ptr + n * C
+            if has_fc2:
+                for r0 in range(0, CR, FC_BLOCK_R):
+                    r = r0 + fc_r
+                    rm = r < CR
+                    ga = matvec_block(w2_ptr, gz_ptr + n * C, r, rm, CR, C, True, act, False,
+                                      FC_BLOCK_R, FC_BLOCK_C, ACC)
+                    h = tl.load(hidden_ptr + n * CR + r, mask=rm, other=0.0)
+                    tl.store(gh_ptr + n * CR + r, activate_backward(ga, h, act), mask=rm)
+                fc1_grad_ptr = gh_ptr + n * CR
+                tl.debug_barrier()
             # gp = (gh @ W1) / HW, W1 is [CR, C]: the gradient of each pixel through the mean
             for c0 in range(0, C, FC_BLOCK_C):
                 c = c0 + fc_c
                 cm = c < C
-                gp = matvec_block(w1_ptr, gh_ptr + n * CR, c, cm, C, CR, True, act, False,
+                gp = matvec_block(w1_ptr, fc1_grad_ptr, c, cm, C, CR, True, act, False,
                                   FC_BLOCK_C, FC_BLOCK_R, ACC)
                 tl.store(gp_ptr + n * C + c, gp / HW, mask=cm)
             tl.store(counter_ptr + n, 0)  # ready for the next launch
@@ -104,16 +109,17 @@ def se_scale_bwd(
 @triton.jit(do_not_specialize=FLAGS)
 def se_weight_grads(
     gz_ptr, hidden_ptr, gh_ptr, pooled_ptr, gw2_ptr, gb2_ptr, gw1_ptr, gb1_ptr,
-    N, C, CR, act,
+    N, C, CR, has_fc2, act,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """G = U^T V and gb = sum_n U, for (U, V, G) = (gz, act(hidden), gW2) or (gh, pooled, gW1).
 
-    Programs [0, tiles(C, CR)) make gW2 [C, CR]; the rest make gW1 [CR, C].
+    Programs [0, tiles(C, CR)) make gW2 [C, CR]; the rest make gW1 [CR, C]. Without FC2
+    (has_fc2 0) every program makes gW1 (gh_ptr then holds gz).
     """
     pid = tl.program_id(0)
     w2_k_blocks = tl.cdiv(CR, BLOCK_K)
-    w2_tiles = tl.cdiv(C, BLOCK_M) * w2_k_blocks
+    w2_tiles = tl.cdiv(C, BLOCK_M) * w2_k_blocks * has_fc2
     if pid < w2_tiles:
         u_ptr, v_ptr, g_ptr, gb_ptr = gz_ptr, hidden_ptr, gw2_ptr, gb2_ptr
         M, K, apply_act = C, CR, 1

@@ -13,6 +13,11 @@ Two GEMM kernels, each used by the forward and the backward:
   ``se_excite_gemm_c_to_r`` [N, C] -> [N, Cr]: forward FC1, backward through FC2.
   ``se_excite_gemm_r_to_c`` [N, Cr] -> [N, C]: forward FC2 + gate, backward through FC1.
 
+Single FC (Effective SE, ``has_fc2`` 0: W1 is [C, C], CR == C, no W2): c_to_r alone is the
+excitation, its epilogue applying the gate (forward: hidden = U V + b1, scale = gate(hidden))
+or the mean's 1 / HW (backward: U = gz, V = W1, out = gp = U V / HW); r_to_c is not launched.
+Forward 3 launches, backward 4.
+
 Forward, 4 launches: ``se_squeeze_excite_fwd`` with EXCITE=False (partial sums of x), c_to_r
 (pooled, hidden), r_to_c (scale), ``se_scale_fwd`` (out). Backward, 5 launches:
 ``se_squeeze_excite_bwd`` with EXCITE=False (partial sums of gy * x), c_to_r (gz, gh), r_to_c
@@ -30,15 +35,23 @@ from .common import (FLAGS, activate, activate_backward, apply_gate, arrive_last
 
 
 @triton.jit
-def c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
-                    BACKWARD: tl.constexpr, ACC: tl.constexpr):
-    """Finish and store a c_to_r tile: + b1 (forward) or * act'(hidden) (backward)."""
+def c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, scale_ptr, out_ptr, CR, HW,
+                    has_bias, has_fc2, act, gate, BACKWARD: tl.constexpr, ACC: tl.constexpr):
+    """Finish and store a c_to_r tile: + b1 (forward) or * act'(hidden) (backward). Single FC
+    (has_fc2 0, CR == C): forward also stores gate(out) to scale_ptr [N, C]; backward
+    divides by HW instead (out is gp)."""
     if BACKWARD:
-        h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
-        acc = activate_backward(acc, h, act)
+        if has_fc2:
+            h = tl.load(hidden_ptr + rows[:, None] * CR + r[None, :], mask=out_mask, other=0.0)
+            acc = activate_backward(acc, h, act)
+        else:
+            acc = acc / HW
     else:
         if has_bias:
             acc += tl.load(b_ptr + r, mask=r < CR, other=0.0).to(ACC)[None, :]
+        if has_fc2 == 0:  # (not `not`: a runtime i32 flag)
+            tl.store(scale_ptr + rows[:, None] * CR + r[None, :], apply_gate(acc, gate),
+                     mask=out_mask)
     tl.store(out_ptr + rows[:, None] * CR + r[None, :], acc, mask=out_mask)
 
 
@@ -47,8 +60,8 @@ def c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_
 @triton.jit(do_not_specialize=FLAGS + ["K_SPLITS"])
 def se_excite_gemm_c_to_r(
     partial_ptr, scale_ptr, w_ptr, b_ptr, hidden_ptr, vec_ptr, ksum_ptr, counter_ptr, out_ptr,
-    N, C, CR, HW, NUM_SPLITS, K_PER_SPLIT, K_SPLITS, w_stride_c, w_stride_r, has_bias, act, gate,
-    BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    N, C, CR, HW, NUM_SPLITS, K_PER_SPLIT, K_SPLITS, w_stride_c, w_stride_r, has_bias, has_fc2,
+    act, gate, BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT_LIMIT: tl.constexpr, PRECISION: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -59,6 +72,9 @@ def se_excite_gemm_c_to_r(
     tile; V[c, r] = w[c * w_stride_c + r * w_stride_r]:
       forward:  U = pooled = sum / HW,        V = W1^T,  out = hidden = U V + b1
       backward: U = gz = gs * gate'(scale),   V = W2,    out = gh = (U V) * act'(hidden)
+    and without FC2 (has_fc2 0, single FC, CR == C):
+      forward:  as above, and scale_ptr receives gate(hidden)
+      backward: U = gz,                       V = W1,    out = gp = U V / HW
     Program (i, j, k) sums channels [k * K_PER_SPLIT, (k + 1) * K_PER_SPLIT). With
     K_SPLITS > 1 it stores its product to ksum [K_SPLITS, N, CR]; the tile's last program to
     arrive (counter per tile, left zeroed) adds the K_SPLITS products in split order and runs
@@ -95,8 +111,8 @@ def se_excite_gemm_c_to_r(
         acc = dot_acc(u, v, acc, PRECISION)
     out_mask = row_mask[:, None] & r_mask[None, :]
     if K_SPLITS == 1:
-        c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias, act,
-                        BACKWARD, ACC)
+        c_to_r_epilogue(acc, rows, r, out_mask, b_ptr, hidden_ptr, scale_ptr, out_ptr, CR, HW,
+                        has_bias, has_fc2, act, gate, BACKWARD, ACC)
     else:
         tile_ptrs = rows[:, None] * CR + r[None, :]
         tl.store(ksum_ptr + tl.program_id(2) * N * CR + tile_ptrs, acc, mask=out_mask)
@@ -107,8 +123,8 @@ def se_excite_gemm_c_to_r(
                 total += tl.load(ksum_ptr + split * N * CR + tile_ptrs,
                                  mask=out_mask & (split < K_SPLITS), other=0.0,
                                  cache_modifier=".cg")
-            c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
-                            act, BACKWARD, ACC)
+            c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, scale_ptr, out_ptr, CR,
+                            HW, has_bias, has_fc2, act, gate, BACKWARD, ACC)
             tl.store(counter, 0)  # ready for the next launch
 
 

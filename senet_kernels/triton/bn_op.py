@@ -26,7 +26,6 @@ from ..bn_ops import allocate_bn_backward_outputs, allocate_bn_forward_outputs
 from ..layout import to_layout
 from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
-from .backward import se_weight_grads
 from .bn_kernels import (bn_grad_pass_bwd, bn_grad_sums_bwd, bn_param_grads_bwd, bn_scale_fwd,
                          bn_stats_fwd)
 from .se_op import (MAX_PLANS, _check_batch, _is_dense, _launch_with_counters, _offset16,
@@ -202,12 +201,7 @@ def _backward_plan(grad_out, y, out, bn_weight, bn_bias, w1, w2, batch_stats, ha
                            WRITE_GRAD_RESIDUAL=write_grad_res and not grad_res_in_sums,
                            GRAD_RESIDUAL_WRITTEN=grad_res_in_sums,
                            CHANNELS_LAST=s.channels_last, BLOCK=configs.SCALE_BLOCK), device)
-    m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
-    tiles = configs.cdiv(s.c, m) * configs.cdiv(s.cr, k) + configs.cdiv(s.cr, m) * configs.cdiv(s.c, k)
-    weight_grads = _site(se_weight_grads, (tiles,),
-                         "gz_ptr hidden_ptr gh_ptr pooled_ptr gw2_ptr gb2_ptr gw1_ptr gb1_ptr",
-                         dict(N=s.n, C=s.c, CR=s.cr, act=flags["act"]),
-                         dict(BLOCK_M=m, BLOCK_K=k, BLOCK_N=configs.WGRAD_BLOCK_N), device)
+    weight_grads = s.weight_grads_site(flags["act"], device)
     dense = (all(_is_dense(t, s.channels_last) for t in (grad_out, y) + ((out,) if post_relu else ()))
              and _vectors_dense(bn_weight, bn_bias, w1, w2))
     return _Plan(s, splits, (sums, through_fc2, through_fc1, param_grads, grad_pass, weight_grads),

@@ -26,7 +26,7 @@ from ..spec import ACTIVATION_CODE, GATE_CODE, LEAKY_RELU_SLOPE
 #: keeps one compiled kernel for every value, instead of one more wherever a flag equals 1
 #: (Triton turns integer arguments equal to 1 into constants), so what the ahead-of-time
 #: compile covers is what runs. Names a kernel does not have are ignored.
-FLAGS = ["has_b1", "has_b2", "has_bias", "act", "gate"]
+FLAGS = ["has_b1", "has_b2", "has_bias", "has_fc2", "act", "gate"]
 
 RELU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["relu"])
 SILU: tl.constexpr = tl.constexpr(ACTIVATION_CODE["silu"])

@@ -216,7 +216,7 @@ def gemm_k_splits(n, c, cr, num_sms):
     return per_split, cdiv(c, per_split)
 
 
-def excitation_path(n, c, cr, hw, x_size, param_size, tuning=None):
+def excitation_path(n, c, cr, hw, x_size, param_size, tuning=None, single_fc=False):
     """The path of EXCITATION_PATHS a shape takes: a weight-heavy one ("batched", or
     "squeeze_fc1" on maps of at most the ``tuning``'s squeeze_fc1_max_pixels, none by default)
     when the per-sample excitation's weight traffic outweighs WEIGHT_TRAFFIC_LIMIT of one
@@ -224,14 +224,27 @@ def excitation_path(n, c, cr, hw, x_size, param_size, tuning=None):
     2 * Cr * param_size > WEIGHT_TRAFFIC_LIMIT * HW * x_size (independent of n: both sides
     grow with it), else "per_sample"; the forced path if one is. SE-ResNet-50 (Cr = C / 16),
     bf16: C = 2048 at 7x7 reads 5.2x its activations in weights per sample, C = 1024 at 14x14
-    0.65x, C = 512 at 28x28 0.08x; EfficientNet-B0's late SE (C = 1152, Cr = 48, 7x7) 2.0x."""
-    if forced_path is not None:
-        return forced_path
-    per_sample = weight_bytes(c, cr, param_size) * weight_reads(n, False)
-    heavy = per_sample > WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size)
-    if not heavy:
-        return "per_sample"
-    return "squeeze_fc1" if hw <= (tuning or DEFAULT_TUNING).squeeze_fc1_max_pixels else "batched"
+    0.65x, C = 512 at 28x28 0.08x; EfficientNet-B0's late SE (C = 1152, Cr = 48, 7x7) 2.0x.
+
+    ``single_fc``: the single-FC form (Effective SE: one [C, C] weight, cr == c), whose weight
+    bytes are C * C, half of weight_bytes(c, c). It has no squeeze_fc1 kernels (that path
+    folds FC1 into the squeeze and FC2 into a GEMM of its own; with one C x C layer there is
+    nothing left for the second, and its K-split GEMM is the batched path's c_to_r anyway):
+    "batched" replaces it, forced or picked."""
+    path = forced_path
+    if path is None:
+        weights = weight_bytes(c, cr, param_size) // (2 if single_fc else 1)
+        heavy = weights * weight_reads(n, False) > (
+            WEIGHT_TRAFFIC_LIMIT * activation_bytes(n, c, hw, x_size))
+        if not heavy:
+            path = "per_sample"
+        elif hw <= (tuning or DEFAULT_TUNING).squeeze_fc1_max_pixels:
+            path = "squeeze_fc1"
+        else:
+            path = "batched"
+    if single_fc and path == "squeeze_fc1":
+        return "batched"
+    return path
 
 
 def use_batched_excitation(n, c, cr, hw, x_size, param_size):

@@ -3,7 +3,8 @@
 Kernel A, ``se_squeeze_excite_fwd``: grid (channel blocks * HW splits, N). Each program sums
 its [channels, HW range] slab of one sample into ``partials`` [N, S, C]; with EXCITE, the last
 program to arrive at a sample (an atomic counter per sample) finishes that sample: pooled =
-sum / HW, hidden = W1 pooled + b1, scale = gate(W2 act(hidden) + b2). One launch, no host
+sum / HW, hidden = W1 pooled + b1, scale = gate(W2 act(hidden) + b2); without FC2 (``has_fc2``
+0, the single-FC form: W1 is [C, C]) scale = gate(hidden), stored as hidden is made. One launch, no host
 round trip. Without EXCITE it only leaves the partial sums, for the batched excitation
 (batched.py), which weight-heavy shapes use instead of the per-sample tail.
 
@@ -21,7 +22,7 @@ from .common import FLAGS, apply_gate, arrive_last, matvec_block, reduce_slab_sh
 def se_squeeze_excite_fwd(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     partial_ptr, counter_ptr, pooled_ptr, hidden_ptr, scale_ptr,
-    C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, has_b1, has_b2, act, gate,
+    C, HW, CR, HW_PER_SPLIT, NUM_SPLITS, has_b1, has_b2, has_fc2, act, gate,
     EXCITE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr, REDUCE_STAGES: tl.constexpr, FC_BLOCK_C: tl.constexpr,
     FC_BLOCK_R: tl.constexpr, ACC: tl.constexpr,
@@ -48,16 +49,19 @@ def se_squeeze_excite_fwd(
                 if has_b1:
                     h += tl.load(b1_ptr + r, mask=rm, other=0.0).to(ACC)
                 tl.store(hidden_ptr + n * CR + r, h, mask=rm)
-            tl.debug_barrier()
-            # scale = gate(W2 @ act(hidden) + b2), W2 is [C, CR]
-            for c0 in range(0, C, FC_BLOCK_C):
-                c = c0 + fc_c
-                cm = c < C
-                z = matvec_block(w2_ptr, hidden_ptr + n * CR, c, cm, C, CR, False, act, True,
-                                 FC_BLOCK_C, FC_BLOCK_R, ACC)
-                if has_b2:
-                    z += tl.load(b2_ptr + c, mask=cm, other=0.0).to(ACC)
-                tl.store(scale_ptr + n * C + c, apply_gate(z, gate), mask=cm)
+                if has_fc2 == 0:  # single FC: CR == C, hidden is the gate's input
+                    tl.store(scale_ptr + n * C + r, apply_gate(h, gate), mask=rm)
+            if has_fc2:
+                tl.debug_barrier()
+                # scale = gate(W2 @ act(hidden) + b2), W2 is [C, CR]
+                for c0 in range(0, C, FC_BLOCK_C):
+                    c = c0 + fc_c
+                    cm = c < C
+                    z = matvec_block(w2_ptr, hidden_ptr + n * CR, c, cm, C, CR, False, act,
+                                     True, FC_BLOCK_C, FC_BLOCK_R, ACC)
+                    if has_b2:
+                        z += tl.load(b2_ptr + c, mask=cm, other=0.0).to(ACC)
+                    tl.store(scale_ptr + n * C + c, apply_gate(z, gate), mask=cm)
             tl.store(counter_ptr + n, 0)  # ready for the next launch
 
 

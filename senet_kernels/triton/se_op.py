@@ -12,6 +12,9 @@ tuning.py):
   launches (squeeze, FC1, FC2 + gate, scale), backward 5. The [N, C] -> [N, Cr] GEMM splits
   its channels over several programs where its tiles alone would leave SMs idle
   (``configs.gemm_k_splits``).
+- single FC (w2 None, Effective SE): the per-sample path without its FC2 step, or the batched
+  path with the c_to_r GEMM alone (its epilogue applies the gate; backward: through W1 to gp),
+  forward 3 launches, backward 4; squeeze_fc1 is never taken (configs.excitation_path).
 - squeeze_fc1 (squeeze_fc1.py): the batched path with FC1 folded into the squeeze (and, in
   the backward, the gradient through FC2 into the backward's reduction), each program
   reading a channel block of a tile of samples. Forward 3 launches (squeeze + FC1, FC2 +
@@ -178,19 +181,22 @@ class _Shape:
     dot_precision: str   # of the excitation GEMMs (configs.dot_precision)
     x_size: int          # bytes per element of x
     tuning: configs.Tuning  # the device's (tuning.for_device)
+    has_fc2: int = 1     # 0: the single-FC form (w2 None), CR == C
 
     @staticmethod
-    def of(x, w1):
+    def of(x, w1, single_fc=False):
+        """``single_fc``: the single-FC form (w2 None, w1 [C, C])."""
         n, c, h, w = x.shape
         cr, hw = w1.shape[0], h * w
         device_tuning = tuning.for_device(x.device)
         return _Shape(n, c, cr, hw, is_channels_last(x),
                       compute_dtype(x.dtype),
                       configs.excitation_path(n, c, cr, hw, x.element_size(),
-                                              w1.element_size(), device_tuning),
+                                              w1.element_size(), device_tuning,
+                                              single_fc=single_fc),
                       _num_sms(x.device),
                       configs.dot_precision(w1.dtype in (torch.float16, torch.bfloat16)),
-                      x.element_size(), device_tuning)
+                      x.element_size(), device_tuning, int(not single_fc))
 
     @property
     def batched(self):
@@ -223,7 +229,8 @@ class _Shape:
         return configs.cdiv(self.n, configs.BATCH_BLOCK_N) * configs.cdiv(self.cr, configs.BATCH_BLOCK_R)
 
     def c_to_r_site(self, num_splits, w_strides, has_bias, *, act, gate, backward, device):
-        """The [N, C] -> [N, Cr] GEMM: forward FC1 (V = W1^T), backward through FC2 (V = W2)."""
+        """The [N, C] -> [N, Cr] GEMM: forward FC1 (V = W1^T), backward through FC2 (V = W2);
+        single FC: forward FC1 + gate, backward through FC1 (V = W1, same strides as W2)."""
         per_split, k_splits = self.k_split()
         assert k_splits <= configs.K_SPLIT_LIMIT  # the epilogue reads at most that many
         grid = (configs.cdiv(self.n, configs.BATCH_BLOCK_N),
@@ -234,11 +241,22 @@ class _Shape:
                      dict(N=self.n, C=self.c, CR=self.cr, HW=self.hw, NUM_SPLITS=num_splits,
                           K_PER_SPLIT=per_split, K_SPLITS=k_splits,
                           w_stride_c=w_strides[0], w_stride_r=w_strides[1],
-                          has_bias=has_bias, act=act, gate=gate),
+                          has_bias=has_bias, has_fc2=self.has_fc2, act=act, gate=gate),
                      dict(BACKWARD=backward, BLOCK_N=configs.BATCH_BLOCK_N,
                           BLOCK_R=configs.BATCH_BLOCK_R, BLOCK_K=configs.BATCH_BLOCK_K,
                           SPLIT_LIMIT=configs.K_SPLIT_LIMIT, PRECISION=self.dot_precision,
                           ACC=self.acc), device)
+
+    def weight_grads_site(self, act, device):
+        """The weight and bias gradients (``se_weight_grads``): gW2's tiles (not in the
+        single-FC form), then gW1's."""
+        m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
+        tiles = configs.cdiv(self.c, m) * configs.cdiv(self.cr, k) * self.has_fc2 + (
+            configs.cdiv(self.cr, m) * configs.cdiv(self.c, k))
+        return _site(se_weight_grads, (tiles,),
+                     "gz_ptr hidden_ptr gh_ptr pooled_ptr gw2_ptr gb2_ptr gw1_ptr gb1_ptr",
+                     dict(N=self.n, C=self.c, CR=self.cr, has_fc2=self.has_fc2, act=act),
+                     dict(BLOCK_M=m, BLOCK_K=k, BLOCK_N=configs.WGRAD_BLOCK_N), device)
 
     def _squeeze_fc_constexprs(self):
         tile = configs.squeeze_fc1_tile(self.hw, self.x_size, self.tuning)
@@ -297,16 +315,17 @@ class _Plan:
 
 
 def _forward_key(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    return (x.shape, x.stride(), x.dtype, x.device, w1.shape, w1.stride(), w1.dtype, w2.stride(),
+    return (x.shape, x.stride(), x.dtype, x.device, w1.shape, w1.stride(), w1.dtype,
+            None if w2 is None else w2.stride(),
             None if b1 is None else b1.stride(), None if b2 is None else b2.stride(),
             None if residual is None else residual.stride(), activation, gate, post_relu,
-            x.data_ptr() % 16, w1.data_ptr() % 16, w2.data_ptr() % 16, _offset16(b1), _offset16(b2),
+            x.data_ptr() % 16, w1.data_ptr() % 16, _offset16(w2), _offset16(b1), _offset16(b2),
             _offset16(residual), configs.forced_path, configs.forced_k_splits,
             configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile, configs.forced_tuning)
 
 
 def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
-    s = _Shape.of(x, w1)
+    s = _Shape.of(x, w1, single_fc=w2 is None)
     device = x.device
     flags = dict(act=ACTIVATION_CODE[activation], gate=GATE_CODE[gate])
     has_b1, has_b2 = int(b1 is not None), int(b2 is not None)
@@ -318,7 +337,7 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
             "x_ptr w1_ptr b1_ptr w2_ptr b2_ptr partial_ptr counter_ptr pooled_ptr hidden_ptr "
             "scale_ptr",
             dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits,
-                 has_b1=has_b1, has_b2=has_b2, **flags),
+                 has_b1=has_b1, has_b2=has_b2, has_fc2=s.has_fc2, **flags),
             dict(EXCITE=not s.batched, CHANNELS_LAST=s.channels_last, BLOCK_C=tile.block_c,
                  BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages,
                  FC_BLOCK_C=configs.FC_BLOCK_C, FC_BLOCK_R=configs.FC_BLOCK_R, ACC=s.acc),
@@ -332,8 +351,11 @@ def _forward_plan(x, w1, b1, w2, b2, residual, activation, gate, post_relu):
         sites = (s.squeeze_fc1_site(has_b1, device), fc2, scale)
     elif s.batched:
         fc1 = s.c_to_r_site(splits, (1, s.c), has_b1, backward=False, device=device, **flags)
-        fc2 = s.r_to_c_site((1, s.cr), has_b2, backward=False, device=device, **flags)
-        sites = (squeeze(), fc1, fc2, scale)
+        if s.has_fc2:
+            fc2 = s.r_to_c_site((1, s.cr), has_b2, backward=False, device=device, **flags)
+            sites = (squeeze(), fc1, fc2, scale)
+        else:  # single FC: fc1's epilogue writes the scale
+            sites = (squeeze(), fc1, scale)
     else:
         sites = (squeeze(), scale)
     dense = (_is_dense(x, s.channels_last) and (residual is None or _is_dense(residual, s.channels_last))
@@ -433,7 +455,8 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
         x = to_layout(x, shape.channels_last)
         if residual is not None:
             residual = to_layout(residual, shape.channels_last)
-        w1, w2 = w1.contiguous(), w2.contiguous()
+        w1 = w1.contiguous()
+        w2 = None if w2 is None else w2.contiguous()
         b1 = None if b1 is None else b1.contiguous()
         b2 = None if b2 is None else b2.contiguous()
     partials, counters, pooled, hidden, scale, k_products = _scratch(
@@ -445,14 +468,20 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
     else:
         out = torch.empty_like(x, memory_format=torch.channels_last if shape.channels_last
                                else torch.contiguous_format)
-    b1_arg = w1 if b1 is None else b1  # an unused pointer still needs a tensor
-    b2_arg = w2 if b2 is None else b2
+    w2_arg = w1 if w2 is None else w2  # an unused pointer still needs a tensor
+    b1_arg = w1 if b1 is None else b1
+    b2_arg = w2_arg if b2 is None else b2
     res_arg = x if residual is None else residual
     if shape.path == "squeeze_fc1":
         squeeze_fc1, fc2, scale_pass = plan.sites
         _launch_with_counters(plan, squeeze_fc1, device, x, w1, b1_arg, pooled, k_products,
                               counters, hidden)
         fc2(hidden, w2, b2_arg, scale)
+    elif shape.batched and not shape.has_fc2:
+        squeeze, fc1, scale_pass = plan.sites
+        squeeze(x, w1, b1_arg, w2_arg, b2_arg, partials, counters, pooled, hidden, scale)
+        _launch_with_counters(plan, fc1, device, partials, scale, w1, b1_arg, hidden, pooled,
+                              k_products, counters, hidden)
     elif shape.batched:
         squeeze, fc1, fc2, scale_pass = plan.sites
         squeeze(x, w1, b1_arg, w2, b2_arg, partials, counters, pooled, hidden, scale)
@@ -461,7 +490,7 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
         fc2(hidden, w2, b2_arg, scale)
     else:
         squeeze, scale_pass = plan.sites
-        _launch_with_counters(plan, squeeze, device, x, w1, b1_arg, w2, b2_arg, partials,
+        _launch_with_counters(plan, squeeze, device, x, w1, b1_arg, w2_arg, b2_arg, partials,
                               counters, pooled, hidden, scale)
     scale_pass(x, res_arg, scale, out)
     return out, pooled, hidden, scale
@@ -469,10 +498,11 @@ def _forward(x, w1, b1, w2, b2, residual, activation, gate, post_relu, keep_vect
 
 def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation, gate):
     return (x.shape, x.stride(), x.dtype, x.device, grad_out.stride(), grad_out.dtype,
-            None if out is None else out.stride(), w1.shape, w1.stride(), w1.dtype, w2.stride(),
+            None if out is None else out.stride(), w1.shape, w1.stride(), w1.dtype,
+            None if w2 is None else w2.stride(),
             pooled.stride(), hidden.stride(), scale.stride(), pooled.dtype, has_residual,
             activation, gate, grad_out.data_ptr() % 16, x.data_ptr() % 16, _offset16(out),
-            w1.data_ptr() % 16, w2.data_ptr() % 16, pooled.data_ptr() % 16,
+            w1.data_ptr() % 16, _offset16(w2), pooled.data_ptr() % 16,
             hidden.data_ptr() % 16, scale.data_ptr() % 16, configs.forced_path,
             configs.forced_k_splits, configs.forced_reduce_tile, configs.forced_squeeze_fc1_tile,
             configs.forced_tuning)
@@ -480,7 +510,7 @@ def _backward_key(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual,
 
 def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, activation,
                    gate):
-    s = _Shape.of(x, w1)
+    s = _Shape.of(x, w1, single_fc=w2 is None)
     device = x.device
     post_relu = out is not None
     write_grad_res = post_relu and has_residual
@@ -496,7 +526,8 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
             se_squeeze_excite_bwd, grid,
             "grad_ptr x_ptr out_ptr grad_res_ptr w1_ptr w2_ptr hidden_ptr scale_ptr partial_ptr "
             "counter_ptr gz_ptr gh_ptr gp_ptr",
-            dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits, **flags),
+            dict(C=s.c, HW=s.hw, CR=s.cr, HW_PER_SPLIT=per_split, NUM_SPLITS=splits,
+                 has_fc2=s.has_fc2, **flags),
             dict(EXCITE=not s.batched, POST_RELU=post_relu,
                  WRITE_GRAD_RESIDUAL=grad_res_in_reduction, CHANNELS_LAST=s.channels_last,
                  BLOCK_C=tile.block_c, BLOCK_HW=tile.block_hw, REDUCE_STAGES=tile.num_stages,
@@ -513,20 +544,20 @@ def _backward_plan(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual
         through_fc1 = s.r_to_c_site((s.c, 1), 0, backward=True, device=device, **flags)
         passes = (s.squeeze_fc2_site(post_relu, grad_res_in_reduction, device=device, **flags),
                   through_fc1, grad_pass)
+    elif s.batched and not s.has_fc2:
+        # single FC: c_to_r takes gz (from the partial sums) through W1 to gp; W1's strides
+        # as W2's in the two-FC backward (both [C, CR] with CR == C)
+        through_fc1 = s.c_to_r_site(splits, (s.cr, 1), 0, backward=True, device=device, **flags)
+        passes = (squeeze(), through_fc1, grad_pass)
     elif s.batched:
         through_fc2 = s.c_to_r_site(splits, (s.cr, 1), 0, backward=True, device=device, **flags)
         through_fc1 = s.r_to_c_site((s.c, 1), 0, backward=True, device=device, **flags)
         passes = (squeeze(), through_fc2, through_fc1, grad_pass)
     else:
         passes = (squeeze(), grad_pass)
-    m, k = configs.WGRAD_BLOCK_M, configs.WGRAD_BLOCK_K
-    tiles = configs.cdiv(s.c, m) * configs.cdiv(s.cr, k) + configs.cdiv(s.cr, m) * configs.cdiv(s.c, k)
-    weight_grads = _site(se_weight_grads, (tiles,),
-                         "gz_ptr hidden_ptr gh_ptr pooled_ptr gw2_ptr gb2_ptr gw1_ptr gb1_ptr",
-                         dict(N=s.n, C=s.c, CR=s.cr, act=flags["act"]),
-                         dict(BLOCK_M=m, BLOCK_K=k, BLOCK_N=configs.WGRAD_BLOCK_N), device)
+    weight_grads = s.weight_grads_site(flags["act"], device)
     dense = (all(_is_dense(t, s.channels_last) for t in (grad_out, x) + ((out,) if post_relu else ()))
-             and all(t.is_contiguous() for t in (w1, w2, pooled, hidden, scale)))
+             and all(t is None or t.is_contiguous() for t in (w1, w2, pooled, hidden, scale)))
     return _Plan(s, splits, passes + (weight_grads,), dense)
 
 
@@ -567,7 +598,8 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
         grad_out = to_layout(grad_out, shape.channels_last)
         if post_relu:
             out = to_layout(out, shape.channels_last)
-        w1, w2 = w1.contiguous(), w2.contiguous()
+        w1 = w1.contiguous()
+        w2 = None if w2 is None else w2.contiguous()
         pooled, hidden, scale = pooled.contiguous(), hidden.contiguous(), scale.contiguous()
     device = x.device
     partials, counters, gz, gh, gp, k_products = _scratch(
@@ -576,11 +608,19 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
         reuse_scratch)
     out_arg = out if post_relu else x
     grad_res_arg = grad_res if post_relu and has_residual else grad_x
+    w2_arg = w1 if w2 is None else w2  # an unused pointer still needs a tensor
+    gh_arg = gh if shape.has_fc2 else gz  # single FC: gW1 = gz^T pooled
     if shape.path == "squeeze_fc1":
         squeeze_fc2, through_fc1, grad_pass, weight_grads = plan.sites
         _launch_with_counters(plan, squeeze_fc2, device, grad_out, x, out_arg, grad_res_arg, w2,
                               hidden, scale, gz, k_products, counters, gh)
         through_fc1(gh, w1, w1, gp)
+    elif shape.batched and not shape.has_fc2:
+        squeeze, through_fc1, grad_pass, weight_grads = plan.sites
+        squeeze(grad_out, x, out_arg, grad_res_arg, w1, w2_arg, hidden, scale, partials,
+                counters, gz, gh, gp)
+        _launch_with_counters(plan, through_fc1, device, partials, scale, w1, w1, hidden, gz,
+                              k_products, counters, gp)
     elif shape.batched:
         squeeze, through_fc2, through_fc1, grad_pass, weight_grads = plan.sites
         squeeze(grad_out, x, out_arg, grad_res_arg, w1, w2, hidden, scale, partials, counters,
@@ -590,8 +630,8 @@ def _backward(grad_out, x, out, w1, w2, pooled, hidden, scale, has_residual, act
         through_fc1(gh, w1, w1, gp)
     else:
         squeeze, grad_pass, weight_grads = plan.sites
-        _launch_with_counters(plan, squeeze, device, grad_out, x, out_arg, grad_res_arg, w1, w2,
-                              hidden, scale, partials, counters, gz, gh, gp)
+        _launch_with_counters(plan, squeeze, device, grad_out, x, out_arg, grad_res_arg, w1,
+                              w2_arg, hidden, scale, partials, counters, gz, gh, gp)
     grad_pass(grad_out, out if post_relu else grad_out, scale, gp, grad_x, grad_res_arg)
-    weight_grads(gz, hidden, gh, pooled, grad_w2, grad_b2, grad_w1, grad_b1)
+    weight_grads(gz, hidden, gh_arg, pooled, grad_w2, grad_b2, grad_w1, grad_b1)
     return grads

@@ -85,8 +85,9 @@ def _finish_tile(ksum_ptr, counter_ptr, tile, num_c_blocks, rows, row_mask, b_pt
             out_mask = row_mask[:, None] & (r < CR)[None, :]
             total = _sum_block_products(ksum_ptr, num_c_blocks, rows, r, out_mask, N, CR,
                                         BLOCK_N, BLOCK_R, SUM_CHUNK, ACC)
-            c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, CR, has_bias,
-                            act, BACKWARD, ACC)
+            # two FC layers only (has_fc2 1): scale_ptr, HW and gate are not read
+            c_to_r_epilogue(total, rows, r, out_mask, b_ptr, hidden_ptr, out_ptr, out_ptr, CR, 1,
+                            has_bias, 1, act, 0, BACKWARD, ACC)
         tl.store(counter_ptr + tile, 0)
 
 
