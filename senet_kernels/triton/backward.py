@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .common import (FLAGS, activate, activate_backward, arrive_last, dot_acc, gate_backward,
-                     matvec_block, reduce_slab_share, sum_partials)
+                     matvec_block, reduce_slab_share, streaming_block, sum_partials)
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -83,14 +83,7 @@ def se_scale_bwd(
 ):
     """gx = gy * s + gp; with GRAD_RESIDUAL_WRITTEN, kernel A' already stored gy (the masked
     gradient, = grad_residual) and it is read from there: one read instead of g and out."""
-    n = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < SAMPLE_NUMEL
-    if CHANNELS_LAST:
-        c = offs % C
-    else:
-        c = offs // HW
-    base = n.to(tl.int64) * SAMPLE_NUMEL
+    n, offs, mask, c, base = streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST, BLOCK)
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
     if GRAD_RESIDUAL_WRITTEN:

@@ -28,7 +28,7 @@ Backward:
 import triton
 import triton.language as tl
 
-from .common import arrive_last
+from .common import arrive_last, reduction_share, streaming_block
 
 #: Runtime flags (see common.FLAGS): one compiled kernel for every value.
 BN_FLAGS = ["has_gamma", "has_beta"]
@@ -75,15 +75,9 @@ def bn_stats_fwd(
     BATCH_STATS: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
 ):
-    n = tl.program_id(1)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    c_block = tl.program_id(0) % num_c_blocks
-    split = tl.program_id(0) // num_c_blocks
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = c < C
-    hw_start = split * HW_PER_SPLIT
-    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
-    base = y_ptr + n.to(tl.int64) * C * HW
+    n, c_block, split, c, cm, hw_start, hw_end, sample = reduction_share(C, HW, HW_PER_SPLIT,
+                                                                         BLOCK_C)
+    base = y_ptr + sample
     hw_range = tl.arange(0, BLOCK_HW)
     # Each tile's mean and M2 are exact two-pass sums over its values (in registers); tiles
     # merge with Chan's formula, so no E[y^2] - E[y]^2 cancellation anywhere.
@@ -194,14 +188,7 @@ def bn_scale_fwd(
 ):
     """out = relu?(s (a (y - mu) + beta) + residual?) in the compute dtype, rounded once.
     mu is subtracted, not folded into a shift: no cancellation where |mu| >> std."""
-    n = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < SAMPLE_NUMEL
-    if CHANNELS_LAST:
-        c = offs % C
-    else:
-        c = offs // HW
-    base = n.to(tl.int64) * SAMPLE_NUMEL
+    n, offs, mask, c, base = streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST, BLOCK)
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     a = tl.load(coef_ptr + c, mask=mask, other=0.0)
     mu = tl.load(mean_ptr + c, mask=mask, other=0.0)
@@ -227,15 +214,7 @@ def bn_grad_sums_bwd(
     and gs = a Q + beta G, each into [N, S, C] partials. gy = (out <= 0 ? 0 : g) with the
     ReLU tail (threshold_backward: a NaN output passes g), stored to grad_res_ptr with
     STORE_MASKED."""
-    n = tl.program_id(1)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    c_block = tl.program_id(0) % num_c_blocks
-    split = tl.program_id(0) // num_c_blocks
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = c < C
-    hw_start = split * HW_PER_SPLIT
-    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
-    base = n.to(tl.int64) * C * HW
+    n, _, split, c, cm, hw_start, hw_end, base = reduction_share(C, HW, HW_PER_SPLIT, BLOCK_C)
     mu = tl.load(mean_ptr + c, mask=cm, other=0.0)
     hw_range = tl.arange(0, BLOCK_HW)
     # per-tile row sums: two [BLOCK_C, BLOCK_HW] accumulators held across the loop took 186
@@ -327,14 +306,7 @@ def bn_grad_pass_bwd(
     """grad_y = a (dx - kcoef[1] - (y - mu) kcoef[2]) (a = kcoef[0]) with dx = gy s + gp (batch statistics:
     BatchNorm's own backward through mu and rstd), a dx with running statistics (y not read).
     With GRAD_RESIDUAL_WRITTEN gy is read from grad_res_ptr (bn_grad_sums_bwd stored it)."""
-    n = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < SAMPLE_NUMEL
-    if CHANNELS_LAST:
-        c = offs % C
-    else:
-        c = offs // HW
-    base = n.to(tl.int64) * SAMPLE_NUMEL
+    n, offs, mask, c, base = streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST, BLOCK)
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
     a = tl.load(kcoef_ptr + c, mask=mask, other=0.0)

@@ -281,6 +281,34 @@ def reduction_term(x_ptr, g_ptr, out_ptr, masked_ptr, offs, mask, MODE: tl.const
 
 
 @triton.jit
+def reduction_share(C, HW, HW_PER_SPLIT, BLOCK_C: tl.constexpr):
+    """This program's share of a per-channel reduction (grid: channel blocks * HW splits, N):
+    (n, channel block, split, channels, their mask, first pixel, end pixel, sample offset)."""
+    n = tl.program_id(1)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    c_block = tl.program_id(0) % num_c_blocks
+    split = tl.program_id(0) // num_c_blocks
+    c_offs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    hw_start = split * HW_PER_SPLIT
+    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
+    return (n, c_block, split, c_offs, c_offs < C, hw_start, hw_end,
+            n.to(tl.int64) * C * HW)
+
+
+@triton.jit
+def streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's block of a per-element pass (grid: blocks of a sample's C*HW elements,
+    N): (n, element offsets in the sample, their mask, their channels, sample offset)."""
+    n = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if CHANNELS_LAST:
+        c = offs % C
+    else:
+        c = offs // HW
+    return n, offs, offs < SAMPLE_NUMEL, c, n.to(tl.int64) * SAMPLE_NUMEL
+
+
+@triton.jit
 def reduce_slab_share(x_ptr, g_ptr, out_ptr, masked_ptr, partial_ptr, C, HW, HW_PER_SPLIT,
                       NUM_SPLITS, MODE: tl.constexpr, STORE_MASKED: tl.constexpr,
                       CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -290,15 +318,8 @@ def reduce_slab_share(x_ptr, g_ptr, out_ptr, masked_ptr, partial_ptr, C, HW, HW_
     Sums this program's [channel block, HW split] share of sample n (see channel_block_sum for
     MODE and STORE_MASKED) into partials [N, NUM_SPLITS, C]. Returns n.
     """
-    n = tl.program_id(1)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    c_block = tl.program_id(0) % num_c_blocks
-    split = tl.program_id(0) // num_c_blocks
-    c_offs = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c_offs < C
-    hw_start = split * HW_PER_SPLIT
-    hw_end = tl.minimum(hw_start + HW_PER_SPLIT, HW)
-    base = n.to(tl.int64) * C * HW
+    n, _, split, c_offs, c_mask, hw_start, hw_end, base = reduction_share(C, HW, HW_PER_SPLIT,
+                                                                          BLOCK_C)
     sums = channel_block_sum(x_ptr + base, g_ptr + base, out_ptr + base, masked_ptr + base, c_offs,
                              c_mask, hw_start, hw_end, C, HW, MODE, STORE_MASKED, CHANNELS_LAST,
                              BLOCK_C, BLOCK_HW, STAGES, ACC)

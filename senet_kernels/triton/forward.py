@@ -15,7 +15,8 @@ out = relu?(x * scale[n, c] + residual?), computed in the compute dtype, rounded
 import triton
 import triton.language as tl
 
-from .common import FLAGS, apply_gate, arrive_last, matvec_block, reduce_slab_share, sum_partials
+from .common import (FLAGS, apply_gate, arrive_last, matvec_block, reduce_slab_share,
+                     streaming_block, sum_partials)
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -71,14 +72,7 @@ def se_scale_fwd(
     HAS_RESIDUAL: tl.constexpr, POST_RELU: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    n = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < SAMPLE_NUMEL
-    if CHANNELS_LAST:
-        c = offs % C
-    else:
-        c = offs // HW
-    base = n.to(tl.int64) * SAMPLE_NUMEL
+    n, offs, mask, c, base = streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST, BLOCK)
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     y = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(s.dtype) * s
     if HAS_RESIDUAL:
