@@ -179,7 +179,14 @@ def test_running_stats_follow_batchnorm2d(momentum, channels_last):
 @pytest.mark.parametrize("residual,post_relu", [(True, True), (False, False)],
                          ids=("res-relu", "plain"))
 def test_gradcheck(training, residual, post_relu):
-    args = make_bn_inputs(2, 3, 3, 2, 2, residual=residual)
+    check_gradcheck(training, residual, post_relu, "cpu", torch.device("cpu"))
+
+
+def check_gradcheck(training, residual, post_relu, backend, device):
+    """torch.autograd.gradcheck of bn_squeeze_excite on ``backend`` in float64, w.r.t. every
+    differentiable input."""
+    args = {k: None if v is None else v.to(device)
+            for k, v in make_bn_inputs(2, 3, 3, 2, 2, residual=residual).items()}
     names = [k for k in GRAD_NAMES if args[k] is not None]
     # eval mode reads the running statistics; training uses the batch's (no buffers mutated)
     mean, var = (None, None) if training else (args["running_mean"], args["running_var"])
@@ -188,7 +195,7 @@ def test_gradcheck(training, residual, post_relu):
         a = dict(args, **dict(zip(names, tensors)))
         return bn_squeeze_excite(a["y"], a["bn_weight"], a["bn_bias"], mean, var, a["w1"],
                                  a["b1"], a["w2"], a["b2"], a["residual"], training=training,
-                                 post_relu=post_relu, backend="cpu")
+                                 post_relu=post_relu, backend=backend)
 
     inputs = [args[k].clone().requires_grad_() for k in names]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)

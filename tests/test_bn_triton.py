@@ -21,7 +21,7 @@ from senet_kernels.triton import bn_op, configs, se_op
 from senet_kernels.triton.launcher import recording_launches
 from test_bn_reference import GRAD_NAMES, call, make_bn_inputs
 from test_bn_se_op import (ODD_SHAPES, TAILS, check_compile_fullgraph_matches_eager, check_fused,
-                           check_nonfinite_y, op_args, stats_for)
+                           check_gradcheck, check_nonfinite_y, op_args, stats_for)
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -133,18 +133,7 @@ def test_running_stats_after_two_steps(device):
 
 @pytest.mark.parametrize("training", (True, False), ids=("train", "eval"))
 def test_gradcheck(device, training):
-    args = {k: None if v is None else v.to(device) for k, v in make_bn_inputs(2, 3, 3, 2, 2).items()}
-    names = [k for k in GRAD_NAMES if args[k] is not None]
-    mean, var = (None, None) if training else (args["running_mean"], args["running_var"])
-
-    def fn(*tensors):
-        a = dict(args, **dict(zip(names, tensors)))
-        return bn_squeeze_excite(a["y"], a["bn_weight"], a["bn_bias"], mean, var, a["w1"],
-                                 a["b1"], a["w2"], a["b2"], a["residual"], training=training,
-                                 post_relu=True, backend="triton")
-
-    inputs = [args[k].clone().requires_grad_() for k in names]
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    check_gradcheck(training, True, True, "triton", device)
 
 
 def _on(device, args):

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from .common import (FLAGS, activate, activate_backward, arrive_last, dot_acc, gate_backward,
-                     matvec_block, reduce_slab_share, streaming_block, sum_partials)
+                     masked_grad, matvec_block, reduce_slab_share, streaming_block,
+                     sum_partials)
 
 
 @triton.jit(do_not_specialize=FLAGS)
@@ -86,15 +87,8 @@ def se_scale_bwd(
     n, offs, mask, c, base = streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST, BLOCK)
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
-    if GRAD_RESIDUAL_WRITTEN:
-        gy = tl.load(grad_res_ptr + base + offs, mask=mask, other=0.0)
-    else:
-        gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
-        if POST_RELU:
-            o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
-            gy = tl.where(o <= 0, 0.0, gy).to(gy.dtype)  # threshold_backward: NaN passes gy
-        if WRITE_GRAD_RESIDUAL:
-            tl.store(grad_res_ptr + base + offs, gy, mask=mask)
+    gy = masked_grad(grad_ptr + base, out_ptr + base, grad_res_ptr + base, offs, mask, POST_RELU,
+                     WRITE_GRAD_RESIDUAL, GRAD_RESIDUAL_WRITTEN)
     gx = gy.to(s.dtype) * s + gp
     tl.store(grad_x_ptr + base + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
 

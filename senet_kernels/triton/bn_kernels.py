@@ -28,7 +28,7 @@ Backward:
 import triton
 import triton.language as tl
 
-from .common import arrive_last, reduction_share, streaming_block
+from .common import arrive_last, masked_grad, reduction_share, streaming_block
 
 #: Runtime flags (see common.FLAGS): one compiled kernel for every value.
 BN_FLAGS = ["has_gamma", "has_beta"]
@@ -303,22 +303,16 @@ def bn_grad_pass_bwd(
     BATCH_STATS: tl.constexpr, POST_RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
     GRAD_RESIDUAL_WRITTEN: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """grad_y = a (dx - kcoef[1] - (y - mu) kcoef[2]) (a = kcoef[0]) with dx = gy s + gp (batch statistics:
-    BatchNorm's own backward through mu and rstd), a dx with running statistics (y not read).
-    With GRAD_RESIDUAL_WRITTEN gy is read from grad_res_ptr (bn_grad_sums_bwd stored it)."""
+    """grad_y = a (dx - kcoef[1] - (y - mu) kcoef[2]) (a = kcoef[0]) with dx = gy s + gp
+    (batch statistics: BatchNorm's own backward through mu and rstd), a dx with running
+    statistics (y not read). gy: common.masked_grad (with GRAD_RESIDUAL_WRITTEN read from
+    grad_res_ptr, where bn_grad_sums_bwd stored it)."""
     n, offs, mask, c, base = streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST, BLOCK)
     s = tl.load(scale_ptr + n * C + c, mask=mask, other=0.0)
     gp = tl.load(gp_ptr + n * C + c, mask=mask, other=0.0)
     a = tl.load(kcoef_ptr + c, mask=mask, other=0.0)
-    if GRAD_RESIDUAL_WRITTEN:
-        gy = tl.load(grad_res_ptr + base + offs, mask=mask, other=0.0)
-    else:
-        gy = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
-        if POST_RELU:
-            o = tl.load(out_ptr + base + offs, mask=mask, other=0.0)
-            gy = tl.where(o <= 0, 0.0, gy).to(gy.dtype)
-        if WRITE_GRAD_RESIDUAL:
-            tl.store(grad_res_ptr + base + offs, gy, mask=mask)
+    gy = masked_grad(grad_ptr + base, out_ptr + base, grad_res_ptr + base, offs, mask, POST_RELU,
+                     WRITE_GRAD_RESIDUAL, GRAD_RESIDUAL_WRITTEN)
     dx = gy.to(s.dtype) * s + gp
     if BATCH_STATS:
         mu = tl.load(mean_ptr + c, mask=mask, other=0.0)

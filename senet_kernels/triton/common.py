@@ -309,6 +309,25 @@ def streaming_block(C, HW, SAMPLE_NUMEL, CHANNELS_LAST: tl.constexpr, BLOCK: tl.
 
 
 @triton.jit
+def masked_grad(grad_ptr, out_ptr, grad_res_ptr, offs, mask, POST_RELU: tl.constexpr,
+                WRITE_GRAD_RESIDUAL: tl.constexpr, GRAD_RESIDUAL_WRITTEN: tl.constexpr):
+    """The gradient past the ReLU tail at ``offs``: gy = (out <= 0 ? 0 : g) with POST_RELU
+    (threshold_backward: a NaN output passes g), else g; stored to ``grad_res_ptr`` with
+    WRITE_GRAD_RESIDUAL; read back from there instead with GRAD_RESIDUAL_WRITTEN (the
+    reduction pass stored it: one read instead of g and out)."""
+    if GRAD_RESIDUAL_WRITTEN:
+        gy = tl.load(grad_res_ptr + offs, mask=mask, other=0.0)
+    else:
+        gy = tl.load(grad_ptr + offs, mask=mask, other=0.0)
+        if POST_RELU:
+            o = tl.load(out_ptr + offs, mask=mask, other=0.0)
+            gy = tl.where(o <= 0, 0.0, gy).to(gy.dtype)
+        if WRITE_GRAD_RESIDUAL:
+            tl.store(grad_res_ptr + offs, gy, mask=mask)
+    return gy
+
+
+@triton.jit
 def reduce_slab_share(x_ptr, g_ptr, out_ptr, masked_ptr, partial_ptr, C, HW, HW_PER_SPLIT,
                       NUM_SPLITS, MODE: tl.constexpr, STORE_MASKED: tl.constexpr,
                       CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
