@@ -1,5 +1,6 @@
 """Which backends work here, why the others do not, and what ``backend="auto"`` picks."""
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
@@ -27,10 +28,24 @@ def check_backend_name(backend):
 class BackendStatus:
     """Whether a backend can run here (``available``) and why or why not (``reason``: a
     sentence for people, e.g. "no CUDA GPU is visible (set TRITON_INTERPRET=1 to interpret on
-    the CPU)"). Returned by ``available_backends``; frozen."""
+    the CPU)"), and which ops it has fused kernels for (``fuses``, see ``FUSED_OPS``).
+    Returned by ``available_backends``; frozen."""
 
     available: bool
     reason: str
+    fuses: tuple = ()
+
+
+#: The ops each backend computes with fused kernels of its own: "squeeze_excite" (the SE
+#: block, with its residual add and ReLU) and "bn_squeeze_excite" (the BatchNorm in front of
+#: it absorbed). The CUDA extension has no BatchNorm + SE kernels (a converted model runs the
+#: BatchNorm module, then its fused SE op); "reference" is PyTorch ops, nothing fused.
+#: (Triton's BatchNorm + SE kernels run on GPUs where asked for until a GPU run has verified
+#: them: bn_functional.TRITON_BN_BY_DEFAULT.)
+FUSED_OPS = {"triton": ("squeeze_excite", "bn_squeeze_excite"),
+             "cuda": ("squeeze_excite",),
+             "cpu": ("squeeze_excite", "bn_squeeze_excite"),
+             "reference": ()}
 
 
 _status = {}
@@ -119,15 +134,16 @@ def backend_status(name):
         # A first call may come from inside a torch.func transform, which would wrap the
         # probes' own tensors (Triton's interpreter cannot read them): probe outside it.
         with torch._C._DisableFuncTorch():
-            _status[name] = _PROBES[name]()
+            _status[name] = dataclasses.replace(_PROBES[name](), fuses=FUSED_OPS[name])
     return _status[name]
 
 
 def available_backends():
     """Which backends can run in this process, and why the others cannot.
 
-    Takes no arguments. Returns a dict ``{name: BackendStatus(available, reason)}`` with the
-    keys "triton", "cuda", "cpu" and "reference", in that order. "triton" needs a CUDA GPU of
+    Takes no arguments. Returns a dict ``{name: BackendStatus(available, reason, fuses)}``
+    with the keys "triton", "cuda", "cpu" and "reference", in that order; ``fuses`` names the
+    ops the backend has fused kernels for (``FUSED_OPS``). "triton" needs a CUDA GPU of
     compute capability >= 8.0, or ``TRITON_INTERPRET=1`` (CPU tensors, interpreted); "cuda" and
     "cpu" need the C++ extension ``senet_kernels._C`` (built by ``pip install -e .``; "cuda"
     also its CUDA kernels and a GPU); "reference" is always available. Each backend is probed

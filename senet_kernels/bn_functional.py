@@ -4,15 +4,18 @@ dispatched to a backend."""
 import os
 from dataclasses import dataclass
 
-from .backends import _below_autograd, backend_status, check_backend_name, resolve_backend
+from .backends import (FUSED_OPS, _below_autograd, backend_status, check_backend_name,
+                       resolve_backend)
 from .bn_ops import bn_eager_function, define_bn_backend_ops, ext_bn_ops, update_running_stats_op
 from .bn_reference import bn_squeeze_excite_reference, uses_batch_stats
 from .functional import _eager, _needs_grad
 from .interpreter import interpreting
 from .validation import check_bn_squeeze_excite_args
 
-#: The backends with kernels for the fused BatchNorm + SE op (the CUDA extension has none).
-BN_BACKENDS = ("triton", "cpu", "reference")
+#: The backends that run the fused BatchNorm + SE op: those with kernels for it
+#: (backends.FUSED_OPS; the CUDA extension has none), and the PyTorch reference.
+BN_BACKENDS = tuple(name for name, ops in FUSED_OPS.items() if "bn_squeeze_excite" in ops) + (
+    "reference",)
 
 #: Whether ``backend="auto"`` (and so ``convert_se_modules``' BatchNorm absorption) takes the
 #: Triton kernels for CUDA tensors. They are checked here through the Triton interpreter and

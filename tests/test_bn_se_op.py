@@ -465,3 +465,21 @@ def test_eager_path_equals_the_op(training):
         out = call(bn_squeeze_excite, args, None if training else stats[:2] + (None,),
                    training=training, post_relu=True, backend="cpu")
     assert torch.equal(out, e_out)
+
+
+def test_available_backends_say_which_backend_fuses_what():
+    """available_backends()[name].fuses is what each backend really runs: the BatchNorm + SE
+    op on the backends that list it, NotImplementedError on a kernel backend that does not."""
+    from senet_kernels import available_backends
+    from senet_kernels.backends import FUSED_OPS
+    statuses = available_backends()
+    assert {name: s.fuses for name, s in statuses.items()} == FUSED_OPS
+    assert all("squeeze_excite" in FUSED_OPS[name] for name in ("triton", "cuda", "cpu"))
+    args = make_bn_inputs(2, 4, 3, 3, 2)
+    for name, ops in FUSED_OPS.items():
+        if name == "reference" or "bn_squeeze_excite" in ops:
+            continue
+        with pytest.raises(NotImplementedError, match=f"no {name!r} kernels"):
+            call(bn_squeeze_excite, args, None, training=True, backend=name)
+    out = call(bn_squeeze_excite, args, None, training=True, backend="cpu")
+    assert out.shape == args["y"].shape
