@@ -10,6 +10,7 @@ reason``); everywhere else it runs the BatchNorm module, then the SE block, as b
 import torch
 from torch import nn
 
+from .backends import FUSED_OPS
 from .bn_functional import bn_fused_backend, bn_squeeze_excite
 from .func_transforms import transforms_active
 from .recognize import altered_instance
@@ -44,8 +45,8 @@ def fused_op_reason(bn, se, y):
     """Why ``bn_se_tail`` runs ``bn`` as a module before the SE op for the input ``y``, or
     None where the fused op computes it. ``y``: the branch, or any tensor on its device (a
     report asks with an empty one). The checks of ``bn_se_tail``, cheapest first."""
-    if se.backend in ("cuda", "reference"):
-        return f"SE backend {se.backend!r} keeps its own kernels"
+    if se.backend != "auto" and "bn_squeeze_excite" not in FUSED_OPS[se.backend]:
+        return f"SE backend {se.backend!r} has no fused BatchNorm + SE kernels"
     if bn_fused_backend(se.backend, y) is None:
         return (f"no fused BatchNorm + SE kernels for {y.device.type} tensors with SE backend "
                 f"{se.backend!r}" + (" (the C++ extension is not built)"

@@ -28,7 +28,7 @@ Backward:
 import triton
 import triton.language as tl
 
-from .common import arrive_last, masked_grad, reduction_share, streaming_block
+from .common import arrive_last, masked_grad, reduction_share, streaming_block, tile_offsets
 
 #: Runtime flags (see common.FLAGS): one compiled kernel for every value.
 BN_FLAGS = ["has_gamma", "has_beta"]
@@ -63,8 +63,7 @@ def _rsqrt(v, ACC: tl.constexpr):
 @triton.jit
 def _load_vector(ptr, offs, mask, present, fill, ACC: tl.constexpr):
     """A [C]-vector's values at offs in ACC, or ``fill`` where the vector is absent."""
-    v = tl.load(ptr + offs, mask=mask & (present != 0), other=fill).to(ACC)
-    return tl.where(present != 0, v, fill)
+    return tl.load(ptr + offs, mask=mask & (present != 0), other=fill).to(ACC)
 
 
 @triton.jit(do_not_specialize=BN_FLAGS)
@@ -78,7 +77,6 @@ def bn_stats_fwd(
     n, c_block, split, c, cm, hw_start, hw_end, sample = reduction_share(C, HW, HW_PER_SPLIT,
                                                                          BLOCK_C)
     base = y_ptr + sample
-    hw_range = tl.arange(0, BLOCK_HW)
     # Each tile's mean and M2 are exact two-pass sums over its values (in registers); tiles
     # merge with Chan's formula, so no E[y^2] - E[y]^2 cancellation anywhere.
     count = tl.full([], 0.0, ACC)  # a scalar of the type the merges make it
@@ -86,12 +84,7 @@ def bn_stats_fwd(
     m2 = tl.zeros([BLOCK_C], dtype=ACC)
     total = tl.zeros([BLOCK_C], dtype=ACC)
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
-        hw = hw0 + hw_range
-        mask = cm[:, None] & (hw < hw_end)[None, :]
-        if CHANNELS_LAST:
-            offs = c[:, None] + hw[None, :] * C
-        else:
-            offs = c[:, None] * HW + hw[None, :]
+        offs, mask = tile_offsets(c, cm, hw0, hw_end, C, HW, CHANNELS_LAST, BLOCK_HW)
         v = tl.load(base + offs, mask=mask, other=0.0).to(ACC)
         if BATCH_STATS:
             tile_count = tl.minimum(hw_end - hw0, BLOCK_HW).to(ACC)
@@ -216,18 +209,13 @@ def bn_grad_sums_bwd(
     STORE_MASKED."""
     n, _, split, c, cm, hw_start, hw_end, base = reduction_share(C, HW, HW_PER_SPLIT, BLOCK_C)
     mu = tl.load(mean_ptr + c, mask=cm, other=0.0)
-    hw_range = tl.arange(0, BLOCK_HW)
     # per-tile row sums: two [BLOCK_C, BLOCK_HW] accumulators held across the loop took 186
     # registers (sm_90, fp32) and spilled in NCHW tiles
     g_sum = tl.zeros([BLOCK_C], dtype=ACC)
     q_sum = tl.zeros([BLOCK_C], dtype=ACC)
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
-        hw = hw0 + hw_range
-        mask = cm[:, None] & (hw < hw_end)[None, :]
-        if CHANNELS_LAST:
-            offs = base + c[:, None] + hw[None, :] * C
-        else:
-            offs = base + c[:, None] * HW + hw[None, :]
+        offs, mask = tile_offsets(c, cm, hw0, hw_end, C, HW, CHANNELS_LAST, BLOCK_HW)
+        offs = base + offs
         g = tl.load(grad_ptr + offs, mask=mask, other=0.0)
         if POST_RELU:
             o = tl.load(out_ptr + offs, mask=mask, other=0.0)

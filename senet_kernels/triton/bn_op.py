@@ -28,7 +28,7 @@ from ..spec import ACTIVATION_CODE, GATE_CODE
 from . import configs
 from .bn_kernels import (bn_grad_pass_bwd, bn_grad_sums_bwd, bn_param_grads_bwd, bn_scale_fwd,
                          bn_stats_fwd)
-from .se_op import (MAX_PLANS, _check_batch, _is_dense, _launch_with_counters, _offset16,
+from .se_op import (_check_batch, _is_dense, _launch_with_counters, _offset16,
                     _on_current_device, _Plan, _remember, _scratch, _serialized_when_interpreting,
                     _Shape, _site, check_device)
 
@@ -39,7 +39,6 @@ PARAM_GRAD_BLOCK_C = 64
 
 _forward_plans = {}
 _backward_plans = {}
-assert MAX_PLANS  # the caches are cleared at se_op's size (_remember)
 
 
 def _key(tensors, *flags):

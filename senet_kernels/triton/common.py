@@ -232,6 +232,20 @@ def matvec_block(w_ptr, v_ptr, o, o_mask, OUT, K, TRANSPOSED: tl.constexpr, act,
 
 
 @triton.jit
+def tile_offsets(c_offs, c_mask, hw0, hw_end, C, HW, CHANNELS_LAST: tl.constexpr,
+                 BLOCK_HW: tl.constexpr):
+    """(offsets in a sample, mask) of the [channels, BLOCK_HW pixels from hw0] tile of a
+    per-channel reduction, pixels up to hw_end, in either layout."""
+    hw = hw0 + tl.arange(0, BLOCK_HW)
+    mask = c_mask[:, None] & (hw < hw_end)[None, :]
+    if CHANNELS_LAST:
+        offs = c_offs[:, None] + hw[None, :] * C
+    else:
+        offs = c_offs[:, None] * HW + hw[None, :]
+    return offs, mask
+
+
+@triton.jit
 def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_start, hw_end, C, HW,
                       MODE: tl.constexpr, STORE_MASKED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, STAGES: tl.constexpr,
@@ -247,15 +261,9 @@ def channel_block_sum(x_ptr, g_ptr, out_ptr, masked_ptr, c_offs, c_mask, hw_star
     compiler software-pipeline the loop (loads of the next STAGES - 1 tiles in flight through
     shared memory while one is summed); 1 leaves it a plain loop, one tile load at a time.
     """
-    hw_range = tl.arange(0, BLOCK_HW)
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=ACC)
     for hw0 in tl.range(hw_start, hw_end, BLOCK_HW, num_stages=STAGES):
-        hw = hw0 + hw_range
-        mask = c_mask[:, None] & (hw < hw_end)[None, :]
-        if CHANNELS_LAST:
-            offs = c_offs[:, None] + hw[None, :] * C
-        else:
-            offs = c_offs[:, None] * HW + hw[None, :]
+        offs, mask = tile_offsets(c_offs, c_mask, hw0, hw_end, C, HW, CHANNELS_LAST, BLOCK_HW)
         acc += reduction_term(x_ptr, g_ptr, out_ptr, masked_ptr, offs, mask, MODE, STORE_MASKED,
                               ACC)
     return tl.sum(acc, axis=1)
